@@ -1,0 +1,160 @@
+//! Wiring the daemon together: run dir, control socket, actor system, signals.
+//!
+//! SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit; VMs keep running (a second
+//! signal exits at once). SIGHUP: reload the config.
+//!
+//! Invariant: owns process-level setup only; no VM logic.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::control::{self, Limits};
+use crate::runtime::Store;
+use crate::supervisor::SupervisorHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("Cannot create directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Another kvmd is already listening on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("Cannot set up the control socket {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Unknown socket_group {0:?}")]
+    NoSuchGroup(String),
+    #[error("Cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("The actor system failed")]
+    System(#[source] std::io::Error),
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| DaemonError::Dir {
+            path: path.into(),
+            source,
+        })
+}
+
+/// Bind the control socket: refuse if a live kvmd answers there, replace a stale file, set
+/// mode and group.
+fn bind_socket(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+    let sock_err = |source| DaemonError::Socket {
+        path: path.into(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        make_dir(parent, 0o755)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::AlreadyRunning(path.into()));
+        }
+        std::fs::remove_file(path).map_err(sock_err)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
+    if let Some(g) = gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(g)))
+            .map_err(|e| sock_err(e.into()))?;
+    }
+    listener.set_nonblocking(true).map_err(sock_err)?;
+    Ok(listener)
+}
+
+/// Run kvmd in the foreground until SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let node = config.node.clone();
+    make_dir(&node.run_dir, 0o755)?;
+    let gid = match &node.socket_group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| DaemonError::NoSuchGroup(name.clone()))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    let std_listener = bind_socket(&node.socket, node.socket_mode, gid)?;
+    let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<i32>();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(DaemonError::Signals)?;
+    let sig_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("kvmd-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig_tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(DaemonError::Signals)?;
+
+    let system = actix::System::new();
+    let limits = Limits {
+        max_request_bytes: node.max_request_bytes,
+        allowed_gid: gid,
+        drain_timeout: node.stop_timeout + Duration::from_secs(60),
+    };
+    let bind_result = system.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let sup = SupervisorHandle::start(config, Store::start());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        actix::spawn(control::serve(listener, sup.clone(), limits, stop_rx));
+        actix::spawn(async move {
+            while let Some(sig) = sig_rx.recv().await {
+                match sig {
+                    SIGHUP => {
+                        info!("SIGHUP: reloading the config");
+                        sup.reload_in_background();
+                    }
+                    _ if *stop_tx.borrow() => {
+                        warn!("second termination signal: exiting now; VMs keep running");
+                        actix::System::current().stop();
+                    }
+                    _ => {
+                        info!(
+                            signal = sig,
+                            "termination signal: finishing in-flight requests"
+                        );
+                        let _ = stop_tx.send(true);
+                    }
+                }
+            }
+        });
+        Ok::<_, std::io::Error>(())
+    });
+    bind_result.map_err(|source| DaemonError::Socket {
+        path: node.socket.clone(),
+        source,
+    })?;
+    info!(socket = %node.socket.display(), run_dir = %node.run_dir.display(), "kvmd listening");
+    let result = system.run().map_err(DaemonError::System);
+    sig_handle.close();
+    let _ = std::fs::remove_file(&node.socket);
+    result
+}

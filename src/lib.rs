@@ -1,0 +1,44 @@
+//! kvmd: a node agent that supervises QEMU virtual machines — Ganeti's KVM hypervisor layer
+//! as a long-running daemon.
+//!
+//! Requests arrive on a Unix socket (`control`), are parsed (`protocol`) into operations
+//! (`api`), and go to the root `supervisor` actor, which owns one `vm` actor per instance. A VM
+//! actor owns its QEMU process (`process`), its QMP connection (`qmp`), its exit and
+//! user-shutdown detection (`vmstate`) and its runtime files (`runtime`). VMs outlive kvmd: a
+//! restarted kvmd re-adopts them from the run dir.
+//!
+//! # Layout
+//! - `daemon` — process setup: run dir, socket, actor system, signals.
+//! - `control`, `protocol`, `client` — the control socket: server, wire format, client.
+//! - `api` — operations, results and error codes as domain types.
+//! - `supervisor` — root actor: config, VM actors, reloads, `list`/`info`.
+//! - `vm` — one actor per instance: start, stop, reboot, events, exits, re-adoption.
+//! - `vmstate` — pure: states and exit classification.
+//! - `config`, `spec`, `hvparams`, `name`, `check` — pure: the config file, instance
+//!   definitions, Ganeti's hvparams, instance names, field errors.
+//! - `cmdline`, `probe` — QEMU's argv (pure) and what a QEMU binary offers.
+//! - `qmp` — our QMP client.
+//! - `process` — QEMU as a process: spawn, identity, exit, signals.
+//! - `runtime` — runtime files on disk and the persistence thread.
+//! - `sys` — the only `unsafe`: pidfds and the new-session hook.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod check;
+pub mod client;
+pub mod cmdline;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod hvparams;
+pub mod name;
+pub mod probe;
+pub mod process;
+pub mod protocol;
+pub mod qmp;
+pub mod runtime;
+pub mod spec;
+pub mod supervisor;
+pub mod sys;
+pub mod vm;
+pub mod vmstate;

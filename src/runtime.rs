@@ -1,0 +1,317 @@
+//! Runtime state on disk, one directory per instance under the run dir (mode 0700):
+//!
+//! | file | what |
+//! |---|---|
+//! | `qemu.pid` | written by QEMU (`-pidfile`) |
+//! | `qmp.sock` | QMP socket (kvmd's connection) |
+//! | `serial.sock`, `serial.log` | serial console socket and everything the guest printed |
+//! | `qga.sock` | guest-agent socket (`use_guest_agent`) |
+//! | `qemu.log` | QEMU's stdout/stderr |
+//! | `runtime.json` | [`RuntimeFile`]: the spec, hvparams and exact argv of the running QEMU |
+//! | `shutdown` | Ganeti's user-shutdown marker: present iff the guest powered itself off |
+//! | `exit.json` | [`ExitRecord`]: how the last QEMU ended |
+//!
+//! Files are written atomically (temp file, fsync, rename, fsync dir) with mode 0600, on one
+//! [`Store`] thread so that writes for one VM land in the order they were asked for.
+//!
+//! Invariant: this module decides file names and formats; it does not decide VM states.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hvparams::HvParams;
+use crate::name::InstanceName;
+use crate::spec::InstanceSpec;
+
+/// Paths of one instance's runtime state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(run_dir: &Path, name: &InstanceName) -> Self {
+        Self {
+            dir: run_dir.join(name.as_str()),
+        }
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn serial(&self) -> PathBuf {
+        self.dir.join("serial.sock")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+    pub fn qga(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    pub fn runtime(&self) -> PathBuf {
+        self.dir.join("runtime.json")
+    }
+    pub fn shutdown_marker(&self) -> PathBuf {
+        self.dir.join("shutdown")
+    }
+    pub fn exit_record(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+}
+
+/// Everything needed to re-adopt a running QEMU and to explain it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeFile {
+    pub version: u32,
+    pub spec: InstanceSpec,
+    pub hvparams: HvParams,
+    /// The exact argv QEMU was started with.
+    pub argv: Vec<String>,
+    pub pid: u32,
+    /// `/proc/PID/stat` start time: with `pid`, the identity checked on re-adoption.
+    pub start_ticks: u64,
+    /// Wall clock at start, ms since the epoch (for uptime).
+    pub started_at_ms: u64,
+    pub qemu_version: String,
+    /// Started with `--paused`.
+    pub paused_at_start: bool,
+}
+
+/// How the last QEMU of an instance ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitKind {
+    /// Stopped by kvmd on request.
+    Stopped,
+    /// The guest powered itself off.
+    UserDown,
+    /// QEMU died without being asked to.
+    Crashed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub kind: ExitKind,
+    /// Human explanation, e.g. "guest powered off" or "killed by signal 9 (SIGKILL)".
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Last lines QEMU wrote to stderr.
+    pub stderr_tail: Vec<String>,
+    pub pid: u32,
+    pub at_ms: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Create the instance directory (0700).
+pub fn create_dir(paths: &RunPaths) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.dir)
+}
+
+/// Write `data` to `path` atomically, mode 0600.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    data.push(b'\n');
+    write_atomic(path, &data)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove a file; a missing file is fine.
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Remove an instance directory and everything in it; a missing directory is fine.
+pub fn remove_dir(paths: &RunPaths) -> io::Result<()> {
+    match fs::remove_dir_all(&paths.dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Record an exit: the exit record, plus Ganeti's `shutdown` marker for a user shutdown (and
+/// its removal otherwise).
+pub fn record_exit(paths: &RunPaths, rec: &ExitRecord) -> io::Result<()> {
+    write_json(&paths.exit_record(), rec)?;
+    if rec.kind == ExitKind::UserDown {
+        write_atomic(&paths.shutdown_marker(), b"")
+    } else {
+        remove_file(&paths.shutdown_marker())
+    }
+}
+
+/// What the run dir says about one instance.
+#[derive(Debug, Default)]
+pub struct OnDisk {
+    pub runtime: Option<RuntimeFile>,
+    pub exit: Option<ExitRecord>,
+    /// The directory exists (the instance was started since boot and not cleaned up).
+    pub exists: bool,
+}
+
+pub fn read_on_disk(paths: &RunPaths) -> io::Result<OnDisk> {
+    if !paths.dir.is_dir() {
+        return Ok(OnDisk::default());
+    }
+    Ok(OnDisk {
+        runtime: read_json(&paths.runtime())?,
+        exit: read_json(&paths.exit_record())?,
+        exists: true,
+    })
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The persistence thread: runs file-system jobs one at a time, in order, off the actors'
+/// threads. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+impl Store {
+    pub fn start() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        std::thread::Builder::new()
+            .name("kvmd-store".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("spawn store thread");
+        Self { tx }
+    }
+
+    /// Queue `f` on the store thread now, and return a future of its result. Jobs run in the
+    /// order this method was called.
+    pub fn run<T, F>(&self, f: F) -> impl std::future::Future<Output = T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .expect("store thread is alive");
+        async move { rx.await.expect("store job finished") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn atomic_writes_are_private_and_leave_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("runtime.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!p.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn user_down_sets_the_marker_and_other_exits_clear_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = RunPaths::new(dir.path(), &InstanceName::parse("a").unwrap());
+        create_dir(&paths).unwrap();
+        let mut rec = ExitRecord {
+            kind: ExitKind::UserDown,
+            reason: "x".into(),
+            exit_code: Some(0),
+            signal: None,
+            stderr_tail: vec![],
+            pid: 1,
+            at_ms: 0,
+        };
+        record_exit(&paths, &rec).unwrap();
+        assert!(paths.shutdown_marker().exists());
+        rec.kind = ExitKind::Crashed;
+        record_exit(&paths, &rec).unwrap();
+        assert!(!paths.shutdown_marker().exists());
+        let back: ExitRecord = read_json(&paths.exit_record()).unwrap().unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn store_runs_jobs_in_order() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = Store::start();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        rt.block_on(async {
+            let mut futs = Vec::new();
+            for i in 0..50 {
+                let log = log.clone();
+                futs.push(store.run(move || log.lock().unwrap().push(i)));
+            }
+            for f in futs {
+                f.await;
+            }
+        });
+        assert_eq!(*log.lock().unwrap(), (0..50).collect::<Vec<_>>());
+    }
+}

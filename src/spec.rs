@@ -1,0 +1,227 @@
+//! What an instance is: the definition an operator writes (name, uuid, memory, vCPUs, disks,
+//! NICs, hvparams, autostart) and the node settings that shape every start.
+//!
+//! These types are serialized into the runtime file so that a VM's exact definition at start
+//! survives kvmd restarts; that is the only reason they derive serde.
+//!
+//! Invariant: plain data. Parsing lives in `config`, use in `cmdline` and `vm`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hvparams::{HvOverrides, HvParams};
+use crate::name::InstanceName;
+
+/// Which QEMU accelerator a VM runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Node-wide settings (`[node]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Control socket mode bits (default 0o660).
+    pub socket_mode: u32,
+    /// Group allowed on the control socket besides root (socket is chowned to it).
+    pub socket_group: Option<String>,
+    /// Where per-instance runtime state lives (one directory per instance).
+    pub run_dir: PathBuf,
+    /// QEMU binary; the default of the `kvm_path` hvparam.
+    pub qemu: PathBuf,
+    /// Accelerator unless an instance's `kvm_flag` says otherwise.
+    pub accelerator: Accel,
+    /// Deadline of every QMP command.
+    pub qmp_timeout: Duration,
+    /// Default time an ACPI stop may take before kvmd escalates to signals.
+    pub stop_timeout: Duration,
+    /// How often the ACPI power button is pressed again during a stop.
+    pub acpi_resend_interval: Duration,
+    /// Largest accepted control request line, in bytes.
+    pub max_request_bytes: usize,
+    /// Node-level hvparam defaults (Ganeti's cluster hvparams).
+    pub hvparams: HvOverrides,
+}
+
+impl NodeConfig {
+    /// Defaults for every `[node]` key.
+    pub fn defaults() -> Self {
+        Self {
+            socket: PathBuf::from("/run/kvmd/kvmd.sock"),
+            socket_mode: 0o660,
+            socket_group: None,
+            run_dir: PathBuf::from("/run/kvmd"),
+            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            accelerator: Accel::Kvm,
+            qmp_timeout: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(120),
+            acpi_resend_interval: Duration::from_secs(5),
+            max_request_bytes: 64 * 1024,
+            hvparams: HvOverrides::new(),
+        }
+    }
+}
+
+/// Disk image format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+/// One disk of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// Image file or block device.
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub readonly: bool,
+}
+
+/// How a NIC is connected on the host (Ganeti's NIC modes plus `user`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicMode {
+    Bridged,
+    Routed,
+    Openvswitch,
+    /// QEMU's user-mode networking: no host setup, for demos and tests.
+    User,
+}
+
+impl NicMode {
+    pub const ALL: [&'static str; 4] = ["bridged", "routed", "openvswitch", "user"];
+}
+
+/// One NIC of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSpec {
+    pub mode: NicMode,
+    /// Bridge (bridged), routing table (routed) or switch (openvswitch).
+    pub link: String,
+    pub mac: String,
+    pub ip: Option<String>,
+}
+
+/// One instance definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub name: InstanceName,
+    pub uuid: String,
+    /// Memory in MiB (Ganeti's maxmem).
+    pub memory: u64,
+    pub vcpus: u32,
+    pub disks: Vec<DiskSpec>,
+    pub nics: Vec<NicSpec>,
+    /// This instance's hvparams, before node defaults are merged in.
+    pub hvparams: HvOverrides,
+    pub autostart: bool,
+}
+
+impl InstanceSpec {
+    /// Effective hvparams: Ganeti defaults ← node ← instance.
+    pub fn effective_hvparams(&self, node: &NodeConfig) -> HvParams {
+        let mut node_layer = node.hvparams.clone();
+        node_layer
+            .entry("kvm_path".into())
+            .or_insert_with(|| crate::hvparams::HvValue::Str(node.qemu.display().to_string()));
+        HvParams::merged(&[&node_layer, &self.hvparams])
+    }
+
+    /// The accelerator this instance runs with.
+    pub fn accel(&self, hv: &HvParams, node: &NodeConfig) -> Accel {
+        match hv.str("kvm_flag") {
+            "enabled" => Accel::Kvm,
+            "disabled" => Accel::Tcg,
+            _ => node.accelerator,
+        }
+    }
+}
+
+impl Serialize for InstanceName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        InstanceName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A name-derived UUID (RFC 9562 version 8 layout) for instances that do not give one, so the
+/// same definition always gets the same `-uuid`.
+pub fn uuid_from_name(name: &str) -> String {
+    let mut h: [u64; 2] = [0xcbf2_9ce4_8422_2325, 0x8422_2325_cbf2_9ce4];
+    for (i, lane) in h.iter_mut().enumerate() {
+        for b in name.bytes().chain(std::iter::once(i as u8)) {
+            *lane ^= u64::from(b);
+            *lane = lane.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&h[0].to_be_bytes());
+    bytes[8..].copy_from_slice(&h[1].to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// A locally administered MAC derived from the instance uuid and NIC index (`52:54:00` is
+/// QEMU's own prefix, which operators recognise).
+pub fn mac_from_uuid(uuid: &str, index: usize) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in uuid.bytes().chain(std::iter::once(index as u8)) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let b = h.to_be_bytes();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_uuid_is_stable_and_well_formed() {
+        let a = uuid_from_name("web1");
+        assert_eq!(a, uuid_from_name("web1"));
+        assert_ne!(a, uuid_from_name("web2"));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "8");
+    }
+
+    #[test]
+    fn derived_macs_differ_per_nic() {
+        let u = uuid_from_name("web1");
+        assert_ne!(mac_from_uuid(&u, 0), mac_from_uuid(&u, 1));
+        assert!(mac_from_uuid(&u, 0).starts_with("52:54:00:"));
+    }
+}

@@ -1,0 +1,378 @@
+//! The root supervisor actor: owns the config, one VM actor per instance, and the table of
+//! their last published states, from which `list` and `info` are answered without asking any
+//! VM actor (so a wedged QEMU never slows them).
+//!
+//! It routes operations to VM actors, applies config reloads (new instances, changed
+//! definitions, autostart), and rebuilds a VM actor from runtime state if its mailbox closes
+//! (a panicked actor).
+//!
+//! Invariant: never awaits inside a handler on behalf of a VM; forwarding happens in futures
+//! that do not hold the actor.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use crate::api::{ApiError, ApiReply, ApiRequest, ErrorCode, VmInfo};
+use crate::config::Config;
+use crate::name::InstanceName;
+use crate::process;
+use crate::runtime::{self, Store};
+use crate::spec::NodeConfig;
+use crate::vm::{VmActor, VmOutcome, VmRequest, VmUpdated};
+
+/// Everything the supervisor can be asked.
+#[derive(Message)]
+#[rtype(result = "Result<ApiReply, ApiError>")]
+pub struct Call(pub ApiRequest);
+
+/// A new config, read by a reload (SIGHUP or the `reload` request).
+#[derive(Message)]
+#[rtype(result = "Result<ApiReply, ApiError>")]
+struct ApplyConfig(Config);
+
+struct Entry {
+    addr: Addr<VmActor>,
+    info: VmInfo,
+}
+
+pub struct Supervisor {
+    config: Config,
+    node: Arc<NodeConfig>,
+    store: Store,
+    vms: BTreeMap<InstanceName, Entry>,
+    clock_ticks: u64,
+}
+
+impl Supervisor {
+    pub fn new(config: Config, store: Store) -> Self {
+        Self {
+            node: Arc::new(config.node.clone()),
+            config,
+            store,
+            vms: BTreeMap::new(),
+            clock_ticks: process::clock_ticks(),
+        }
+    }
+
+    fn spawn_vm(&mut self, name: InstanceName, autostart: bool, ctx: &mut Context<Self>) {
+        let spec = self.config.instances.get(&name).cloned();
+        let placeholder = VmInfo {
+            name: name.clone(),
+            state: crate::vmstate::VmState::Stopped,
+            pid: None,
+            memory_mib: spec.as_ref().map_or(0, |s| s.memory),
+            vcpus: spec.as_ref().map_or(0, |s| s.vcpus),
+            cpu_time_ms: None,
+            uptime_s: None,
+            started_at_ms: None,
+            qemu_version: None,
+            autostart: spec.as_ref().is_some_and(|s| s.autostart),
+            in_config: spec.is_some(),
+            pending_changes: false,
+            operation: Some("recovery"),
+            last_exit: None,
+        };
+        let actor = VmActor::new(
+            name.clone(),
+            spec,
+            self.node.clone(),
+            self.store.clone(),
+            ctx.address().recipient(),
+            autostart,
+        );
+        self.vms.insert(
+            name,
+            Entry {
+                addr: actor.start(),
+                info: placeholder,
+            },
+        );
+    }
+
+    /// Live numbers that are not part of the published state: CPU time and uptime.
+    fn with_live(&self, mut info: VmInfo) -> VmInfo {
+        if let Some(pid) = info.pid {
+            if let Ok(st) = process::read_stat(pid) {
+                info.cpu_time_ms = Some(st.cpu_ticks * 1000 / self.clock_ticks);
+            }
+        }
+        if let Some(at) = info.started_at_ms.filter(|_| info.state.has_process()) {
+            info.uptime_s = Some(runtime::now_ms().saturating_sub(at) / 1000);
+        }
+        info
+    }
+
+    fn lookup(&self, name: &InstanceName) -> Result<Addr<VmActor>, ApiError> {
+        self.vms
+            .get(name)
+            .map(|e| e.addr.clone())
+            .ok_or_else(|| ApiError::not_found(name))
+    }
+
+    /// Rebuild VM actors whose mailbox closed (a panic inside the actor).
+    fn check_actors(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<_> = self
+            .vms
+            .iter()
+            .filter(|(_, e)| !e.addr.connected())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in dead {
+            warn!(%name, "VM actor died; rebuilding it from runtime state");
+            self.spawn_vm(name, false, ctx);
+        }
+    }
+}
+
+/// List the instance directories under the run dir (names validated; others ignored).
+fn instances_on_disk(run_dir: &std::path::Path) -> Vec<InstanceName> {
+    let Ok(rd) = std::fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| InstanceName::parse(&e.file_name().to_string_lossy()).ok())
+        .collect()
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let mut names: BTreeSet<InstanceName> = self.config.instances.keys().cloned().collect();
+        names.extend(instances_on_disk(&self.node.run_dir));
+        info!(instances = names.len(), "supervisor started");
+        for name in names {
+            self.spawn_vm(name, true, ctx);
+        }
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_actors(ctx));
+    }
+}
+
+impl Handler<VmUpdated> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, VmUpdated(info): VmUpdated, _: &mut Context<Self>) {
+        if let Some(e) = self.vms.get_mut(&info.name) {
+            e.info = info;
+        }
+    }
+}
+
+fn forward(
+    addr: Addr<VmActor>,
+    req: VmRequest,
+) -> impl std::future::Future<Output = Result<VmOutcome, ApiError>> {
+    async move {
+        addr.send(req).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("VM actor unavailable ({e}); it is being rebuilt, retry"),
+            )
+        })?
+    }
+}
+
+impl Handler<Call> for Supervisor {
+    type Result = ResponseFuture<Result<ApiReply, ApiError>>;
+
+    fn handle(&mut self, Call(req): Call, ctx: &mut Context<Self>) -> Self::Result {
+        let ready = |r: Result<ApiReply, ApiError>| -> Self::Result { Box::pin(async move { r }) };
+        match req {
+            ApiRequest::Ping => ready(Ok(ApiReply::Pong {
+                version: env!("CARGO_PKG_VERSION"),
+            })),
+            ApiRequest::List => ready(Ok(ApiReply::List(
+                self.vms
+                    .values()
+                    .filter(|e| e.info.state.has_process())
+                    .map(|e| self.with_live(e.info.clone()))
+                    .collect(),
+            ))),
+            ApiRequest::Info { name: None } => ready(Ok(ApiReply::Info(
+                self.vms
+                    .values()
+                    .map(|e| self.with_live(e.info.clone()))
+                    .collect(),
+            ))),
+            ApiRequest::Info { name: Some(n) } => ready(match self.vms.get(&n) {
+                Some(e) => Ok(ApiReply::Info(vec![self.with_live(e.info.clone())])),
+                None => Err(ApiError::not_found(&n)),
+            }),
+            ApiRequest::Start { name, paused } => match self.lookup(&name) {
+                Ok(addr) => Box::pin(async move {
+                    match forward(addr, VmRequest::Start { paused }).await? {
+                        VmOutcome::Done(info) => Ok(ApiReply::Started(info)),
+                        VmOutcome::Stopped { info, .. } => Ok(ApiReply::Started(info)),
+                    }
+                }),
+                Err(e) => ready(Err(e)),
+            },
+            ApiRequest::Stop {
+                name,
+                timeout_s,
+                force,
+            } => match self.lookup(&name) {
+                Ok(addr) => {
+                    let timeout = timeout_s.map_or(self.node.stop_timeout, Duration::from_secs);
+                    Box::pin(async move {
+                        match forward(addr, VmRequest::Stop { timeout, force }).await? {
+                            VmOutcome::Stopped {
+                                ended,
+                                elapsed,
+                                info,
+                            } => Ok(ApiReply::Stopped {
+                                ended,
+                                elapsed_ms: elapsed.as_millis() as u64,
+                                info,
+                            }),
+                            VmOutcome::Done(info) => Ok(ApiReply::Info(vec![info])),
+                        }
+                    })
+                }
+                Err(e) => ready(Err(e)),
+            },
+            ApiRequest::Reboot { name, hard } => match self.lookup(&name) {
+                Ok(addr) => Box::pin(async move {
+                    match forward(addr, VmRequest::Reboot { hard }).await? {
+                        VmOutcome::Done(info) | VmOutcome::Stopped { info, .. } => {
+                            Ok(ApiReply::Rebooted(info))
+                        }
+                    }
+                }),
+                Err(e) => ready(Err(e)),
+            },
+            ApiRequest::Cleanup { name } => match self.lookup(&name) {
+                Ok(addr) => Box::pin(async move {
+                    forward(addr, VmRequest::Cleanup).await?;
+                    Ok(ApiReply::CleanedUp { name })
+                }),
+                Err(e) => ready(Err(e)),
+            },
+            ApiRequest::Reload => {
+                let (path, me) = (self.config.path.clone(), ctx.address());
+                Box::pin(async move {
+                    let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+                        .await
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                    let config = loaded.map_err(|e| {
+                        let mut err = ApiError::new(ErrorCode::ConfigError, e.to_string());
+                        if let crate::config::ConfigError::Invalid { errors, .. } = e {
+                            err.fields = errors.0;
+                        }
+                        err
+                    })?;
+                    me.send(ApplyConfig(config))
+                        .await
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+                })
+            }
+        }
+    }
+}
+
+impl Handler<ApplyConfig> for Supervisor {
+    type Result = ResponseFuture<Result<ApiReply, ApiError>>;
+
+    fn handle(&mut self, ApplyConfig(new): ApplyConfig, ctx: &mut Context<Self>) -> Self::Result {
+        if new.node != self.config.node {
+            warn!("[node] settings changed; they apply when kvmd restarts");
+        }
+        let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut updates = Vec::new();
+        for (name, spec) in &new.instances {
+            match self.config.instances.get(name) {
+                None if !self.vms.contains_key(name) => added.push(name.clone()),
+                None => {
+                    added.push(name.clone());
+                    updates.push((name.clone(), Some(spec.clone())));
+                }
+                Some(old) if old != spec => {
+                    changed.push(name.to_string());
+                    updates.push((name.clone(), Some(spec.clone())));
+                }
+                Some(_) => {}
+            }
+        }
+        for name in self.config.instances.keys() {
+            if !new.instances.contains_key(name) {
+                removed.push(name.to_string());
+                updates.push((name.clone(), None));
+            }
+        }
+        let old_node = self.config.node.clone();
+        self.config = Config {
+            node: old_node,
+            ..new
+        };
+        let mut futs = Vec::new();
+        for name in &added {
+            if !self.vms.contains_key(name) {
+                self.spawn_vm(name.clone(), true, ctx);
+            }
+        }
+        for (name, spec) in updates {
+            if let Some(e) = self.vms.get(&name) {
+                let autostart = spec.as_ref().is_some_and(|s| s.autostart);
+                futs.push(forward(
+                    e.addr.clone(),
+                    VmRequest::SetSpec {
+                        spec: spec.map(Box::new),
+                        autostart,
+                    },
+                ));
+            }
+        }
+        info!(
+            added = added.len(),
+            removed = removed.len(),
+            changed = changed.len(),
+            "config reloaded"
+        );
+        let added = added.iter().map(|n| n.to_string()).collect();
+        Box::pin(async move {
+            for f in futs {
+                f.await?;
+            }
+            Ok(ApiReply::Reloaded {
+                added,
+                removed,
+                changed,
+            })
+        })
+    }
+}
+
+/// A cheap, cloneable way to call the supervisor without importing actix.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    addr: Addr<Supervisor>,
+}
+
+impl SupervisorHandle {
+    pub fn start(config: Config, store: Store) -> Self {
+        Self {
+            addr: Supervisor::new(config, store).start(),
+        }
+    }
+
+    pub async fn call(&self, req: ApiRequest) -> Result<ApiReply, ApiError> {
+        self.addr.send(Call(req)).await.map_err(|e| {
+            ApiError::new(ErrorCode::Internal, format!("supervisor unavailable: {e}"))
+        })?
+    }
+
+    /// Fire-and-forget reload (from SIGHUP); the outcome is logged.
+    pub fn reload_in_background(&self) {
+        let h = self.clone();
+        actix::spawn(async move {
+            match h.call(ApiRequest::Reload).await {
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "reload failed; keeping the previous config"),
+            }
+        });
+    }
+}

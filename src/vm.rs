@@ -1,0 +1,1414 @@
+//! The VM actor: one per instance. It owns the instance's QEMU process (spawned or adopted),
+//! its QMP connection, its shutdown monitor (QMP events + pidfd exit watch) and its state.
+//!
+//! Long operations (start, stop, reboot, adoption) run as tasks that report back to the actor
+//! with [`Internal`] messages, so the mailbox keeps flowing while an ACPI stop waits for the
+//! guest: events, exits and `info` are never queued behind QEMU. Every change of state is
+//! published to the supervisor at once ([`VmUpdated`]).
+//!
+//! Invariant: dropping or stopping this actor never touches QEMU. VMs outlive kvmd.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn, Instrument};
+
+use crate::api::{ApiError, ErrorCode, VmInfo};
+use crate::check::FieldError;
+use crate::cmdline::{build_command_line, Launch};
+use crate::hvparams::{self, HvParams};
+use crate::name::InstanceName;
+use crate::process::{self, ExitStatus, Identity, QemuProcess};
+use crate::qmp::{Event, Qmp};
+use crate::runtime::{self, ExitKind, ExitRecord, RunPaths, RuntimeFile, Store};
+use crate::spec::{InstanceSpec, NodeConfig};
+use crate::vmstate::{classify_exit, ExitFacts, ExitVerdict, ShutdownEvent, StopEnd, VmState};
+
+/// How long QEMU may take to open its QMP socket after exec.
+const QMP_CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// After SIGTERM, how long before SIGKILL.
+const SIGTERM_GRACE: Duration = Duration::from_secs(10);
+/// How often a running VM's QMP is probed for liveness (`query-status` with a deadline).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Lines of QEMU's stderr kept with a crash or a failed start.
+const STDERR_LINES: usize = 20;
+
+/// A state change, published to the supervisor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct VmUpdated(pub VmInfo);
+
+/// Everything the supervisor may ask of a VM actor.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<VmOutcome, ApiError>")]
+pub enum VmRequest {
+    /// Allowed when no QEMU runs and no operation is in progress.
+    Start { paused: bool },
+    /// Allowed whenever a QEMU runs and no other operation is in progress; a stopped VM
+    /// answers `AlreadyStopped`.
+    Stop { timeout: Duration, force: bool },
+    /// Soft: stop then start with the current definition. Hard: QMP `system_reset`.
+    Reboot { hard: bool },
+    /// Remove runtime files. Allowed only when no QEMU runs.
+    Cleanup,
+    /// New definition from a config reload (`None`: removed from the config). Applies at next
+    /// start; `autostart` starts a never-started VM now.
+    SetSpec {
+        spec: Option<Box<InstanceSpec>>,
+        autostart: bool,
+    },
+}
+
+/// What a finished request produced; `info` is the state right after it.
+#[derive(Debug)]
+pub enum VmOutcome {
+    Done(VmInfo),
+    Stopped {
+        ended: StopEnd,
+        elapsed: Duration,
+        info: VmInfo,
+    },
+}
+
+/// Messages the actor's own tasks send it.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum Internal {
+    Spawned {
+        gen: u64,
+        pid: u32,
+        process: Arc<QemuProcess>,
+        exit: watch::Receiver<Option<ExitStatus>>,
+    },
+    QmpUp {
+        gen: u64,
+        qmp: Qmp,
+    },
+    Running {
+        gen: u64,
+        paused: bool,
+        runtime: Box<RuntimeFile>,
+    },
+    StartFailed {
+        gen: u64,
+    },
+    Event {
+        gen: u64,
+        event: Event,
+    },
+    Exited {
+        gen: u64,
+        status: ExitStatus,
+    },
+    ExitRecorded {
+        gen: u64,
+        record: ExitRecord,
+        restart: bool,
+    },
+    Health {
+        gen: u64,
+        status: Result<String, String>,
+    },
+    Recovered(Box<Recovery>),
+}
+
+/// The result of looking at the run dir at actor start.
+enum Recovery {
+    Adopted {
+        gen: u64,
+        process: Arc<QemuProcess>,
+        exit: watch::Receiver<Option<ExitStatus>>,
+        qmp: Option<Qmp>,
+        runtime: Box<RuntimeFile>,
+        status: Option<String>,
+    },
+    Down {
+        record: Option<ExitRecord>,
+        dir_exists: bool,
+    },
+}
+
+/// Asks the actor to enter `starting` (used by reboot and autostart tasks).
+#[derive(Message)]
+#[rtype(result = "Result<StartPlan, ApiError>")]
+struct PrepareStart {
+    paused: bool,
+    op: &'static str,
+}
+
+#[derive(Message)]
+#[rtype(result = "VmInfo")]
+struct GetInfo;
+
+/// The QEMU of the current generation.
+struct Run {
+    gen: u64,
+    pid: u32,
+    process: Arc<QemuProcess>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    qmp: Option<Qmp>,
+    runtime: Option<RuntimeFile>,
+}
+
+/// Inputs of a start, computed by the actor, used by a task.
+pub struct StartPlan {
+    gen: u64,
+    spec: InstanceSpec,
+    hv: HvParams,
+    node: Arc<NodeConfig>,
+    paths: RunPaths,
+    store: Store,
+    paused: bool,
+    addr: Addr<VmActor>,
+}
+
+pub struct VmActor {
+    name: InstanceName,
+    paths: RunPaths,
+    node: Arc<NodeConfig>,
+    /// Current definition from the config; `None` for an adopted VM no longer in the config.
+    spec: Option<InstanceSpec>,
+    store: Store,
+    updates: Recipient<VmUpdated>,
+    state: VmState,
+    unresponsive: bool,
+    op: Option<&'static str>,
+    /// Incremented per QEMU launch/adoption; messages from older generations are ignored.
+    gen: u64,
+    run: Option<Run>,
+    last_exit: Option<ExitRecord>,
+    /// Last SHUTDOWN event of the current QEMU.
+    shutdown_event: Option<ShutdownEvent>,
+    /// kvmd is stopping this QEMU: its exit is an admin stop.
+    stop_requested: bool,
+    exit_waiters: Vec<oneshot::Sender<ExitRecord>>,
+    /// The run dir has state for this instance (started since boot, not cleaned up).
+    dir_exists: bool,
+    autostart_on_recovery: bool,
+    health_in_flight: bool,
+    recovered: bool,
+}
+
+impl VmActor {
+    pub fn new(
+        name: InstanceName,
+        spec: Option<InstanceSpec>,
+        node: Arc<NodeConfig>,
+        store: Store,
+        updates: Recipient<VmUpdated>,
+        autostart: bool,
+    ) -> Self {
+        Self {
+            paths: RunPaths::new(&node.run_dir, &name),
+            name,
+            node,
+            spec,
+            store,
+            updates,
+            state: VmState::Stopped,
+            unresponsive: false,
+            op: None,
+            gen: 0,
+            run: None,
+            last_exit: None,
+            shutdown_event: None,
+            stop_requested: false,
+            exit_waiters: Vec::new(),
+            dir_exists: false,
+            autostart_on_recovery: autostart,
+            health_in_flight: false,
+            recovered: false,
+        }
+    }
+
+    fn info(&self) -> VmInfo {
+        let rt = self.run.as_ref().and_then(|r| r.runtime.as_ref());
+        let (memory, vcpus) = match (rt, &self.spec) {
+            (Some(rt), _) => (rt.spec.memory, rt.spec.vcpus),
+            (None, Some(s)) => (s.memory, s.vcpus),
+            (None, None) => (0, 0),
+        };
+        let state =
+            if self.unresponsive && self.state.has_process() && self.state != VmState::Stopping {
+                VmState::Unresponsive
+            } else {
+                self.state
+            };
+        VmInfo {
+            name: self.name.clone(),
+            state,
+            pid: self.run.as_ref().map(|r| r.pid),
+            memory_mib: memory,
+            vcpus,
+            cpu_time_ms: None,
+            uptime_s: None,
+            started_at_ms: rt.map(|r| r.started_at_ms),
+            qemu_version: rt.map(|r| r.qemu_version.clone()),
+            autostart: self.spec.as_ref().is_some_and(|s| s.autostart),
+            in_config: self.spec.is_some(),
+            pending_changes: match (rt, &self.spec) {
+                (Some(rt), Some(s)) => rt.spec != *s,
+                _ => false,
+            },
+            operation: self.op,
+            last_exit: self.last_exit.clone(),
+        }
+    }
+
+    fn publish(&self) {
+        self.updates.do_send(VmUpdated(self.info()));
+    }
+
+    fn busy(&self) -> ApiError {
+        ApiError::new(
+            ErrorCode::Busy,
+            format!(
+                "{} is busy: {} in progress",
+                self.name,
+                self.op.unwrap_or("recovery")
+            ),
+        )
+    }
+
+    /// Enter `starting` and return what the start task needs.
+    fn prepare_start(
+        &mut self,
+        paused: bool,
+        op: &'static str,
+        ctx: &mut Context<Self>,
+    ) -> Result<StartPlan, ApiError> {
+        if self.state.has_process() {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyRunning,
+                format!(
+                    "{} is already running (pid {})",
+                    self.name,
+                    self.run.as_ref().map_or(0, |r| r.pid)
+                ),
+            ));
+        }
+        let Some(spec) = self.spec.clone() else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("{} is not defined in the config any more", self.name),
+            ));
+        };
+        let hv = spec.effective_hvparams(&self.node);
+        let errs = hvparams::check_syntax(&hv);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(
+                errs.into_iter().map(|e| e.under("hvparams")).collect(),
+            ));
+        }
+        self.gen += 1;
+        self.op = Some(op);
+        self.state = VmState::Starting;
+        self.unresponsive = false;
+        self.shutdown_event = None;
+        self.stop_requested = false;
+        self.dir_exists = true;
+        self.publish();
+        Ok(StartPlan {
+            gen: self.gen,
+            spec,
+            hv,
+            node: self.node.clone(),
+            paths: self.paths.clone(),
+            store: self.store.clone(),
+            paused,
+            addr: ctx.address(),
+        })
+    }
+
+    fn exit_waiter(&mut self) -> oneshot::Receiver<ExitRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.exit_waiters.push(tx);
+        rx
+    }
+
+    fn current(&self, gen: u64) -> bool {
+        self.run.as_ref().is_some_and(|r| r.gen == gen)
+    }
+
+    fn spawn_health_check(&mut self, ctx: &mut Context<Self>) {
+        if self.health_in_flight || !matches!(self.state, VmState::Running | VmState::Paused) {
+            return;
+        }
+        let Some(run) = &self.run else { return };
+        let (gen, addr, timeout) = (run.gen, ctx.address(), self.node.qmp_timeout);
+        let qmp = run.qmp.clone().filter(|q| !q.is_closed());
+        let exit = run.exit.clone();
+        let qmp_path = self.paths.qmp();
+        self.health_in_flight = true;
+        actix::spawn(async move {
+            let status = match qmp {
+                Some(q) => query_status(&q, timeout).await,
+                None => match connect_qmp(
+                    &qmp_path,
+                    gen,
+                    &addr,
+                    timeout,
+                    exit,
+                    Duration::from_millis(500),
+                )
+                .await
+                {
+                    Ok(q) => {
+                        let s = query_status(&q, timeout).await;
+                        addr.do_send(Internal::QmpUp { gen, qmp: q });
+                        s
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            addr.do_send(Internal::Health { gen, status });
+        });
+    }
+}
+
+async fn query_status(qmp: &Qmp, timeout: Duration) -> Result<String, String> {
+    match qmp.execute("query-status", None, timeout).await {
+        Ok(v) => Ok(v
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Connect QMP and forward its events to the actor.
+async fn connect_qmp(
+    path: &Path,
+    gen: u64,
+    addr: &Addr<VmActor>,
+    timeout: Duration,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    deadline: Duration,
+) -> Result<Qmp, crate::qmp::QmpError> {
+    let (qmp, mut events) = Qmp::connect(path, Instant::now() + deadline, timeout, || {
+        exit.borrow().is_none()
+    })
+    .await?;
+    let addr = addr.clone();
+    actix::spawn(async move {
+        while let Some(event) = events.recv().await {
+            addr.do_send(Internal::Event { gen, event });
+        }
+    });
+    Ok(qmp)
+}
+
+/// Watch a QEMU's pidfd and tell the actor (and anyone holding the receiver) when it exits.
+fn watch_exit(
+    process: &QemuProcess,
+    gen: u64,
+    addr: Addr<VmActor>,
+) -> std::io::Result<watch::Receiver<Option<ExitStatus>>> {
+    let pidfd = process.try_clone_pidfd()?;
+    let (pid, own) = (process.pid, process.own_child);
+    let (tx, rx) = watch::channel(None);
+    actix::spawn(async move {
+        let status = match process::wait_exit(pidfd, pid, own).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(pid, error = %e, "waiting for QEMU exit failed");
+                ExitStatus::default()
+            }
+        };
+        let _ = tx.send(Some(status));
+        addr.do_send(Internal::Exited { gen, status });
+    });
+    Ok(rx)
+}
+
+/// Wait up to `limit` for the exit to be recorded.
+async fn waited(done: &mut oneshot::Receiver<ExitRecord>, limit: Duration) -> bool {
+    matches!(tokio::time::timeout(limit, done).await, Ok(Ok(_)))
+}
+
+async fn wait_exited(exit: &mut watch::Receiver<Option<ExitStatus>>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, exit.wait_for(|s| s.is_some()))
+        .await
+        .is_ok()
+}
+
+/// Node-side checks that need the file system (Ganeti's ValidateParameters, the part kvmd
+/// does today): the binary, kernel, initrd and disks must exist.
+fn node_check(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for key in ["kvm_path", "kernel_path", "initrd_path"] {
+        let p = hv.str(key);
+        if !p.is_empty() && !Path::new(p).is_file() {
+            errs.push(FieldError::new(
+                format!("hvparams.{key}"),
+                format!("{p:?}"),
+                "must name an existing file",
+            ));
+        }
+    }
+    for (i, d) in spec.disks.iter().enumerate() {
+        if !d.path.exists() {
+            errs.push(FieldError::new(
+                format!("disk[{i}].path"),
+                format!("{:?}", d.path.display().to_string()),
+                "must name an existing file or block device",
+            ));
+        }
+    }
+    errs
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+/// The start task: launch QEMU stopped (-S), connect QMP, persist the runtime file, `cont`.
+async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
+    let StartPlan {
+        gen,
+        spec,
+        hv,
+        node,
+        paths,
+        store,
+        paused,
+        addr,
+    } = plan;
+    let accel = spec.accel(&hv, &node);
+    let (spec2, hv2) = (spec.clone(), hv.clone());
+    let paths2 = paths.clone();
+    let prepared = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let errs = node_check(&spec2, &hv2);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(errs));
+        }
+        let caps = crate::probe::probe(Path::new(hv2.str("kvm_path"))).map_err(|e| {
+            ApiError::new(ErrorCode::StartFailed, format!("Cannot probe QEMU: {e}"))
+        })?;
+        let argv = build_command_line(&Launch {
+            spec: &spec2,
+            hv: &hv2,
+            caps: &caps,
+            paths: &paths2,
+            accel,
+        })
+        .map_err(|errs| ApiError::invalid(errs))?;
+        Ok((caps, argv))
+    })
+    .await
+    .map_err(|e| internal("start preparation panicked", e));
+    let (caps, argv) = match prepared.and_then(|r| r) {
+        Ok(v) => v,
+        Err(e) => {
+            addr.do_send(Internal::StartFailed { gen });
+            return Err(e);
+        }
+    };
+    let p = paths.clone();
+    let fresh = store
+        .run(move || runtime::remove_dir(&p).and_then(|_| runtime::create_dir(&p)))
+        .await;
+    if let Err(e) = fresh {
+        addr.do_send(Internal::StartFailed { gen });
+        return Err(internal("Cannot prepare the run dir", e));
+    }
+    let (argv2, log) = (argv.clone(), paths.qemu_log());
+    let spawned = tokio::task::spawn_blocking(move || -> std::io::Result<(u32, u64)> {
+        let pid = process::spawn_detached(&argv2, &log)?;
+        let ticks = process::read_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+        Ok((pid, ticks))
+    })
+    .await;
+    let (pid, start_ticks) = match spawned {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            return fail_start(
+                gen,
+                &addr,
+                &store,
+                &paths,
+                None,
+                format!("Cannot run {}: {e}", argv[0]),
+            )
+            .await
+        }
+        Err(e) => {
+            return fail_start(
+                gen,
+                &addr,
+                &store,
+                &paths,
+                None,
+                format!("spawn panicked: {e}"),
+            )
+            .await
+        }
+    };
+    let process = match QemuProcess::open(pid, true) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            return fail_start(
+                gen,
+                &addr,
+                &store,
+                &paths,
+                None,
+                format!("Cannot open pidfd of {pid}: {e}"),
+            )
+            .await
+        }
+    };
+    let exit = match watch_exit(&process, gen, addr.clone()) {
+        Ok(rx) => rx,
+        Err(e) => {
+            let _ = process.signal(Signal::SIGKILL);
+            return fail_start(
+                gen,
+                &addr,
+                &store,
+                &paths,
+                None,
+                format!("Cannot watch pid {pid}: {e}"),
+            )
+            .await;
+        }
+    };
+    let _ = addr
+        .send(Internal::Spawned {
+            gen,
+            pid,
+            process: process.clone(),
+            exit: exit.clone(),
+        })
+        .await;
+    info!(pid, "QEMU spawned");
+    let qmp = match connect_qmp(
+        &paths.qmp(),
+        gen,
+        &addr,
+        node.qmp_timeout,
+        exit.clone(),
+        QMP_CONNECT_DEADLINE,
+    )
+    .await
+    {
+        Ok(q) => q,
+        Err(e) => {
+            return fail_start(
+                gen,
+                &addr,
+                &store,
+                &paths,
+                Some((&process, &exit)),
+                format!("QEMU did not come up: {e}"),
+            )
+            .await
+        }
+    };
+    let _ = addr
+        .send(Internal::QmpUp {
+            gen,
+            qmp: qmp.clone(),
+        })
+        .await;
+    let runtime = RuntimeFile {
+        version: 1,
+        spec,
+        hvparams: hv,
+        argv,
+        pid,
+        start_ticks,
+        started_at_ms: runtime::now_ms(),
+        qemu_version: caps.version_text.clone(),
+        paused_at_start: paused,
+    };
+    let (rt, p) = (runtime.clone(), paths.runtime());
+    if let Err(e) = store.run(move || runtime::write_json(&p, &rt)).await {
+        return fail_start(
+            gen,
+            &addr,
+            &store,
+            &paths,
+            Some((&process, &exit)),
+            format!("Cannot write the runtime file: {e}"),
+        )
+        .await;
+    }
+    if !paused {
+        if let Err(e) = qmp.execute("cont", None, node.qmp_timeout).await {
+            return fail_start(
+                gen,
+                &addr,
+                &store,
+                &paths,
+                Some((&process, &exit)),
+                format!("Cannot resume the guest: {e}"),
+            )
+            .await;
+        }
+    }
+    let _ = addr
+        .send(Internal::Running {
+            gen,
+            paused,
+            runtime: Box::new(runtime),
+        })
+        .await;
+    Ok(())
+}
+
+/// Undo a start: kill QEMU, collect its stderr, remove everything the start created.
+async fn fail_start(
+    gen: u64,
+    addr: &Addr<VmActor>,
+    store: &Store,
+    paths: &RunPaths,
+    process: Option<(&Arc<QemuProcess>, &watch::Receiver<Option<ExitStatus>>)>,
+    message: String,
+) -> Result<(), ApiError> {
+    if let Some((p, exit)) = process {
+        let _ = p.signal(Signal::SIGKILL);
+        wait_exited(&mut exit.clone(), Duration::from_secs(10)).await;
+    }
+    let p = paths.clone();
+    let stderr = store
+        .run(move || {
+            let tail = process::tail_lines(&p.qemu_log(), STDERR_LINES);
+            let _ = runtime::remove_dir(&p);
+            tail
+        })
+        .await;
+    warn!(%message, stderr = ?stderr, "start failed; cleaned up");
+    addr.do_send(Internal::StartFailed { gen });
+    let mut msg = message;
+    if let Some(last) = stderr.last() {
+        msg = format!("{msg}; QEMU said: {last}");
+    }
+    Err(ApiError::new(ErrorCode::StartFailed, msg).with_details(stderr))
+}
+
+struct StopPlan {
+    process: Arc<QemuProcess>,
+    qmp: Option<Qmp>,
+    acpi: bool,
+    force: bool,
+    timeout: Duration,
+    resend: Duration,
+    qmp_timeout: Duration,
+    done: oneshot::Receiver<ExitRecord>,
+}
+
+/// The stop task: ACPI power button (resent), then SIGTERM, then SIGKILL.
+async fn stop_task(mut plan: StopPlan) -> Result<StopEnd, ApiError> {
+    let started = Instant::now();
+    if plan.force {
+        let _ = plan.process.signal(Signal::SIGKILL);
+        return if waited(&mut plan.done, Duration::from_secs(30)).await {
+            Ok(StopEnd::Sigkill)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "QEMU did not exit after SIGKILL",
+            ))
+        };
+    }
+    match (&plan.qmp, plan.acpi) {
+        (Some(qmp), true) => {
+            let deadline = started + plan.timeout;
+            loop {
+                if let Err(e) = qmp
+                    .execute("system_powerdown", None, plan.qmp_timeout)
+                    .await
+                {
+                    warn!(error = %e, "system_powerdown failed");
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                if waited(&mut plan.done, plan.resend.min(deadline - now)).await {
+                    return Ok(StopEnd::Acpi);
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                info!("guest still running; pressing the power button again");
+            }
+        }
+        _ => {
+            let _ = plan.process.signal(Signal::SIGTERM);
+            if waited(&mut plan.done, plan.timeout.max(Duration::from_millis(1))).await {
+                return Ok(StopEnd::Sigterm);
+            }
+        }
+    }
+    warn!("stop timeout reached; sending SIGTERM");
+    let _ = plan.process.signal(Signal::SIGTERM);
+    if waited(&mut plan.done, SIGTERM_GRACE).await {
+        return Ok(StopEnd::Sigterm);
+    }
+    warn!("QEMU ignored SIGTERM; sending SIGKILL");
+    let _ = plan.process.signal(Signal::SIGKILL);
+    if waited(&mut plan.done, Duration::from_secs(30)).await {
+        Ok(StopEnd::Sigkill)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            "QEMU did not exit after SIGKILL",
+        ))
+    }
+}
+
+/// Look at the run dir and adopt a still-running QEMU.
+async fn recover_task(
+    name: InstanceName,
+    paths: RunPaths,
+    store: Store,
+    addr: Addr<VmActor>,
+    qmp_timeout: Duration,
+) -> Recovery {
+    let p = paths.clone();
+    let on_disk = match store.run(move || runtime::read_on_disk(&p)).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "unreadable runtime state; treating as stopped");
+            return Recovery::Down {
+                record: None,
+                dir_exists: true,
+            };
+        }
+    };
+    let Some(rt) = on_disk.runtime else {
+        if on_disk.exists && on_disk.exit.is_none() {
+            // A start that never wrote its runtime file (kvmd died mid-start): its QEMU was
+            // still paused with -S and never ran the guest. Kill it and clean up.
+            let p = paths.clone();
+            store
+                .run(move || {
+                    if let Some(pid) = std::fs::read_to_string(p.pidfile())
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok())
+                    {
+                        if let Ok(st) = process::read_stat(pid) {
+                            if process::identify(pid, st.start_ticks, &p.pidfile())
+                                == Identity::Ours
+                            {
+                                warn!(pid, "killing the QEMU of an unfinished start");
+                                if let Ok(proc) = QemuProcess::open(pid, false) {
+                                    let _ = proc.signal(Signal::SIGKILL);
+                                }
+                            }
+                        }
+                    }
+                    let _ = runtime::remove_dir(&p);
+                })
+                .await;
+            return Recovery::Down {
+                record: None,
+                dir_exists: false,
+            };
+        }
+        return Recovery::Down {
+            record: on_disk.exit,
+            dir_exists: on_disk.exists,
+        };
+    };
+    let (pid, ticks, pidfile) = (rt.pid, rt.start_ticks, paths.pidfile());
+    let identity = tokio::task::spawn_blocking(move || process::identify(pid, ticks, &pidfile))
+        .await
+        .unwrap_or(Identity::Gone);
+    let opened = match identity {
+        Identity::Ours => QemuProcess::open(pid, false).ok(),
+        _ => None,
+    };
+    if let Some(process) = opened {
+        let gen = 1;
+        let process = Arc::new(process);
+        if let Ok(exit) = watch_exit(&process, gen, addr.clone()) {
+            let qmp = connect_qmp(
+                &paths.qmp(),
+                gen,
+                &addr,
+                qmp_timeout,
+                exit.clone(),
+                Duration::from_secs(2),
+            )
+            .await;
+            let (qmp, status) = match qmp {
+                Ok(q) => {
+                    let s = query_status(&q, qmp_timeout).await.ok();
+                    (Some(q), s)
+                }
+                Err(e) => {
+                    warn!(error = %e, "adopted QEMU does not answer on QMP");
+                    (None, None)
+                }
+            };
+            info!(pid, status = ?status, "re-adopted running QEMU");
+            return Recovery::Adopted {
+                gen,
+                process,
+                exit,
+                qmp,
+                runtime: Box::new(rt),
+                status,
+            };
+        }
+    }
+    if let Some(rec) = on_disk.exit.filter(|r| r.pid == rt.pid) {
+        return Recovery::Down {
+            record: Some(rec),
+            dir_exists: true,
+        };
+    }
+    let reason = match identity {
+        Identity::Other(why) => {
+            format!("QEMU exited while kvmd was not running; cause unknown ({why})")
+        }
+        _ => "QEMU exited while kvmd was not running; cause unknown".to_string(),
+    };
+    warn!(%name, pid, %reason, "recorded as crashed");
+    let p = paths.clone();
+    let record = store
+        .run(move || {
+            let rec = ExitRecord {
+                kind: ExitKind::Crashed,
+                reason,
+                exit_code: None,
+                signal: None,
+                stderr_tail: process::tail_lines(&p.qemu_log(), STDERR_LINES),
+                pid,
+                at_ms: runtime::now_ms(),
+            };
+            let _ = runtime::record_exit(&p, &rec);
+            rec
+        })
+        .await;
+    Recovery::Down {
+        record: Some(record),
+        dir_exists: true,
+    }
+}
+
+impl Actor for VmActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let span = tracing::info_span!("vm", name = %self.name);
+        let (name, paths, store, addr, t) = (
+            self.name.clone(),
+            self.paths.clone(),
+            self.store.clone(),
+            ctx.address(),
+            self.node.qmp_timeout,
+        );
+        self.op = Some("recovery");
+        actix::spawn(
+            async move {
+                let r = recover_task(name, paths, store, addr.clone(), t).await;
+                addr.do_send(Internal::Recovered(Box::new(r)));
+            }
+            .instrument(span),
+        );
+        ctx.run_interval(HEALTH_INTERVAL, |act, ctx| act.spawn_health_check(ctx));
+    }
+}
+
+impl Handler<VmRequest> for VmActor {
+    type Result = ResponseFuture<Result<VmOutcome, ApiError>>;
+
+    fn handle(&mut self, req: VmRequest, ctx: &mut Context<Self>) -> Self::Result {
+        let span = tracing::info_span!("vm", name = %self.name);
+        let addr = ctx.address();
+        let info_after = |addr: Addr<VmActor>| async move {
+            addr.send(GetInfo)
+                .await
+                .map_err(|e| internal("VM actor gone", e))
+        };
+        if let VmRequest::SetSpec { spec, autostart } = req {
+            self.spec = spec.map(|s| *s);
+            self.publish();
+            let start = autostart
+                && self.recovered
+                && self.op.is_none()
+                && self.state == VmState::Stopped
+                && !self.dir_exists;
+            if start {
+                if let Ok(plan) = self.prepare_start(false, "start", ctx) {
+                    info!(parent: &span, "autostart after reload");
+                    actix::spawn(
+                        async move {
+                            let _ = start_task(plan).await;
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+            let info = self.info();
+            return Box::pin(async move { Ok(VmOutcome::Done(info)) });
+        }
+        if let Some(op) = self.op {
+            let e = ApiError::new(
+                ErrorCode::Busy,
+                format!("{} is busy: {op} in progress", self.name),
+            );
+            return Box::pin(async move { Err(e) });
+        }
+        match req {
+            VmRequest::Start { paused } => match self.prepare_start(paused, "start", ctx) {
+                Ok(plan) => Box::pin(
+                    async move {
+                        start_task(plan).await?;
+                        Ok(VmOutcome::Done(info_after(addr).await?))
+                    }
+                    .instrument(span),
+                ),
+                Err(e) => Box::pin(async move { Err(e) }),
+            },
+            VmRequest::Stop { timeout, force } => {
+                let Some(run) = self.run.as_ref().filter(|_| self.state.has_process()) else {
+                    let info = self.info();
+                    return Box::pin(async move {
+                        Ok(VmOutcome::Stopped {
+                            ended: StopEnd::AlreadyStopped,
+                            elapsed: Duration::ZERO,
+                            info,
+                        })
+                    });
+                };
+                let acpi = run
+                    .runtime
+                    .as_ref()
+                    .map_or(true, |r| r.hvparams.bool("acpi"));
+                let plan = StopPlan {
+                    process: run.process.clone(),
+                    qmp: run.qmp.clone(),
+                    acpi,
+                    force,
+                    timeout,
+                    resend: self.node.acpi_resend_interval,
+                    qmp_timeout: self.node.qmp_timeout,
+                    done: self.exit_waiter(),
+                };
+                self.op = Some("stop");
+                self.stop_requested = true;
+                self.state = VmState::Stopping;
+                self.publish();
+                info!(parent: &span, force, timeout_s = timeout.as_secs(), "stopping");
+                Box::pin(
+                    async move {
+                        let t0 = Instant::now();
+                        let ended = stop_task(plan).await?;
+                        info!(
+                            ended = ended.as_str(),
+                            ms = t0.elapsed().as_millis() as u64,
+                            "stopped"
+                        );
+                        Ok(VmOutcome::Stopped {
+                            ended,
+                            elapsed: t0.elapsed(),
+                            info: info_after(addr).await?,
+                        })
+                    }
+                    .instrument(span),
+                )
+            }
+            VmRequest::Reboot { hard } => {
+                let Some(run) = self
+                    .run
+                    .as_ref()
+                    .filter(|_| matches!(self.state, VmState::Running | VmState::Paused))
+                else {
+                    let e = ApiError::new(
+                        ErrorCode::NotRunning,
+                        format!(
+                            "{} is not running ({})",
+                            self.name,
+                            self.info().state.as_str()
+                        ),
+                    );
+                    return Box::pin(async move { Err(e) });
+                };
+                if hard {
+                    let Some(qmp) = run.qmp.clone() else {
+                        let e = ApiError::new(
+                            ErrorCode::Unresponsive,
+                            format!("{} has no QMP connection", self.name),
+                        );
+                        return Box::pin(async move { Err(e) });
+                    };
+                    let t = self.node.qmp_timeout;
+                    return Box::pin(async move {
+                        qmp.execute("system_reset", None, t)
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::QmpError, e.to_string()))?;
+                        Ok(VmOutcome::Done(info_after(addr).await?))
+                    });
+                }
+                let acpi = run
+                    .runtime
+                    .as_ref()
+                    .map_or(true, |r| r.hvparams.bool("acpi"));
+                let plan = StopPlan {
+                    process: run.process.clone(),
+                    qmp: run.qmp.clone(),
+                    acpi,
+                    force: false,
+                    timeout: self.node.stop_timeout,
+                    resend: self.node.acpi_resend_interval,
+                    qmp_timeout: self.node.qmp_timeout,
+                    done: self.exit_waiter(),
+                };
+                self.op = Some("reboot");
+                self.stop_requested = true;
+                self.state = VmState::Stopping;
+                self.publish();
+                Box::pin(
+                    async move {
+                        stop_task(plan).await?;
+                        let plan = addr
+                            .send(PrepareStart {
+                                paused: false,
+                                op: "reboot",
+                            })
+                            .await
+                            .map_err(|e| internal("VM actor gone", e))??;
+                        start_task(plan).await?;
+                        Ok(VmOutcome::Done(info_after(addr).await?))
+                    }
+                    .instrument(span),
+                )
+            }
+            VmRequest::Cleanup => {
+                if self.state.has_process() {
+                    let e = ApiError::new(
+                        ErrorCode::AlreadyRunning,
+                        format!("Cannot clean up {}: it is running", self.name),
+                    );
+                    return Box::pin(async move { Err(e) });
+                }
+                let p = self.paths.clone();
+                let job = self.store.run(move || runtime::remove_dir(&p));
+                self.last_exit = None;
+                self.dir_exists = false;
+                self.state = VmState::Stopped;
+                self.publish();
+                let info = self.info();
+                Box::pin(async move {
+                    job.await
+                        .map_err(|e| internal("Cannot remove runtime files", e))?;
+                    Ok(VmOutcome::Done(info))
+                })
+            }
+            VmRequest::SetSpec { .. } => unreachable!("handled above"),
+        }
+    }
+}
+
+impl Handler<PrepareStart> for VmActor {
+    type Result = Result<StartPlan, ApiError>;
+    fn handle(&mut self, m: PrepareStart, ctx: &mut Context<Self>) -> Self::Result {
+        if self.op.is_some_and(|op| op != m.op) {
+            return Err(self.busy());
+        }
+        self.prepare_start(m.paused, m.op, ctx)
+    }
+}
+
+impl Handler<GetInfo> for VmActor {
+    type Result = MessageResult<GetInfo>;
+    fn handle(&mut self, _: GetInfo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.info())
+    }
+}
+
+impl Handler<Internal> for VmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Internal, ctx: &mut Context<Self>) {
+        let _span = tracing::info_span!("vm", name = %self.name).entered();
+        match msg {
+            Internal::Spawned {
+                gen,
+                pid,
+                process,
+                exit,
+            } if gen == self.gen => {
+                self.run = Some(Run {
+                    gen,
+                    pid,
+                    process,
+                    exit,
+                    qmp: None,
+                    runtime: None,
+                });
+                self.publish();
+            }
+            Internal::QmpUp { gen, qmp } => {
+                if let Some(run) = self.run.as_mut().filter(|r| r.gen == gen) {
+                    run.qmp = Some(qmp);
+                }
+            }
+            Internal::Running {
+                gen,
+                paused,
+                runtime,
+            } if self.current(gen) => {
+                if let Some(run) = self.run.as_mut() {
+                    run.runtime = Some(*runtime);
+                }
+                if self.state == VmState::Starting {
+                    self.state = if paused {
+                        VmState::Paused
+                    } else {
+                        VmState::Running
+                    };
+                }
+                self.op = None;
+                info!(paused, "started");
+                self.publish();
+            }
+            Internal::StartFailed { gen } if gen == self.gen => {
+                self.run = None;
+                self.op = None;
+                self.state = VmState::Stopped;
+                self.dir_exists = false;
+                self.last_exit = None;
+                self.publish();
+            }
+            Internal::Event { gen, event } if self.current(gen) => self.on_event(event),
+            Internal::Exited { gen, status } if self.current(gen) => self.on_exit(gen, status, ctx),
+            Internal::ExitRecorded {
+                gen,
+                record,
+                restart,
+            } => {
+                if gen == self.gen && self.run.is_none() {
+                    self.last_exit = Some(record.clone());
+                    self.publish();
+                }
+                for w in self.exit_waiters.drain(..) {
+                    let _ = w.send(record.clone());
+                }
+                if restart && self.op.is_none() {
+                    if let Ok(plan) = self.prepare_start(false, "reboot", ctx) {
+                        info!("guest rebooted with reboot_behavior=exit: starting it again");
+                        actix::spawn(async move {
+                            if let Err(e) = start_task(plan).await {
+                                warn!(error = %e, "restart after guest reboot failed");
+                            }
+                        });
+                    }
+                }
+            }
+            Internal::Health { gen, status } => {
+                self.health_in_flight = false;
+                if !self.current(gen) {
+                    return;
+                }
+                let was = (self.unresponsive, self.state);
+                match status {
+                    Ok(s) => {
+                        self.unresponsive = false;
+                        match (s.as_str(), self.state) {
+                            ("running", VmState::Paused) => self.state = VmState::Running,
+                            ("paused", VmState::Running) => self.state = VmState::Paused,
+                            _ => {}
+                        }
+                    }
+                    Err(e) => {
+                        if !self.unresponsive {
+                            warn!(error = %e, "QEMU missed its QMP deadline: unresponsive");
+                        }
+                        self.unresponsive = true;
+                    }
+                }
+                if was != (self.unresponsive, self.state) {
+                    self.publish();
+                }
+            }
+            Internal::Recovered(r) => self.on_recovered(*r, ctx),
+            _ => {} // from an older generation
+        }
+    }
+}
+
+impl VmActor {
+    fn on_event(&mut self, ev: Event) {
+        match ev.name.as_str() {
+            "SHUTDOWN" => {
+                let sd = ShutdownEvent {
+                    guest: ev.bool("guest").unwrap_or(false),
+                    reason: ev.str("reason").unwrap_or("").to_string(),
+                };
+                info!(guest = sd.guest, reason = %sd.reason, "SHUTDOWN event");
+                if !self.stop_requested && sd.guest && sd.reason == "guest-shutdown" {
+                    // Show the user shutdown at once; the exit follows within milliseconds.
+                    self.state = VmState::UserDown;
+                    self.publish();
+                }
+                self.shutdown_event = Some(sd);
+            }
+            "STOP" if self.state == VmState::Running => {
+                self.state = VmState::Paused;
+                self.publish();
+            }
+            "RESUME" if self.state == VmState::Paused => {
+                self.state = VmState::Running;
+                self.publish();
+            }
+            "RESET" | "POWERDOWN" => info!(event = %ev.name, data = %ev.data, "QMP event"),
+            _ => tracing::debug!(event = %ev.name, "QMP event"),
+        }
+    }
+
+    fn on_exit(&mut self, gen: u64, status: ExitStatus, ctx: &mut Context<Self>) {
+        let run = self.run.take().expect("current run");
+        if self.op == Some("start") || self.op == Some("reboot") && !self.stop_requested {
+            // The start task is in charge: it reports the failure with QEMU's stderr.
+            return;
+        }
+        let reboot_exits = run
+            .runtime
+            .as_ref()
+            .is_some_and(|r| r.hvparams.str("reboot_behavior") == "exit");
+        let verdict = classify_exit(&ExitFacts {
+            stop_requested: self.stop_requested,
+            shutdown: self.shutdown_event.take(),
+            status,
+            reboot_exits,
+        });
+        let (kind, reason, restart) = match verdict {
+            ExitVerdict::Stopped => (ExitKind::Stopped, "stopped by kvmd".to_string(), false),
+            ExitVerdict::UserDown => (
+                ExitKind::UserDown,
+                "the guest powered itself off".to_string(),
+                false,
+            ),
+            ExitVerdict::RestartForReboot => (
+                ExitKind::Stopped,
+                "the guest rebooted (reboot_behavior=exit); kvmd starts it again".to_string(),
+                true,
+            ),
+            ExitVerdict::Crashed(r) => (ExitKind::Crashed, r, false),
+        };
+        match kind {
+            ExitKind::Crashed => warn!(pid = run.pid, %reason, %status, "QEMU crashed"),
+            _ => info!(pid = run.pid, %reason, %status, "QEMU exited"),
+        }
+        self.state = VmState::after_exit(kind);
+        self.stop_requested = false;
+        self.unresponsive = false;
+        if self.op == Some("stop") {
+            self.op = None;
+        }
+        let (paths, pid, addr) = (self.paths.clone(), run.pid, ctx.address());
+        // Visible at once in info; the stderr tail follows when the record is written.
+        self.last_exit = Some(ExitRecord {
+            kind,
+            reason: reason.clone(),
+            exit_code: status.code,
+            signal: status.signal,
+            stderr_tail: Vec::new(),
+            pid,
+            at_ms: runtime::now_ms(),
+        });
+        self.publish();
+        let job = self.store.run(move || {
+            let rec = ExitRecord {
+                kind,
+                reason,
+                exit_code: status.code,
+                signal: status.signal,
+                stderr_tail: if kind == ExitKind::Crashed {
+                    process::tail_lines(&paths.qemu_log(), STDERR_LINES)
+                } else {
+                    Vec::new()
+                },
+                pid,
+                at_ms: runtime::now_ms(),
+            };
+            if let Err(e) = runtime::record_exit(&paths, &rec) {
+                warn!(error = %e, "cannot write the exit record");
+            }
+            rec
+        });
+        actix::spawn(async move {
+            let record = job.await;
+            addr.do_send(Internal::ExitRecorded {
+                gen,
+                record,
+                restart,
+            });
+        });
+    }
+
+    fn on_recovered(&mut self, r: Recovery, ctx: &mut Context<Self>) {
+        self.op = None;
+        self.recovered = true;
+        match r {
+            Recovery::Adopted {
+                gen,
+                process,
+                exit,
+                qmp,
+                runtime,
+                status,
+            } => {
+                self.gen = gen;
+                self.dir_exists = true;
+                self.state = match status.as_deref() {
+                    Some("paused") | Some("prelaunch") | Some("suspended") => VmState::Paused,
+                    _ => VmState::Running,
+                };
+                self.unresponsive = qmp.is_none();
+                self.run = Some(Run {
+                    gen,
+                    pid: runtime.pid,
+                    process,
+                    exit,
+                    qmp,
+                    runtime: Some(*runtime),
+                });
+                // An exit that raced with adoption was sent before `run` was set: re-check.
+                let raced = *self.run.as_ref().expect("just set").exit.borrow();
+                if let Some(status) = raced {
+                    self.on_exit(gen, status, ctx);
+                    return;
+                }
+            }
+            Recovery::Down { record, dir_exists } => {
+                self.dir_exists = dir_exists;
+                self.state = record
+                    .as_ref()
+                    .map_or(VmState::Stopped, |r| VmState::after_exit(r.kind));
+                self.last_exit = record;
+                if self.autostart_on_recovery
+                    && !dir_exists
+                    && self.spec.as_ref().is_some_and(|s| s.autostart)
+                {
+                    if let Ok(plan) = self.prepare_start(false, "start", ctx) {
+                        info!("autostart");
+                        let span = tracing::info_span!("vm", name = %self.name);
+                        actix::spawn(
+                            async move {
+                                if let Err(e) = start_task(plan).await {
+                                    warn!(error = %e, "autostart failed");
+                                }
+                            }
+                            .instrument(span),
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        self.publish();
+    }
+}
