@@ -35,6 +35,7 @@ const QMP_CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 const SIGTERM_GRACE: Duration = Duration::from_secs(10);
 /// How often a running VM's QMP is probed for liveness (`query-status` with a deadline).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const USER_DOWN_REASON: &str = "the guest powered itself off";
 /// Lines of QEMU's stderr kept with a crash or a failed start.
 const STDERR_LINES: usize = 20;
 
@@ -114,7 +115,6 @@ enum Internal {
         gen: u64,
         status: Result<String, String>,
     },
-    Recovered(Box<Recovery>),
 }
 
 /// The result of looking at the run dir at actor start.
@@ -909,12 +909,13 @@ impl Actor for VmActor {
             self.node.qmp_timeout,
         );
         self.op = Some("recovery");
-        actix::spawn(
-            async move {
-                let r = recover_task(name, paths, store, addr.clone(), t).await;
-                addr.do_send(Internal::Recovered(Box::new(r)));
-            }
-            .instrument(span),
+        // Requests wait in the mailbox until recovery is done (a fast file read, plus a QMP
+        // handshake bounded by its deadline for an adopted QEMU).
+        ctx.wait(
+            recover_task(name, paths, store, addr, t)
+                .instrument(span)
+                .into_actor(self)
+                .map(|r, act, ctx| act.on_recovered(r, ctx)),
         );
         ctx.run_interval(HEALTH_INTERVAL, |act, ctx| act.spawn_health_check(ctx));
     }
@@ -1233,7 +1234,6 @@ impl Handler<Internal> for VmActor {
                     self.publish();
                 }
             }
-            Internal::Recovered(r) => self.on_recovered(*r, ctx),
             _ => {} // from an older generation
         }
     }
@@ -1249,8 +1249,18 @@ impl VmActor {
                 };
                 info!(guest = sd.guest, reason = %sd.reason, "SHUTDOWN event");
                 if !self.stop_requested && sd.guest && sd.reason == "guest-shutdown" {
-                    // Show the user shutdown at once; the exit follows within milliseconds.
+                    // Show the user shutdown at once; the exit (and the record on disk) follows
+                    // within milliseconds.
                     self.state = VmState::UserDown;
+                    self.last_exit = Some(ExitRecord {
+                        kind: ExitKind::UserDown,
+                        reason: USER_DOWN_REASON.into(),
+                        exit_code: None,
+                        signal: None,
+                        stderr_tail: Vec::new(),
+                        pid: self.run.as_ref().map_or(0, |r| r.pid),
+                        at_ms: runtime::now_ms(),
+                    });
                     self.publish();
                 }
                 self.shutdown_event = Some(sd);

@@ -1,0 +1,243 @@
+//! VM lifecycle on real QEMU (TCG) booting the real test guest, through the real daemon and
+//! its socket: start, ACPI stop, forced stop, escalation, reboots, user shutdown, crash.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kvmd::api::{ApiReply, ApiRequest};
+use kvmd::runtime::ExitKind;
+use kvmd::vmstate::StopEnd;
+use support::*;
+
+const BOOT: Duration = Duration::from_secs(60);
+
+#[test]
+fn start_runs_the_guest_and_acpi_stop_powers_it_off() {
+    let d = Daemon::start(&instance_toml("a", ""));
+    let info = d.start_vm("a");
+    assert_eq!(info.state.as_str(), "running");
+    let pid = info.pid.unwrap();
+    assert!(alive(pid));
+    d.wait_ready("a", 1);
+    assert_eq!(d.guest_run("a", "echo $((6*7))"), "42");
+    let list = match d.call(ApiRequest::List).unwrap() {
+        ApiReply::List(v) => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].pid, Some(pid));
+    assert!(list[0].uptime_s.is_some() && list[0].cpu_time_ms.unwrap() > 0);
+
+    match d
+        .call(ApiRequest::Stop {
+            name: name("a"),
+            timeout_s: Some(30),
+            force: false,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, info, .. } => {
+            assert_eq!(ended, StopEnd::Acpi);
+            assert_eq!(info.state.as_str(), "stopped");
+            assert_eq!(info.last_exit.unwrap().kind, ExitKind::Stopped);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(d.serial_log("a").contains("GUEST-POWERBUTTON"));
+    assert!(!alive(pid));
+    assert!(
+        !d.run_dir("a").join("shutdown").exists(),
+        "an admin stop is not a user shutdown"
+    );
+    // Stopping again is fine and says so.
+    match d
+        .call(ApiRequest::Stop {
+            name: name("a"),
+            timeout_s: None,
+            force: false,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, .. } => assert_eq!(ended, StopEnd::AlreadyStopped),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn forced_stop_kills_at_once_and_cleanup_removes_the_runtime_files() {
+    let d = Daemon::start(&instance_toml("f", ""));
+    let pid = d.start_vm("f").pid.unwrap();
+    let t0 = Instant::now();
+    match d
+        .call(ApiRequest::Stop {
+            name: name("f"),
+            timeout_s: None,
+            force: true,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, .. } => assert_eq!(ended, StopEnd::Sigkill),
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(!alive(pid));
+    assert!(d.run_dir("f").join("runtime.json").exists());
+    d.call(ApiRequest::Cleanup { name: name("f") }).unwrap();
+    assert!(!d.run_dir("f").exists());
+    assert!(d.info("f").last_exit.is_none());
+}
+
+#[test]
+fn stop_escalates_to_sigterm_when_the_guest_ignores_the_power_button() {
+    // A paused guest cannot react to ACPI: kvmd presses the button, waits, then sends SIGTERM.
+    let d = Daemon::start(&instance_toml("p", ""));
+    let info = match d
+        .call(ApiRequest::Start {
+            name: name("p"),
+            paused: true,
+        })
+        .unwrap()
+    {
+        ApiReply::Started(i) => i,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(info.state.as_str(), "paused");
+    let t0 = Instant::now();
+    match d
+        .call(ApiRequest::Stop {
+            name: name("p"),
+            timeout_s: Some(3),
+            force: false,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, .. } => assert_eq!(ended, StopEnd::Sigterm),
+        other => panic!("{other:?}"),
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(
+        d.log().contains("pressing the power button again"),
+        "the ACPI request is resent"
+    );
+}
+
+#[test]
+fn stop_without_acpi_uses_sigterm() {
+    let d = Daemon::start(&instance_toml("n", "[instance.n.hvparams]\nacpi = false"));
+    let pid = d.start_vm("n").pid.unwrap();
+    match d
+        .call(ApiRequest::Stop {
+            name: name("n"),
+            timeout_s: Some(20),
+            force: false,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, .. } => assert_eq!(ended, StopEnd::Sigterm),
+        other => panic!("{other:?}"),
+    }
+    assert!(!alive(pid));
+}
+
+#[test]
+fn soft_reboot_restarts_qemu_and_hard_reboot_resets_in_place() {
+    let d = Daemon::start(&instance_toml("r", ""));
+    let pid1 = d.start_vm("r").pid.unwrap();
+    d.wait_ready("r", 1);
+    let pid2 = match d
+        .call(ApiRequest::Reboot {
+            name: name("r"),
+            hard: false,
+        })
+        .unwrap()
+    {
+        ApiReply::Rebooted(i) => {
+            assert_eq!(i.state.as_str(), "running");
+            i.pid.unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(pid1, pid2);
+    assert!(!alive(pid1));
+    d.wait_ready("r", 1);
+    match d
+        .call(ApiRequest::Reboot {
+            name: name("r"),
+            hard: true,
+        })
+        .unwrap()
+    {
+        ApiReply::Rebooted(i) => assert_eq!(i.pid, Some(pid2)),
+        other => panic!("{other:?}"),
+    }
+    d.wait_ready("r", 2);
+}
+
+#[test]
+fn guest_reboot_with_reboot_behavior_exit_is_restarted_by_kvmd() {
+    let d = Daemon::start(&instance_toml(
+        "x",
+        "[instance.x.hvparams]\nreboot_behavior = \"exit\"",
+    ));
+    let pid1 = d.start_vm("x").pid.unwrap();
+    d.wait_ready("x", 1);
+    d.type_line("x", "reboot -f");
+    let info = wait_for("a new QEMU", BOOT, || {
+        Some(d.info("x"))
+            .filter(|i| i.state.as_str() == "running" && i.pid.is_some_and(|p| p != pid1))
+    });
+    assert!(!alive(pid1));
+    assert!(info
+        .last_exit
+        .unwrap()
+        .reason
+        .contains("reboot_behavior=exit"));
+    d.wait_ready("x", 1);
+}
+
+#[test]
+fn guest_poweroff_is_a_user_shutdown_and_survives_a_kvmd_restart() {
+    let mut d = Daemon::start(&instance_toml("u", ""));
+    let pid = d.start_vm("u").pid.unwrap();
+    d.wait_ready("u", 1);
+    d.type_line("u", "poweroff");
+    let info = d.wait_state("u", "user-down", Duration::from_secs(30));
+    assert_eq!(info.last_exit.unwrap().kind, ExitKind::UserDown);
+    wait_for("QEMU gone", Duration::from_secs(10), || {
+        (!alive(pid)).then_some(())
+    });
+    wait_for("Ganeti's shutdown marker", Duration::from_secs(5), || {
+        d.run_dir("u").join("shutdown").exists().then_some(())
+    });
+    d.kill9();
+    d.spawn();
+    let info = d.wait_state("u", "user-down", Duration::from_secs(10));
+    assert_eq!(info.pid, None);
+    // Starting again clears the user-down state.
+    assert_eq!(d.start_vm("u").state.as_str(), "running");
+    assert!(!d.run_dir("u").join("shutdown").exists());
+}
+
+#[test]
+fn killed_qemu_is_crashed_with_its_signal_and_survives_a_kvmd_restart() {
+    let mut d = Daemon::start(&instance_toml("c", ""));
+    let pid = d.start_vm("c").pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let info = d.wait_state("c", "crashed", Duration::from_secs(5));
+    let exit = info.last_exit.unwrap();
+    assert_eq!(exit.signal, Some(9));
+    assert!(exit.reason.contains("SIGKILL"), "{}", exit.reason);
+    d.kill9();
+    d.spawn();
+    let info = d.wait_state("c", "crashed", Duration::from_secs(10));
+    assert_eq!(info.last_exit.unwrap().signal, Some(9));
+}

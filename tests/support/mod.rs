@@ -1,0 +1,303 @@
+//! Shared helpers for the integration tests: build/find the test guest, run a real kvmd in a
+//! temporary directory, talk to it through the real socket, read and type on a VM's serial
+//! console, and wait for conditions with deadlines. Everything a test starts is stopped when
+//! its `Daemon` is dropped, even when the test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kvmd::api::{ApiError, ApiReply, ApiRequest, VmInfo};
+use kvmd::client::Client;
+use kvmd::name::InstanceName;
+
+/// The test guest (kernel + initramfs), built once per machine and cached.
+pub fn guest_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(
+            std::env::var("KVMD_GUEST_DIR").unwrap_or_else(|_| "/var/lib/kvmd/guest".into()),
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build-guest.sh");
+        let st = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .status()
+            .expect("run build-guest.sh");
+        assert!(st.success(), "building the test guest failed");
+        dir
+    })
+}
+
+pub fn name(s: &str) -> InstanceName {
+    InstanceName::parse(s).unwrap()
+}
+
+/// Poll `f` every 20 ms until it returns Some or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Node settings every test daemon gets: TCG, the test guest, fast stops.
+pub fn node_toml(dir: &Path, extra_node: &str) -> String {
+    let g = guest_dir();
+    format!(
+        r#"[node]
+socket = "{dir}/kvmd.sock"
+run_dir = "{dir}/run"
+accelerator = "tcg"
+stop_timeout = 30
+acpi_resend_interval = 2
+qmp_timeout_ms = 2000
+{extra_node}
+[node.hvparams]
+kernel_path = "{g}/vmlinux"
+initrd_path = "{g}/initramfs.gz"
+root_path = "/dev/ram0"
+kernel_args = "quiet panic=-1"
+machine_version = "q35"
+"#,
+        dir = dir.display(),
+        g = g.display()
+    )
+}
+
+/// An instance definition in TOML.
+pub fn instance_toml(name: &str, extra: &str) -> String {
+    format!("\n[instance.{name}]\nmemory = 192\nvcpus = 1\n{extra}\n")
+}
+
+/// A kvmd running in a temporary directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Write the config (node settings + `instances`) and start kvmd.
+    pub fn start(instances: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("kvmd-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let config = dir.path().join("kvmd.toml");
+        std::fs::write(&config, node_toml(dir.path(), "") + instances).unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            config,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("kvmd.sock")
+    }
+
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("run").join(name)
+    }
+
+    /// Start (or restart) the kvmd process and wait until it answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("kvmd.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kvmd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--log")
+            .arg("kvmd=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let sock = self.socket();
+        wait_for("kvmd to answer", Duration::from_secs(10), || {
+            Client::connect(&sock)
+                .ok()
+                .and_then(|mut c| c.call(&ApiRequest::Ping).ok())
+                .map(|_| ())
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// kill -9 the daemon (VMs keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kvmd.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        let c = Client::connect(&self.socket()).unwrap();
+        c.set_timeout(Some(Duration::from_secs(120)));
+        c
+    }
+
+    pub fn call(&self, req: ApiRequest) -> Result<ApiReply, ApiError> {
+        self.client().call(&req).expect("kvmd answers").result
+    }
+
+    pub fn info(&self, n: &str) -> VmInfo {
+        self.try_info(n)
+            .unwrap_or_else(|| panic!("no instance {n}"))
+    }
+
+    /// `info`, or None when kvmd does not know the instance (yet).
+    pub fn try_info(&self, n: &str) -> Option<VmInfo> {
+        match self.call(ApiRequest::Info {
+            name: Some(name(n)),
+        }) {
+            Ok(ApiReply::Info(mut v)) => Some(v.remove(0)),
+            Err(e) if e.code == kvmd::api::ErrorCode::NotFound => None,
+            other => panic!("info {n}: {other:?}"),
+        }
+    }
+
+    pub fn start_vm(&self, n: &str) -> VmInfo {
+        match self.call(ApiRequest::Start {
+            name: name(n),
+            paused: false,
+        }) {
+            Ok(ApiReply::Started(i)) => i,
+            other => panic!("start {n}: {other:?}\n{}", self.log()),
+        }
+    }
+
+    /// Wait until `info` shows the given state.
+    pub fn wait_state(&self, n: &str, state: &str, timeout: Duration) -> VmInfo {
+        wait_for(&format!("{n} to be {state}"), timeout, || {
+            self.try_info(n).filter(|i| i.state.as_str() == state)
+        })
+    }
+
+    /// Wait until the guest printed GUEST-READY `count` times in its serial log.
+    pub fn wait_ready(&self, n: &str, count: usize) {
+        let log = self.run_dir(n).join("serial.log");
+        wait_for(
+            &format!("{n} GUEST-READY x{count}"),
+            Duration::from_secs(60),
+            || {
+                let text = std::fs::read(&log).unwrap_or_default();
+                (String::from_utf8_lossy(&text)
+                    .matches("GUEST-READY")
+                    .count()
+                    >= count)
+                    .then_some(())
+            },
+        );
+    }
+
+    pub fn serial_log(&self, n: &str) -> String {
+        String::from_utf8_lossy(
+            &std::fs::read(self.run_dir(n).join("serial.log")).unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    /// Type a line on the VM's serial console.
+    pub fn type_line(&self, n: &str, line: &str) {
+        let mut s = UnixStream::connect(self.run_dir(n).join("serial.sock")).unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Run a command in the guest with `gx` and return its output (read from the socket, which
+    /// unlike the log never duplicates bytes).
+    pub fn guest_run(&self, n: &str, cmd: &str) -> String {
+        let mut s = UnixStream::connect(self.run_dir(n).join("serial.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s.write_all(format!("gx sh -c '{cmd}'\n").as_bytes())
+            .unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some(b) = text.find("GX-BEGIN") {
+                if let Some(e) = text[b..].find("GX-END") {
+                    return text[b + 8..b + e].trim().to_string();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no GX-END from {cmd:?}; got {text:?}"
+            );
+            match s.read(&mut buf) {
+                Ok(0) => panic!("serial closed"),
+                Ok(k) => out.extend_from_slice(&buf[..k]),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Is a process alive (and not a zombie)?
+pub fn alive(pid: u32) -> bool {
+    kvmd::process::read_stat(pid).is_ok_and(|s| s.state != 'Z')
+}
+
+/// QEMU processes whose command line mentions `dir`.
+pub fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmd.starts_with(b"/usr/bin/qemu")
+                && cmd.windows(needle.len()).any(|w| w == needle)
+                && alive(*pid)
+        })
+        .collect()
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in qemus_under(self.dir.path()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::thread::panicking() {
+            eprintln!("---- kvmd log ----\n{}", self.log());
+        }
+    }
+}
