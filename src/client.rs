@@ -55,15 +55,15 @@ impl Client {
 
     /// Send raw bytes and read one reply line (for tests of malformed input).
     pub fn raw(&mut self, bytes: &[u8]) -> Result<String, ClientError> {
-        self.reader
-            .get_mut()
-            .write_all(bytes)
-            .map_err(ClientError::Io)?;
+        // A refused peer may get its answer (and a closed socket) before its request is
+        // fully written: read the answer even when the write fails.
+        let wrote = self.reader.get_mut().write_all(bytes);
         let mut line = String::new();
-        if self.reader.read_line(&mut line).map_err(ClientError::Io)? == 0 {
-            return Err(ClientError::Closed);
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => Ok(line),
+            Ok(_) => Err(wrote.err().map_or(ClientError::Closed, ClientError::Io)),
+            Err(e) => Err(ClientError::Io(wrote.err().unwrap_or(e))),
         }
-        Ok(line)
     }
 
     pub fn call(&mut self, req: &ApiRequest) -> Result<Answer, ClientError> {

@@ -186,13 +186,27 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<Vec<String>, Vec<FieldError>
             DiskFormat::Qcow2 => "qcow2",
         };
         let ro = if d.readonly { "on" } else { "off" };
+        let (write_cache, direct, no_flush) = cache_settings(hv.str("disk_cache"));
+        let onoff = |b: bool| if b { "on" } else { "off" };
+        let aio = match hv.str("disk_aio") {
+            "" => "threads",
+            other => other,
+        };
         a.push("-blockdev".into());
         a.push(format!(
-            "driver={fmt},node-name={node},read-only={ro},file.driver=file,file.filename={},file.aio={}",
+            "driver={fmt},node-name={node},read-only={ro},discard={},cache.direct={},cache.no-flush={},file.driver=file,file.filename={},file.aio={aio}",
+            match hv.str("disk_discard") {
+                "" => "ignore",
+                other => other,
+            },
+            onoff(direct),
+            onoff(no_flush),
             qemu_escape(&d.path.display().to_string()),
-            hv.str("disk_aio"),
         ));
-        let mut dev = format!("virtio-blk-pci,id={node}-dev,drive={node}");
+        let mut dev = format!(
+            "virtio-blk-pci,id={node}-dev,drive={node},write-cache={}",
+            onoff(write_cache)
+        );
         if i == 0 && kernel.is_empty() && hv.str("boot_order") == "disk" {
             dev.push_str(",bootindex=1");
         }
@@ -204,6 +218,13 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<Vec<String>, Vec<FieldError>
                 "only paravirtual disks are supported by this kvmd version yet",
             ));
         }
+    }
+    if !spec.nics.is_empty() && hv.str("nic_type") != "paravirtual" {
+        errs.push(FieldError::new(
+            "nic_type",
+            format!("{:?}", hv.str("nic_type")),
+            "only paravirtual NICs are supported by this kvmd version yet",
+        ));
     }
     if spec.nics.is_empty() {
         a.extend(["-net".into(), "none".into()]);
@@ -231,6 +252,15 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<Vec<String>, Vec<FieldError>
         Ok(a)
     } else {
         Err(errs)
+    }
+}
+
+/// Ganeti's disk cache modes as (device write-cache, cache.direct, cache.no-flush).
+pub fn cache_settings(disk_cache: &str) -> (bool, bool, bool) {
+    match disk_cache {
+        "none" => (true, true, false),
+        "writethrough" => (false, false, false),
+        _ => (true, false, false), // "default" and "writeback"
     }
 }
 
@@ -408,8 +438,26 @@ mod tests {
             ip: None,
         });
         let joined = build(&s, &hv).unwrap().join(" ");
-        assert!(joined.contains("-blockdev driver=raw,node-name=disk0,read-only=on,file.driver=file,file.filename=/srv/a,,b.img,file.aio=threads -device virtio-blk-pci,id=disk0-dev,drive=disk0 "));
+        assert!(joined.contains("-blockdev driver=raw,node-name=disk0,read-only=on,discard=ignore,cache.direct=off,cache.no-flush=off,file.driver=file,file.filename=/srv/a,,b.img,file.aio=threads -device virtio-blk-pci,id=disk0-dev,drive=disk0,write-cache=on "));
         assert!(joined.ends_with("-netdev user,id=nic0 -device virtio-net-pci,id=nic0-dev,netdev=nic0,mac=52:54:00:00:00:01"));
+    }
+
+    #[test]
+    fn disk_cache_modes_follow_ganeti() {
+        let (mut s, hv) = spec(&[
+            ("disk_cache", HvValue::Str("none".into())),
+            ("disk_aio", HvValue::Str("native".into())),
+            ("disk_discard", HvValue::Str("unmap".into())),
+        ]);
+        s.disks.push(DiskSpec {
+            path: Path::new("/dev/vg/a").into(),
+            format: DiskFormat::Raw,
+            readonly: false,
+        });
+        let joined = build(&s, &hv).unwrap().join(" ");
+        assert!(joined.contains("discard=unmap,cache.direct=on,cache.no-flush=off,file.driver=file,file.filename=/dev/vg/a,file.aio=native"), "{joined}");
+        assert!(joined.contains("write-cache=on"));
+        assert_eq!(cache_settings("writethrough"), (false, false, false));
     }
 
     #[test]

@@ -592,3 +592,17 @@ mod tests {
         assert_eq!(errs[0].field, "instance.a.disk[0].path");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_and_demo_configs_load() {
+        for f in ["config/kvmd.example.toml", "config/demo.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!(c.instances.len(), 1, "{f}");
+        }
+    }
+}

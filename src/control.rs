@@ -122,6 +122,13 @@ async fn handle_connection(
             let _ = write
                 .write_all(&protocol::encode_reply(&Value::Null, &Err(e)))
                 .await;
+            // Let the client finish writing its request before closing: closing with its
+            // bytes unread would reset the connection and lose the refusal.
+            let mut sink = Vec::new();
+            let mut limited = BufReader::new(read).take(64 * 1024);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), limited.read_until(b'\n', &mut sink))
+                    .await;
             return;
         }
     }

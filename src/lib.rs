@@ -16,6 +16,7 @@
 //! - `vmstate` — pure: states and exit classification.
 //! - `config`, `spec`, `hvparams`, `name`, `check` — pure: the config file, instance
 //!   definitions, Ganeti's hvparams, instance names, field errors.
+//! - `pinning` — pure: vCPU pinning plans from `cpu_mask`.
 //! - `cmdline`, `probe` — QEMU's argv (pure) and what a QEMU binary offers.
 //! - `qmp` — our QMP client.
 //! - `process` — QEMU as a process: spawn, identity, exit, signals.
@@ -32,6 +33,7 @@ pub mod control;
 pub mod daemon;
 pub mod hvparams;
 pub mod name;
+pub mod pinning;
 pub mod probe;
 pub mod process;
 pub mod protocol;

@@ -23,6 +23,7 @@ use crate::check::FieldError;
 use crate::cmdline::{build_command_line, Launch};
 use crate::hvparams::{self, HvParams};
 use crate::name::InstanceName;
+use crate::pinning;
 use crate::process::{self, ExitStatus, Identity, QemuProcess};
 use crate::qmp::{Event, Qmp};
 use crate::runtime::{self, ExitKind, ExitRecord, RunPaths, RuntimeFile, Store};
@@ -299,7 +300,16 @@ impl VmActor {
             ));
         };
         let hv = spec.effective_hvparams(&self.node);
-        let errs = hvparams::check_syntax(&hv);
+        let mut errs = hvparams::check_syntax(&hv);
+        if let Ok(mask) = hvparams::parse_cpu_mask(hv.str("cpu_mask")) {
+            if let Err(rule) = pinning::check_mask(&mask, spec.vcpus, host_cpus()) {
+                errs.push(FieldError::new(
+                    "cpu_mask",
+                    format!("{:?}", hv.str("cpu_mask")),
+                    rule,
+                ));
+            }
+        }
         if !errs.is_empty() {
             return Err(ApiError::invalid(
                 errs.into_iter().map(|e| e.under("hvparams")).collect(),
@@ -617,6 +627,17 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
             qmp: qmp.clone(),
         })
         .await;
+    if let Err(e) = pin_vcpus(&qmp, pid, hv.str("cpu_mask"), node.qmp_timeout).await {
+        return fail_start(
+            gen,
+            &addr,
+            &store,
+            &paths,
+            Some((&process, &exit)),
+            format!("Cannot pin vCPUs: {e}"),
+        )
+        .await;
+    }
     let runtime = RuntimeFile {
         version: 1,
         spec,
@@ -661,6 +682,49 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         })
         .await;
     Ok(())
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Apply `cpu_mask` while the guest is still stopped (-S): threads exist but run nothing yet.
+async fn pin_vcpus(qmp: &Qmp, pid: u32, mask: &str, timeout: Duration) -> Result<(), String> {
+    let mask = hvparams::parse_cpu_mask(mask)?;
+    if matches!(mask.as_slice(), [] | [None]) {
+        return Ok(());
+    }
+    let cpus = qmp
+        .execute("query-cpus-fast", None, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let threads: Vec<(u32, u32)> = cpus
+        .as_array()
+        .ok_or("query-cpus-fast did not return a list")?
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.get("cpu-index")?.as_u64()? as u32,
+                c.get("thread-id")?.as_u64()? as u32,
+            ))
+        })
+        .collect();
+    let pins = pinning::plan(&mask, pid, &threads);
+    let host = host_cpus();
+    tokio::task::spawn_blocking(move || {
+        for pin in pins {
+            let mut set = nix::sched::CpuSet::new();
+            for cpu in pin.cpus.unwrap_or_else(|| (0..host).collect()) {
+                set.set(cpu as usize).map_err(|e| e.to_string())?;
+            }
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pin.tid as i32), &set)
+                .map_err(|e| format!("thread {}: {e}", pin.tid))?;
+            info!(tid = pin.tid, "pinned");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Undo a start: kill QEMU, collect its stderr, remove everything the start created.

@@ -241,3 +241,100 @@ fn killed_qemu_is_crashed_with_its_signal_and_survives_a_kvmd_restart() {
     let info = d.wait_state("c", "crashed", Duration::from_secs(10));
     assert_eq!(info.last_exit.unwrap().signal, Some(9));
 }
+
+/// `Cpus_allowed_list` of every thread of `pid`, by thread name.
+fn affinities(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = e.unwrap().file_name().into_string().unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .map(|l| l[k.len()..].trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    out
+}
+
+#[test]
+fn cpu_mask_pins_every_vcpu_thread_before_the_guest_runs() {
+    let d = Daemon::start(
+        &(instance_toml(
+            "pin1",
+            "vcpus = 2\n[instance.pin1.hvparams]\ncpu_mask = \"1\"",
+        ) + &instance_toml(
+            "pin2",
+            "vcpus = 2\n[instance.pin2.hvparams]\ncpu_mask = \"1:0\"",
+        ) + &instance_toml(
+            "pin3",
+            "vcpus = 2\n[instance.pin3.hvparams]\ncpu_mask = \"0:1:0\"",
+        )),
+    );
+    let pid = d.start_vm("pin1").pid.unwrap();
+    let threads = affinities(pid);
+    let vcpus: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("CPU "))
+        .collect();
+    assert_eq!(vcpus.len(), 2, "{threads:?}");
+    assert!(
+        vcpus.iter().all(|(_, a)| a == "1"),
+        "whole-VM mask pins every vCPU thread: {threads:?}"
+    );
+    assert_eq!(
+        threads
+            .iter()
+            .find(|(n, _)| n.starts_with("qemu"))
+            .unwrap()
+            .1,
+        "1"
+    );
+
+    let pid = d.start_vm("pin2").pid.unwrap();
+    let threads = affinities(pid);
+    let of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        (of("CPU 0/TCG"), of("CPU 1/TCG")),
+        ("1".to_string(), "0".to_string()),
+        "{threads:?}"
+    );
+
+    let e = d
+        .call(ApiRequest::Start {
+            name: name("pin3"),
+            paused: false,
+        })
+        .unwrap_err();
+    assert_eq!(e.fields[0].field, "hvparams.cpu_mask");
+    assert!(e.fields[0].rule.contains("3 entries"), "{e:?}");
+}
+
+#[test]
+fn a_raw_disk_and_a_user_nic_are_visible_inside_the_guest() {
+    let img_dir = tempfile::tempdir().unwrap();
+    let img = img_dir.path().join("data.img");
+    let mut data = vec![0u8; 8 << 20];
+    data[..12].copy_from_slice(b"kvmd-disk-ok");
+    std::fs::write(&img, &data).unwrap();
+    let extra = format!("[[instance.io.disk]]\npath = \"{}\"\n[[instance.io.nic]]\nmode = \"user\"\nmac = \"52:54:00:12:34:56\"\n", img.display());
+    let d = Daemon::start(&instance_toml("io", &extra));
+    d.start_vm("io");
+    d.wait_ready("io", 1);
+    assert_eq!(d.guest_run("io", "cat /sys/block/vda/size"), "16384");
+    assert_eq!(d.guest_run("io", "head -c 12 /dev/vda"), "kvmd-disk-ok");
+    assert_eq!(
+        d.guest_run("io", "cat /sys/class/net/eth0/address"),
+        "52:54:00:12:34:56"
+    );
+}

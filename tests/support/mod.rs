@@ -76,9 +76,14 @@ machine_version = "q35"
     )
 }
 
-/// An instance definition in TOML.
+/// An instance definition in TOML: 192 MiB, 1 vCPU unless `extra` sets `vcpus`.
 pub fn instance_toml(name: &str, extra: &str) -> String {
-    format!("\n[instance.{name}]\nmemory = 192\nvcpus = 1\n{extra}\n")
+    let vcpus = if extra.contains("vcpus =") {
+        ""
+    } else {
+        "vcpus = 1\n"
+    };
+    format!("\n[instance.{name}]\nmemory = 192\n{vcpus}{extra}\n")
 }
 
 /// A kvmd running in a temporary directory.
