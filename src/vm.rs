@@ -598,46 +598,6 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         })
         .await;
     info!(pid, "QEMU spawned");
-    let qmp = match connect_qmp(
-        &paths.qmp(),
-        gen,
-        &addr,
-        node.qmp_timeout,
-        exit.clone(),
-        QMP_CONNECT_DEADLINE,
-    )
-    .await
-    {
-        Ok(q) => q,
-        Err(e) => {
-            return fail_start(
-                gen,
-                &addr,
-                &store,
-                &paths,
-                Some((&process, &exit)),
-                format!("QEMU did not come up: {e}"),
-            )
-            .await
-        }
-    };
-    let _ = addr
-        .send(Internal::QmpUp {
-            gen,
-            qmp: qmp.clone(),
-        })
-        .await;
-    if let Err(e) = pin_vcpus(&qmp, pid, hv.str("cpu_mask"), node.qmp_timeout).await {
-        return fail_start(
-            gen,
-            &addr,
-            &store,
-            &paths,
-            Some((&process, &exit)),
-            format!("Cannot pin vCPUs: {e}"),
-        )
-        .await;
-    }
     let runtime = RuntimeFile {
         version: 1,
         spec,
@@ -649,30 +609,9 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         qemu_version: caps.version_text.clone(),
         paused_at_start: paused,
     };
-    let (rt, p) = (runtime.clone(), paths.runtime());
-    if let Err(e) = store.run(move || runtime::write_json(&p, &rt)).await {
-        return fail_start(
-            gen,
-            &addr,
-            &store,
-            &paths,
-            Some((&process, &exit)),
-            format!("Cannot write the runtime file: {e}"),
-        )
-        .await;
-    }
-    if !paused {
-        if let Err(e) = qmp.execute("cont", None, node.qmp_timeout).await {
-            return fail_start(
-                gen,
-                &addr,
-                &store,
-                &paths,
-                Some((&process, &exit)),
-                format!("Cannot resume the guest: {e}"),
-            )
-            .await;
-        }
+    let brought_up = bring_up(gen, &addr, &store, &paths, &node, &runtime, &exit).await;
+    if let Err(message) = brought_up {
+        return fail_start(gen, &addr, &store, &paths, Some((&process, &exit)), message).await;
     }
     let _ = addr
         .send(Internal::Running {
@@ -681,6 +620,53 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
             runtime: Box::new(runtime),
         })
         .await;
+    Ok(())
+}
+
+/// After spawn: connect QMP while the runtime file is written (QEMU needs tens of ms to open
+/// its socket, so the fsync'd write costs nothing on the start path), pin vCPUs, then `cont`.
+async fn bring_up(
+    gen: u64,
+    addr: &Addr<VmActor>,
+    store: &Store,
+    paths: &RunPaths,
+    node: &NodeConfig,
+    runtime: &RuntimeFile,
+    exit: &watch::Receiver<Option<ExitStatus>>,
+) -> Result<(), String> {
+    let (rt, p) = (runtime.clone(), paths.runtime());
+    let written = store.run(move || runtime::write_json(&p, &rt));
+    let qmp_path = paths.qmp();
+    let connected = connect_qmp(
+        &qmp_path,
+        gen,
+        addr,
+        node.qmp_timeout,
+        exit.clone(),
+        QMP_CONNECT_DEADLINE,
+    );
+    let (written, connected) = tokio::join!(written, connected);
+    let qmp = connected.map_err(|e| format!("QEMU did not come up: {e}"))?;
+    let _ = addr
+        .send(Internal::QmpUp {
+            gen,
+            qmp: qmp.clone(),
+        })
+        .await;
+    written.map_err(|e| format!("Cannot write the runtime file: {e}"))?;
+    pin_vcpus(
+        &qmp,
+        runtime.pid,
+        runtime.hvparams.str("cpu_mask"),
+        node.qmp_timeout,
+    )
+    .await
+    .map_err(|e| format!("Cannot pin vCPUs: {e}"))?;
+    if !runtime.paused_at_start {
+        qmp.execute("cont", None, node.qmp_timeout)
+            .await
+            .map_err(|e| format!("Cannot resume the guest: {e}"))?;
+    }
     Ok(())
 }
 
