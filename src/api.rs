@@ -34,6 +34,16 @@ pub enum ApiRequest {
     Reboot {
         name: InstanceName,
         hard: bool,
+        /// How long the stop half may wait for the guest (default: the node's stop timeout).
+        timeout_s: Option<u64>,
+    },
+    /// Freeze a running guest (QMP stop).
+    Pause {
+        name: InstanceName,
+    },
+    /// Let a paused guest run (QMP cont), e.g. after `start --paused`.
+    Resume {
+        name: InstanceName,
     },
     Cleanup {
         name: InstanceName,
@@ -79,6 +89,8 @@ pub enum ApiReply {
         info: VmInfo,
     },
     Rebooted(VmInfo),
+    Paused(VmInfo),
+    Resumed(VmInfo),
     CleanedUp {
         name: InstanceName,
     },
@@ -86,6 +98,8 @@ pub enum ApiReply {
         added: Vec<String>,
         removed: Vec<String>,
         changed: Vec<String>,
+        /// `[node]` settings differ from the running ones: they apply when kvmd restarts.
+        node_changed: bool,
     },
 }
 

@@ -118,17 +118,18 @@ async fn handle_connection(
         }
         other => {
             warn!(creds = ?other.map(|c| (c.uid(), c.gid(), c.pid())), "refusing control client");
+            // Read the first request before refusing it: the refusal then carries its id, and
+            // the client never writes into a closed socket (which would lose the answer).
+            let mut first = Vec::new();
+            let mut limited = BufReader::new(read).take(limits.max_request_bytes as u64);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                limited.read_until(b'\n', &mut first),
+            )
+            .await;
+            let (id, _) = protocol::parse_request(&first);
             let e = ApiError::new(ErrorCode::PermissionDenied, "Permission denied: only root, kvmd's user and the configured socket_group may use kvmd");
-            let _ = write
-                .write_all(&protocol::encode_reply(&Value::Null, &Err(e)))
-                .await;
-            // Let the client finish writing its request before closing: closing with its
-            // bytes unread would reset the connection and lose the refusal.
-            let mut sink = Vec::new();
-            let mut limited = BufReader::new(read).take(64 * 1024);
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), limited.read_until(b'\n', &mut sink))
-                    .await;
+            let _ = write.write_all(&protocol::encode_reply(&id, &Err(e))).await;
             return;
         }
     }

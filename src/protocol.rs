@@ -17,77 +17,118 @@ use crate::vmstate::{StopEnd, VmState};
 
 /// Every request name, for `unknown_request` errors.
 pub const REQUESTS: &[&str] = &[
-    "ping", "list", "info", "start", "stop", "reboot", "cleanup", "reload",
+    "ping", "list", "info", "start", "stop", "reboot", "pause", "resume", "cleanup", "reload",
 ];
 
-fn field_err(field: &str, value: &Value, rule: &str) -> ApiError {
-    ApiError::invalid(vec![FieldError::new(field, value.to_string(), rule)])
+/// The fields each request takes.
+fn fields_of(request: &str) -> Option<&'static [&'static str]> {
+    Some(match request {
+        "ping" | "list" | "reload" => &[],
+        "info" | "pause" | "resume" | "cleanup" => &["name"],
+        "start" => &["name", "paused"],
+        "stop" => &["name", "timeout", "force"],
+        "reboot" => &["name", "hard", "timeout"],
+        _ => return None,
+    })
 }
 
+/// The longest rejected value echoed back in an error.
+const MAX_ECHO: usize = 200;
+
+/// Show a rejected JSON value, shortened if long.
+fn echo(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() <= MAX_ECHO {
+        return text;
+    }
+    let mut cut = MAX_ECHO;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
+/// A request's fields being read: every problem is collected, so one reply names them all.
 struct Fields {
     map: Map<String, Value>,
     request: &'static str,
-    allowed: &'static [&'static str],
+    errors: Vec<FieldError>,
 }
 
 impl Fields {
-    fn name(&mut self) -> Result<InstanceName, ApiError> {
+    fn bad(&mut self, field: &str, value: &Value, rule: impl Into<String>) {
+        self.errors.push(FieldError::new(field, echo(value), rule));
+    }
+
+    fn name(&mut self) -> Option<InstanceName> {
         match self.map.remove("name") {
-            Some(Value::String(s)) => InstanceName::parse(&s).map_err(|e| {
-                ApiError::invalid(vec![FieldError::new(
-                    "name",
-                    format!("{s:?}"),
-                    format!("{}; names are {NAME_RULE}", e.reason),
-                )])
-            }),
-            Some(v) => Err(field_err("name", &v, "must be a string")),
-            None => Err(ApiError::invalid(vec![FieldError::new(
-                "name",
-                "(missing)",
-                format!("is required by {}", self.request),
-            )])),
+            Some(Value::String(s)) => match InstanceName::parse(&s) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.bad(
+                        "name",
+                        &Value::String(s),
+                        format!("{}; names are {NAME_RULE}", e.reason),
+                    );
+                    None
+                }
+            },
+            Some(v) => {
+                self.bad("name", &v, "must be a string");
+                None
+            }
+            None => {
+                let rule = format!("is required by {}", self.request);
+                self.errors.push(FieldError::new("name", "(missing)", rule));
+                None
+            }
         }
     }
 
-    fn opt_name(&mut self) -> Result<Option<InstanceName>, ApiError> {
+    fn opt_name(&mut self) -> Option<Option<InstanceName>> {
         if self.map.contains_key("name") {
             self.name().map(Some)
         } else {
-            Ok(None)
+            Some(None)
         }
     }
 
-    fn bool(&mut self, key: &str) -> Result<bool, ApiError> {
+    /// A boolean; absent or null means false.
+    fn bool(&mut self, key: &str) -> bool {
         match self.map.remove(key) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(b),
-            Some(v) => Err(field_err(key, &v, "must be a boolean")),
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(v) => {
+                self.bad(key, &v, "must be a boolean");
+                false
+            }
         }
     }
 
-    fn opt_u64(&mut self, key: &str, max: u64) -> Result<Option<u64>, ApiError> {
+    /// A non-negative integer up to `max`; absent or null means None.
+    fn opt_u64(&mut self, key: &str, max: u64) -> Option<u64> {
         match self.map.remove(key) {
-            None | Some(Value::Null) => Ok(None),
+            None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
-                Some(n) if n <= max => Ok(Some(n)),
-                _ => Err(field_err(
-                    key,
-                    &v,
-                    &format!("must be an integer between 0 and {max}"),
-                )),
+                Some(n) if n <= max => Some(n),
+                _ => {
+                    self.bad(key, &v, format!("must be an integer between 0 and {max}"));
+                    None
+                }
             },
         }
     }
 
-    fn finish(self) -> Result<(), ApiError> {
-        match self.map.into_iter().next() {
-            None => Ok(()),
-            Some((k, v)) => Err(ApiError::invalid(vec![FieldError::new(
-                k,
-                v.to_string(),
-                format!("is not a field of {}", self.request),
-            )
-            .with_allowed(self.allowed.iter())])),
+    fn finish(mut self, allowed: &[&str]) -> Result<(), ApiError> {
+        for (k, v) in std::mem::take(&mut self.map) {
+            let rule = format!("is not a field of {}", self.request);
+            self.errors
+                .push(FieldError::new(k, echo(&v), rule).with_allowed(allowed.iter()));
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.errors))
         }
     }
 }
@@ -117,74 +158,77 @@ pub fn parse_request(line: &[u8]) -> (Value, Result<ApiRequest, ApiError>) {
         );
     };
     let id = map.remove("id").unwrap_or(Value::Null);
+    let known = || vec![format!("known requests: {}", REQUESTS.join(", "))];
     let req = match map.remove("request") {
         Some(Value::String(r)) => parse_fields(&r, map),
-        Some(v) => Err(ApiError::invalid(vec![FieldError::new(
-            "request",
-            v.to_string(),
-            "must be a string",
+        Some(v) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("\"request\" must be a string, not {}", echo(&v)),
         )
-        .with_allowed(REQUESTS.iter())])),
+        .with_details(known())),
         None => Err(
             ApiError::new(ErrorCode::BadRequest, "Request has no \"request\" field")
-                .with_details(vec![format!("known requests: {}", REQUESTS.join(", "))]),
+                .with_details(known()),
         ),
     };
     (id, req)
 }
 
 fn parse_fields(request: &str, map: Map<String, Value>) -> Result<ApiRequest, ApiError> {
-    let (name, allowed): (&'static str, &'static [&'static str]) = match request {
-        "ping" => ("ping", &[]),
-        "list" => ("list", &[]),
-        "info" => ("info", &["name"]),
-        "start" => ("start", &["name", "paused"]),
-        "stop" => ("stop", &["name", "timeout", "force"]),
-        "reboot" => ("reboot", &["name", "hard"]),
-        "cleanup" => ("cleanup", &["name"]),
-        "reload" => ("reload", &[]),
-        other => {
-            let mut e = ApiError::new(
-                ErrorCode::UnknownRequest,
-                format!("Unknown request {other:?}"),
-            );
-            e.fields =
-                vec![
-                    FieldError::new("request", format!("{other:?}"), "must be a known request")
-                        .with_allowed(REQUESTS.iter()),
-                ];
-            return Err(e);
-        }
+    let Some(allowed) = fields_of(request) else {
+        let mut e = ApiError::new(
+            ErrorCode::UnknownRequest,
+            format!("Unknown request {:?}", echo(&Value::String(request.into()))),
+        );
+        e.fields = vec![FieldError::new(
+            "request",
+            echo(&Value::String(request.into())),
+            "must be a known request",
+        )
+        .with_allowed(REQUESTS.iter())];
+        return Err(e);
     };
+    let name = REQUESTS
+        .iter()
+        .copied()
+        .find(|r| *r == request)
+        .expect("known request");
     let mut f = Fields {
         map,
         request: name,
-        allowed,
+        errors: Vec::new(),
     };
     let req = match name {
-        "ping" => ApiRequest::Ping,
-        "list" => ApiRequest::List,
-        "info" => ApiRequest::Info {
-            name: f.opt_name()?,
-        },
-        "start" => ApiRequest::Start {
-            name: f.name()?,
-            paused: f.bool("paused")?,
-        },
-        "stop" => ApiRequest::Stop {
-            name: f.name()?,
-            timeout_s: f.opt_u64("timeout", 86_400)?,
-            force: f.bool("force")?,
-        },
-        "reboot" => ApiRequest::Reboot {
-            name: f.name()?,
-            hard: f.bool("hard")?,
-        },
-        "cleanup" => ApiRequest::Cleanup { name: f.name()? },
-        _ => ApiRequest::Reload,
+        "ping" => Some(ApiRequest::Ping),
+        "list" => Some(ApiRequest::List),
+        "reload" => Some(ApiRequest::Reload),
+        "info" => f.opt_name().map(|name| ApiRequest::Info { name }),
+        "start" => {
+            let (n, paused) = (f.name(), f.bool("paused"));
+            n.map(|name| ApiRequest::Start { name, paused })
+        }
+        "stop" => {
+            let (n, timeout_s, force) = (f.name(), f.opt_u64("timeout", 86_400), f.bool("force"));
+            n.map(|name| ApiRequest::Stop {
+                name,
+                timeout_s,
+                force,
+            })
+        }
+        "reboot" => {
+            let (n, hard, timeout_s) = (f.name(), f.bool("hard"), f.opt_u64("timeout", 86_400));
+            n.map(|name| ApiRequest::Reboot {
+                name,
+                hard,
+                timeout_s,
+            })
+        }
+        "pause" => f.name().map(|name| ApiRequest::Pause { name }),
+        "resume" => f.name().map(|name| ApiRequest::Resume { name }),
+        _ => f.name().map(|name| ApiRequest::Cleanup { name }),
     };
-    f.finish()?;
-    Ok(req)
+    f.finish(allowed)?;
+    Ok(req.expect("no field errors means the request was built"))
 }
 
 /// Encode a request (client side).
@@ -204,9 +248,15 @@ pub fn encode_request(id: u64, req: &ApiRequest) -> Vec<u8> {
         } => {
             json!({"request": "stop", "name": name.as_str(), "timeout": timeout_s, "force": force})
         }
-        ApiRequest::Reboot { name, hard } => {
-            json!({"request": "reboot", "name": name.as_str(), "hard": hard})
+        ApiRequest::Reboot {
+            name,
+            hard,
+            timeout_s,
+        } => {
+            json!({"request": "reboot", "name": name.as_str(), "hard": hard, "timeout": timeout_s})
         }
+        ApiRequest::Pause { name } => json!({"request": "pause", "name": name.as_str()}),
+        ApiRequest::Resume { name } => json!({"request": "resume", "name": name.as_str()}),
         ApiRequest::Cleanup { name } => json!({"request": "cleanup", "name": name.as_str()}),
         ApiRequest::Reload => json!({"request": "reload"}),
     };
@@ -334,12 +384,17 @@ fn reply_result(r: &ApiReply) -> Value {
             info,
         } => json!({"ended": ended.as_str(), "elapsed_ms": elapsed_ms, "instance": vm(info)}),
         ApiReply::Rebooted(i) => json!({"rebooted": vm(i)}),
+        ApiReply::Paused(i) => json!({"paused": vm(i)}),
+        ApiReply::Resumed(i) => json!({"resumed": vm(i)}),
         ApiReply::CleanedUp { name } => json!({"cleaned_up": name.as_str()}),
         ApiReply::Reloaded {
             added,
             removed,
             changed,
-        } => json!({"reloaded": {"added": added, "removed": removed, "changed": changed}}),
+            node_changed,
+        } => {
+            json!({"reloaded": {"added": added, "removed": removed, "changed": changed, "node_changed": node_changed}})
+        }
     }
 }
 
@@ -477,6 +532,10 @@ pub fn decode_reply(line: &[u8], req: &ApiRequest) -> Result<DecodedReply, Strin
         ApiRequest::Reboot { .. } => {
             ApiReply::Rebooted(vm(r.get("rebooted").ok_or("no rebooted")?)?)
         }
+        ApiRequest::Pause { .. } => ApiReply::Paused(vm(r.get("paused").ok_or("no paused")?)?),
+        ApiRequest::Resume { .. } => {
+            ApiReply::Resumed(vm(r.get("resumed").ok_or("no resumed")?)?)
+        }
         ApiRequest::Cleanup { name } => ApiReply::CleanedUp { name: name.clone() },
         ApiRequest::Reload => {
             let rl = r.get("reloaded").ok_or("no reloaded")?;
@@ -484,6 +543,10 @@ pub fn decode_reply(line: &[u8], req: &ApiRequest) -> Result<DecodedReply, Strin
                 added: strs(rl.get("added")),
                 removed: strs(rl.get("removed")),
                 changed: strs(rl.get("changed")),
+                node_changed: rl
+                    .get("node_changed")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             }
         }
     };
@@ -543,6 +606,21 @@ mod tests {
     }
 
     #[test]
+    fn every_bad_field_is_reported_at_once_and_long_values_are_shortened() {
+        let long = "x".repeat(10_000);
+        let line = format!(
+            r#"{{"request": "stop", "name": "../etc", "timeout": "soon", "force": 1, "pad": "{long}"}}"#
+        );
+        let e = err_of(&line);
+        let fields: Vec<_> = e.fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["name", "timeout", "force", "pad"]);
+        assert!(e.fields[3].value.len() < 300, "{}", e.fields[3].value.len());
+        assert!(e.fields[3].value.ends_with("(10002 bytes)"));
+        let e = err_of(r#"{"request": 7}"#);
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
     fn every_request_round_trips() {
         let n = || InstanceName::parse("a").unwrap();
         for req in [
@@ -561,7 +639,10 @@ mod tests {
             ApiRequest::Reboot {
                 name: n(),
                 hard: true,
+                timeout_s: Some(9),
             },
+            ApiRequest::Pause { name: n() },
+            ApiRequest::Resume { name: n() },
             ApiRequest::Cleanup { name: n() },
             ApiRequest::Reload,
         ] {

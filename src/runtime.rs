@@ -182,6 +182,47 @@ pub fn remove_dir(paths: &RunPaths) -> io::Result<()> {
     }
 }
 
+/// Files that outlive a QEMU: how the last one ended.
+const HISTORY: [&str; 2] = ["exit.json", "shutdown"];
+
+/// Remove everything of a QEMU run except the exit history; `keep_dir`: leave the (possibly
+/// empty) directory in place, otherwise remove it when nothing is left.
+fn clear_run_files(paths: &RunPaths, keep_dir: bool) -> io::Result<()> {
+    let entries = match fs::read_dir(&paths.dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut kept = 0;
+    for entry in entries {
+        let entry = entry?;
+        if HISTORY.iter().any(|h| entry.file_name() == *h) {
+            kept += 1;
+        } else if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            remove_file(&entry.path())?;
+        }
+    }
+    if kept == 0 && !keep_dir {
+        fs::remove_dir(&paths.dir)?;
+    }
+    Ok(())
+}
+
+/// Prepare the directory for a new QEMU: created if missing, emptied of the previous run's
+/// files, the exit history kept.
+pub fn fresh_dir(paths: &RunPaths) -> io::Result<()> {
+    create_dir(paths)?;
+    clear_run_files(paths, true)
+}
+
+/// Undo what a start created: the run's files go, the exit history stays (and the directory
+/// with it, only if there is history).
+pub fn drop_run_files(paths: &RunPaths) -> io::Result<()> {
+    clear_run_files(paths, false)
+}
+
 /// Record an exit: the exit record, plus Ganeti's `shutdown` marker for a user shutdown (and
 /// its removal otherwise).
 pub fn record_exit(paths: &RunPaths, rec: &ExitRecord) -> io::Result<()> {
@@ -293,6 +334,24 @@ mod tests {
         assert!(!paths.shutdown_marker().exists());
         let back: ExitRecord = read_json(&paths.exit_record()).unwrap().unwrap();
         assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn a_new_run_keeps_only_the_exit_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = RunPaths::new(dir.path(), &InstanceName::parse("a").unwrap());
+        fresh_dir(&paths).unwrap();
+        for f in [paths.runtime(), paths.qemu_log(), paths.exit_record()] {
+            write_atomic(&f, b"x").unwrap();
+        }
+        fresh_dir(&paths).unwrap();
+        assert!(paths.exit_record().exists());
+        assert!(!paths.runtime().exists() && !paths.qemu_log().exists());
+        drop_run_files(&paths).unwrap();
+        assert!(paths.dir.exists(), "history keeps the directory");
+        remove_file(&paths.exit_record()).unwrap();
+        drop_run_files(&paths).unwrap();
+        assert!(!paths.dir.exists());
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub struct Supervisor {
     node: Arc<NodeConfig>,
     store: Store,
     vms: BTreeMap<InstanceName, Entry>,
-    clock_ticks: u64,
+    /// How many VM actors are still recovering their state from the run dir.
+    recovering: tokio::sync::watch::Sender<usize>,
 }
 
 impl Supervisor {
@@ -54,7 +55,7 @@ impl Supervisor {
             config,
             store,
             vms: BTreeMap::new(),
-            clock_ticks: process::clock_ticks(),
+            recovering: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -91,19 +92,17 @@ impl Supervisor {
                 info: placeholder,
             },
         );
+        self.count_recovering();
     }
 
-    /// Live numbers that are not part of the published state: CPU time and uptime.
-    fn with_live(&self, mut info: VmInfo) -> VmInfo {
-        if let Some(pid) = info.pid {
-            if let Ok(st) = process::read_stat(pid) {
-                info.cpu_time_ms = Some(st.cpu_ticks * 1000 / self.clock_ticks);
-            }
-        }
-        if let Some(at) = info.started_at_ms.filter(|_| info.state.has_process()) {
-            info.uptime_s = Some(runtime::now_ms().saturating_sub(at) / 1000);
-        }
-        info
+    fn count_recovering(&self) {
+        let n = self
+            .vms
+            .values()
+            .filter(|e| e.info.operation == Some("recovery"))
+            .count();
+        self.recovering
+            .send_if_modified(|c| std::mem::replace(c, n) != n);
     }
 
     fn lookup(&self, name: &InstanceName) -> Result<Addr<VmActor>, ApiError> {
@@ -126,6 +125,21 @@ impl Supervisor {
             self.spawn_vm(name, false, ctx);
         }
     }
+}
+
+/// Live numbers that are not part of the published state: CPU time (from /proc) and uptime.
+fn live(mut info: VmInfo) -> VmInfo {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(process::clock_ticks);
+    if let Some(pid) = info.pid {
+        if let Ok(st) = process::read_stat(pid) {
+            info.cpu_time_ms = Some(st.cpu_ticks * 1000 / ticks);
+        }
+    }
+    if let Some(at) = info.started_at_ms.filter(|_| info.state.has_process()) {
+        info.uptime_s = Some(runtime::now_ms().saturating_sub(at) / 1000);
+    }
+    info
 }
 
 /// List the instance directories under the run dir (names validated; others ignored).
@@ -156,9 +170,20 @@ impl Actor for Supervisor {
 impl Handler<VmUpdated> for Supervisor {
     type Result = ();
     fn handle(&mut self, VmUpdated(info): VmUpdated, _: &mut Context<Self>) {
-        if let Some(e) = self.vms.get_mut(&info.name) {
+        // An instance that left the config goes away once it has no QEMU and no runtime files.
+        let retire = !info.in_config
+            && !info.state.has_process()
+            && info.last_exit.is_none()
+            && info.operation.is_none();
+        if retire {
+            if let Some(e) = self.vms.remove(&info.name) {
+                info!(name = %info.name, "instance no longer in the config and cleaned up: forgotten");
+                e.addr.do_send(VmRequest::Retire);
+            }
+        } else if let Some(e) = self.vms.get_mut(&info.name) {
             e.info = info;
         }
+        self.count_recovering();
     }
 }
 
@@ -176,11 +201,93 @@ fn forward(
     }
 }
 
+/// How a VM actor's outcome becomes the reply to the operator's request.
+fn vm_call(
+    addr: Addr<VmActor>,
+    req: VmRequest,
+    reply: impl FnOnce(VmOutcome) -> ApiReply + 'static,
+) -> ResponseFuture<Result<ApiReply, ApiError>> {
+    Box::pin(async move {
+        let outcome = match forward(addr, req).await? {
+            VmOutcome::Done(info) => VmOutcome::Done(live(info)),
+            VmOutcome::Stopped {
+                ended,
+                elapsed,
+                info,
+            } => VmOutcome::Stopped {
+                ended,
+                elapsed,
+                info: live(info),
+            },
+        };
+        Ok(reply(outcome))
+    })
+}
+
+fn info_of(o: VmOutcome) -> VmInfo {
+    match o {
+        VmOutcome::Done(info) | VmOutcome::Stopped { info, .. } => info,
+    }
+}
+
 impl Handler<Call> for Supervisor {
     type Result = ResponseFuture<Result<ApiReply, ApiError>>;
 
     fn handle(&mut self, Call(req): Call, ctx: &mut Context<Self>) -> Self::Result {
-        let ready = |r: Result<ApiReply, ApiError>| -> Self::Result { Box::pin(async move { r }) };
+        if matches!(req, ApiRequest::List | ApiRequest::Info { .. })
+            && *self.recovering.borrow() > 0
+        {
+            // Right after kvmd starts, VM actors are still looking at the run dir: answer once
+            // they know whether their QEMU is running (bounded; a wedged QEMU takes its QMP
+            // deadline at most).
+            let (mut rx, me) = (self.recovering.subscribe(), ctx.address());
+            return Box::pin(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|n| *n == 0)).await;
+                me.send(CallNow(req))
+                    .await
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            });
+        }
+        self.answer(req, ctx)
+    }
+}
+
+/// Like `Call`, but answered from the current table even while VMs are recovering.
+#[derive(Message)]
+#[rtype(result = "Result<ApiReply, ApiError>")]
+struct CallNow(ApiRequest);
+
+impl Handler<CallNow> for Supervisor {
+    type Result = ResponseFuture<Result<ApiReply, ApiError>>;
+    fn handle(&mut self, CallNow(req): CallNow, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer(req, ctx)
+    }
+}
+
+impl Supervisor {
+    /// Send a request to one VM actor and shape its outcome into the reply.
+    fn vm(
+        &self,
+        name: &InstanceName,
+        req: VmRequest,
+        reply: impl FnOnce(VmOutcome) -> ApiReply + 'static,
+    ) -> ResponseFuture<Result<ApiReply, ApiError>> {
+        match self.lookup(name) {
+            Ok(addr) => vm_call(addr, req, reply),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn answer(
+        &mut self,
+        req: ApiRequest,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<ApiReply, ApiError>> {
+        let ready = |r: Result<ApiReply, ApiError>| -> ResponseFuture<Result<ApiReply, ApiError>> {
+            Box::pin(async move { r })
+        };
+        let stop_timeout = |t: Option<u64>| t.map_or(self.node.stop_timeout, Duration::from_secs);
         match req {
             ApiRequest::Ping => ready(Ok(ApiReply::Pong {
                 version: env!("CARGO_PKG_VERSION"),
@@ -189,69 +296,71 @@ impl Handler<Call> for Supervisor {
                 self.vms
                     .values()
                     .filter(|e| e.info.state.has_process())
-                    .map(|e| self.with_live(e.info.clone()))
+                    .map(|e| live(e.info.clone()))
                     .collect(),
             ))),
             ApiRequest::Info { name: None } => ready(Ok(ApiReply::Info(
-                self.vms
-                    .values()
-                    .map(|e| self.with_live(e.info.clone()))
-                    .collect(),
+                self.vms.values().map(|e| live(e.info.clone())).collect(),
             ))),
             ApiRequest::Info { name: Some(n) } => ready(match self.vms.get(&n) {
-                Some(e) => Ok(ApiReply::Info(vec![self.with_live(e.info.clone())])),
+                Some(e) => Ok(ApiReply::Info(vec![live(e.info.clone())])),
                 None => Err(ApiError::not_found(&n)),
             }),
-            ApiRequest::Start { name, paused } => match self.lookup(&name) {
-                Ok(addr) => Box::pin(async move {
-                    match forward(addr, VmRequest::Start { paused }).await? {
-                        VmOutcome::Done(info) => Ok(ApiReply::Started(info)),
-                        VmOutcome::Stopped { info, .. } => Ok(ApiReply::Started(info)),
-                    }
-                }),
-                Err(e) => ready(Err(e)),
-            },
+            ApiRequest::Start { name, paused } => {
+                self.vm(&name, VmRequest::Start { paused }, |o| {
+                    ApiReply::Started(info_of(o))
+                })
+            }
             ApiRequest::Stop {
                 name,
                 timeout_s,
                 force,
-            } => match self.lookup(&name) {
-                Ok(addr) => {
-                    let timeout = timeout_s.map_or(self.node.stop_timeout, Duration::from_secs);
-                    Box::pin(async move {
-                        match forward(addr, VmRequest::Stop { timeout, force }).await? {
-                            VmOutcome::Stopped {
-                                ended,
-                                elapsed,
-                                info,
-                            } => Ok(ApiReply::Stopped {
-                                ended,
-                                elapsed_ms: elapsed.as_millis() as u64,
-                                info,
-                            }),
-                            VmOutcome::Done(info) => Ok(ApiReply::Info(vec![info])),
-                        }
-                    })
-                }
-                Err(e) => ready(Err(e)),
-            },
-            ApiRequest::Reboot { name, hard } => match self.lookup(&name) {
-                Ok(addr) => Box::pin(async move {
-                    match forward(addr, VmRequest::Reboot { hard }).await? {
-                        VmOutcome::Done(info) | VmOutcome::Stopped { info, .. } => {
-                            Ok(ApiReply::Rebooted(info))
-                        }
-                    }
-                }),
-                Err(e) => ready(Err(e)),
-            },
-            ApiRequest::Cleanup { name } => match self.lookup(&name) {
-                Ok(addr) => Box::pin(async move {
-                    forward(addr, VmRequest::Cleanup).await?;
-                    Ok(ApiReply::CleanedUp { name })
-                }),
-                Err(e) => ready(Err(e)),
-            },
+            } => {
+                let req = VmRequest::Stop {
+                    timeout: stop_timeout(timeout_s),
+                    force,
+                };
+                self.vm(&name, req, |o| match o {
+                    VmOutcome::Stopped {
+                        ended,
+                        elapsed,
+                        info,
+                    } => ApiReply::Stopped {
+                        ended,
+                        elapsed_ms: elapsed.as_millis() as u64,
+                        info,
+                    },
+                    VmOutcome::Done(info) => ApiReply::Stopped {
+                        ended: crate::vmstate::StopEnd::AlreadyStopped,
+                        elapsed_ms: 0,
+                        info,
+                    },
+                })
+            }
+            ApiRequest::Reboot {
+                name,
+                hard,
+                timeout_s,
+            } => self.vm(
+                &name,
+                VmRequest::Reboot {
+                    hard,
+                    timeout: stop_timeout(timeout_s),
+                },
+                |o| ApiReply::Rebooted(info_of(o)),
+            ),
+            ApiRequest::Pause { name } => {
+                self.vm(&name, VmRequest::Pause, |o| ApiReply::Paused(info_of(o)))
+            }
+            ApiRequest::Resume { name } => {
+                self.vm(&name, VmRequest::Resume, |o| ApiReply::Resumed(info_of(o)))
+            }
+            ApiRequest::Cleanup { name } => {
+                let n = name.clone();
+                self.vm(&name, VmRequest::Cleanup, move |_| ApiReply::CleanedUp {
+                    name: n,
+                })
+            }
             ApiRequest::Reload => {
                 let (path, me) = (self.config.path.clone(), ctx.address());
                 Box::pin(async move {
@@ -260,6 +369,11 @@ impl Handler<Call> for Supervisor {
                         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
                     let config = loaded.map_err(|e| {
                         let mut err = ApiError::new(ErrorCode::ConfigError, e.to_string());
+                        let mut cause = std::error::Error::source(&e);
+                        while let Some(c) = cause {
+                            err.details.push(c.to_string());
+                            cause = c.source();
+                        }
                         if let crate::config::ConfigError::Invalid { errors, .. } = e {
                             err.fields = errors.0;
                         }
@@ -278,7 +392,8 @@ impl Handler<ApplyConfig> for Supervisor {
     type Result = ResponseFuture<Result<ApiReply, ApiError>>;
 
     fn handle(&mut self, ApplyConfig(new): ApplyConfig, ctx: &mut Context<Self>) -> Self::Result {
-        if new.node != self.config.node {
+        let node_changed = new.node != self.config.node;
+        if node_changed {
             warn!("[node] settings changed; they apply when kvmd restarts");
         }
         let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
@@ -341,6 +456,7 @@ impl Handler<ApplyConfig> for Supervisor {
                 added,
                 removed,
                 changed,
+                node_changed,
             })
         })
     }

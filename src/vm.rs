@@ -54,8 +54,15 @@ pub enum VmRequest {
     /// Allowed whenever a QEMU runs and no other operation is in progress; a stopped VM
     /// answers `AlreadyStopped`.
     Stop { timeout: Duration, force: bool },
-    /// Soft: stop then start with the current definition. Hard: QMP `system_reset`.
-    Reboot { hard: bool },
+    /// Soft: stop (waiting up to `timeout`) then start with the current definition. Hard: QMP
+    /// `system_reset`. Allowed when running or paused and the definition can start again.
+    Reboot { hard: bool, timeout: Duration },
+    /// Freeze the guest's vCPUs (QMP `stop`). Allowed when running.
+    Pause,
+    /// Let a paused guest run (QMP `cont`). Allowed when paused.
+    Resume,
+    /// The instance left the config and has nothing on disk: stop the actor.
+    Retire,
     /// Remove runtime files. Allowed only when no QEMU runs.
     Cleanup,
     /// New definition from a config reload (`None`: removed from the config). Applies at next
@@ -99,6 +106,15 @@ enum Internal {
     StartFailed {
         gen: u64,
     },
+    /// An operation's task finished (successfully or not): clear `op` if it is still this one.
+    OpDone {
+        op: &'static str,
+    },
+    /// QMP `stop`/`cont` succeeded (applied now; the STOP/RESUME event may come later).
+    SetPaused {
+        gen: u64,
+        paused: bool,
+    },
     Event {
         gen: u64,
         event: Event,
@@ -121,6 +137,7 @@ enum Internal {
 /// The result of looking at the run dir at actor start.
 enum Recovery {
     Adopted {
+        last_exit: Option<ExitRecord>,
         gen: u64,
         process: Arc<QemuProcess>,
         exit: watch::Receiver<Option<ExitStatus>>,
@@ -131,6 +148,8 @@ enum Recovery {
     Down {
         record: Option<ExitRecord>,
         dir_exists: bool,
+        /// The definition the last QEMU ran with (shown when the instance left the config).
+        last_spec: Option<InstanceSpec>,
     },
 }
 
@@ -193,6 +212,17 @@ pub struct VmActor {
     autostart_on_recovery: bool,
     health_in_flight: bool,
     recovered: bool,
+    /// What a start changed, restored if it fails.
+    before_start: Option<Before>,
+    /// The definition the last QEMU ran with, for display once the instance left the config.
+    last_spec: Option<InstanceSpec>,
+}
+
+/// The state a failed start goes back to.
+struct Before {
+    state: VmState,
+    last_exit: Option<ExitRecord>,
+    dir_exists: bool,
 }
 
 impl VmActor {
@@ -224,16 +254,18 @@ impl VmActor {
             autostart_on_recovery: autostart,
             health_in_flight: false,
             recovered: false,
+            before_start: None,
+            last_spec: None,
         }
     }
 
     fn info(&self) -> VmInfo {
         let rt = self.run.as_ref().and_then(|r| r.runtime.as_ref());
-        let (memory, vcpus) = match (rt, &self.spec) {
-            (Some(rt), _) => (rt.spec.memory, rt.spec.vcpus),
-            (None, Some(s)) => (s.memory, s.vcpus),
-            (None, None) => (0, 0),
-        };
+        let shown = rt
+            .map(|r| &r.spec)
+            .or(self.spec.as_ref())
+            .or(self.last_spec.as_ref());
+        let (memory, vcpus) = shown.map_or((0, 0), |s| (s.memory, s.vcpus));
         let state =
             if self.unresponsive && self.state.has_process() && self.state != VmState::Stopping {
                 VmState::Unresponsive
@@ -293,6 +325,34 @@ impl VmActor {
                 ),
             ));
         }
+        let (spec, hv) = self.start_inputs()?;
+        self.before_start = Some(Before {
+            state: self.state,
+            last_exit: self.last_exit.clone(),
+            dir_exists: self.dir_exists,
+        });
+        self.gen += 1;
+        self.op = Some(op);
+        self.state = VmState::Starting;
+        self.unresponsive = false;
+        self.shutdown_event = None;
+        self.stop_requested = false;
+        self.dir_exists = true;
+        self.publish();
+        Ok(StartPlan {
+            gen: self.gen,
+            spec,
+            hv,
+            node: self.node.clone(),
+            paths: self.paths.clone(),
+            store: self.store.clone(),
+            paused,
+            addr: ctx.address(),
+        })
+    }
+
+    /// The definition and hvparams a start would use, checked; no state changes.
+    fn start_inputs(&self) -> Result<(InstanceSpec, HvParams), ApiError> {
         let Some(spec) = self.spec.clone() else {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -315,24 +375,7 @@ impl VmActor {
                 errs.into_iter().map(|e| e.under("hvparams")).collect(),
             ));
         }
-        self.gen += 1;
-        self.op = Some(op);
-        self.state = VmState::Starting;
-        self.unresponsive = false;
-        self.shutdown_event = None;
-        self.stop_requested = false;
-        self.dir_exists = true;
-        self.publish();
-        Ok(StartPlan {
-            gen: self.gen,
-            spec,
-            hv,
-            node: self.node.clone(),
-            paths: self.paths.clone(),
-            store: self.store.clone(),
-            paused,
-            addr: ctx.address(),
-        })
+        Ok((spec, hv))
     }
 
     fn exit_waiter(&mut self) -> oneshot::Receiver<ExitRecord> {
@@ -490,6 +533,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         paused,
         addr,
     } = plan;
+    let t0 = Instant::now();
     let accel = spec.accel(&hv, &node);
     let (spec2, hv2) = (spec.clone(), hv.clone());
     let paths2 = paths.clone();
@@ -520,15 +564,15 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
             return Err(e);
         }
     };
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "argv built");
     let p = paths.clone();
-    let fresh = store
-        .run(move || runtime::remove_dir(&p).and_then(|_| runtime::create_dir(&p)))
-        .await;
+    let fresh = store.run(move || runtime::fresh_dir(&p)).await;
     if let Err(e) = fresh {
         addr.do_send(Internal::StartFailed { gen });
         return Err(internal("Cannot prepare the run dir", e));
     }
     let (argv2, log) = (argv.clone(), paths.qemu_log());
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "run dir prepared");
     let spawned = tokio::task::spawn_blocking(move || -> std::io::Result<(u32, u64)> {
         let pid = process::spawn_detached(&argv2, &log)?;
         let ticks = process::read_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
@@ -597,7 +641,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
             exit: exit.clone(),
         })
         .await;
-    info!(pid, "QEMU spawned");
+    info!(pid, us = t0.elapsed().as_micros() as u64, "QEMU spawned");
     let runtime = RuntimeFile {
         version: 1,
         spec,
@@ -609,7 +653,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         qemu_version: caps.version_text.clone(),
         paused_at_start: paused,
     };
-    let brought_up = bring_up(gen, &addr, &store, &paths, &node, &runtime, &exit).await;
+    let brought_up = bring_up(gen, &addr, &store, &paths, &node, &runtime, &exit, t0).await;
     if let Err(message) = brought_up {
         return fail_start(gen, &addr, &store, &paths, Some((&process, &exit)), message).await;
     }
@@ -633,6 +677,7 @@ async fn bring_up(
     node: &NodeConfig,
     runtime: &RuntimeFile,
     exit: &watch::Receiver<Option<ExitStatus>>,
+    t0: Instant,
 ) -> Result<(), String> {
     let (rt, p) = (runtime.clone(), paths.runtime());
     let written = store.run(move || runtime::write_json(&p, &rt));
@@ -646,6 +691,10 @@ async fn bring_up(
         QMP_CONNECT_DEADLINE,
     );
     let (written, connected) = tokio::join!(written, connected);
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "QMP connected, runtime file written"
+    );
     let qmp = connected.map_err(|e| format!("QEMU did not come up: {e}"))?;
     let _ = addr
         .send(Internal::QmpUp {
@@ -667,6 +716,7 @@ async fn bring_up(
             .await
             .map_err(|e| format!("Cannot resume the guest: {e}"))?;
     }
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "guest resumed");
     Ok(())
 }
 
@@ -730,7 +780,7 @@ async fn fail_start(
     let stderr = store
         .run(move || {
             let tail = process::tail_lines(&p.qemu_log(), STDERR_LINES);
-            let _ = runtime::remove_dir(&p);
+            let _ = runtime::drop_run_files(&p);
             tail
         })
         .await;
@@ -831,20 +881,21 @@ async fn recover_task(
             return Recovery::Down {
                 record: None,
                 dir_exists: true,
+                last_spec: None,
             };
         }
     };
     let Some(rt) = on_disk.runtime else {
-        if on_disk.exists && on_disk.exit.is_none() {
+        if paths.pidfile().exists() {
             // A start that never wrote its runtime file (kvmd died mid-start): its QEMU was
-            // still paused with -S and never ran the guest. Kill it and clean up.
+            // still paused with -S and never ran the guest. Kill it and drop its files.
             let p = paths.clone();
             store
                 .run(move || {
-                    if let Some(pid) = std::fs::read_to_string(p.pidfile())
+                    let pid = std::fs::read_to_string(p.pidfile())
                         .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok())
-                    {
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    if let Some(pid) = pid {
                         if let Ok(st) = process::read_stat(pid) {
                             if process::identify(pid, st.start_ticks, &p.pidfile())
                                 == Identity::Ours
@@ -856,17 +907,15 @@ async fn recover_task(
                             }
                         }
                     }
-                    let _ = runtime::remove_dir(&p);
+                    let _ = runtime::drop_run_files(&p);
                 })
                 .await;
-            return Recovery::Down {
-                record: None,
-                dir_exists: false,
-            };
         }
+        let dir_exists = on_disk.exit.is_some();
         return Recovery::Down {
             record: on_disk.exit,
-            dir_exists: on_disk.exists,
+            dir_exists,
+            last_spec: None,
         };
     };
     let (pid, ticks, pidfile) = (rt.pid, rt.start_ticks, paths.pidfile());
@@ -901,7 +950,9 @@ async fn recover_task(
                 }
             };
             info!(pid, status = ?status, "re-adopted running QEMU");
+            // exit.json, if any, is about the QEMU before this one.
             return Recovery::Adopted {
+                last_exit: on_disk.exit,
                 gen,
                 process,
                 exit,
@@ -911,10 +962,12 @@ async fn recover_task(
             };
         }
     }
+    let last_spec = Some(rt.spec.clone());
     if let Some(rec) = on_disk.exit.filter(|r| r.pid == rt.pid) {
         return Recovery::Down {
             record: Some(rec),
             dir_exists: true,
+            last_spec,
         };
     }
     let reason = match identity {
@@ -943,6 +996,7 @@ async fn recover_task(
     Recovery::Down {
         record: Some(record),
         dir_exists: true,
+        last_spec,
     }
 }
 
@@ -971,178 +1025,241 @@ impl Actor for VmActor {
     }
 }
 
-impl Handler<VmRequest> for VmActor {
-    type Result = ResponseFuture<Result<VmOutcome, ApiError>>;
+/// A request's reply, boxed.
+type Reply = ResponseFuture<Result<VmOutcome, ApiError>>;
 
-    fn handle(&mut self, req: VmRequest, ctx: &mut Context<Self>) -> Self::Result {
+fn ready(r: Result<VmOutcome, ApiError>) -> Reply {
+    Box::pin(async move { r })
+}
+
+/// Run an operation's future, then tell the actor the operation is over (whatever happened),
+/// and answer with the state right after it.
+fn finish_op(
+    addr: Addr<VmActor>,
+    op: &'static str,
+    span: tracing::Span,
+    fut: impl std::future::Future<Output = Result<Option<(StopEnd, Duration)>, ApiError>> + 'static,
+) -> Reply {
+    Box::pin(
+        async move {
+            let result = fut.await;
+            let _ = addr.send(Internal::OpDone { op }).await;
+            let info = addr
+                .send(GetInfo)
+                .await
+                .map_err(|e| internal("VM actor gone", e))?;
+            Ok(match result? {
+                Some((ended, elapsed)) => VmOutcome::Stopped {
+                    ended,
+                    elapsed,
+                    info,
+                },
+                None => VmOutcome::Done(info),
+            })
+        }
+        .instrument(span),
+    )
+}
+
+/// QMP failures as API errors: a missed deadline means the VM is unresponsive.
+fn qmp_error(e: crate::qmp::QmpError) -> ApiError {
+    match e {
+        crate::qmp::QmpError::Timeout { .. } => {
+            ApiError::new(ErrorCode::Unresponsive, e.to_string())
+        }
+        other => ApiError::new(ErrorCode::QmpError, other.to_string()),
+    }
+}
+
+impl VmActor {
+    fn stop_plan(&mut self, force: bool, timeout: Duration) -> Option<StopPlan> {
+        let run = self.run.as_ref().filter(|_| self.state.has_process())?;
+        let acpi = run
+            .runtime
+            .as_ref()
+            .map_or(true, |r| r.hvparams.bool("acpi"));
+        let plan = StopPlan {
+            process: run.process.clone(),
+            qmp: run.qmp.clone(),
+            acpi,
+            force,
+            timeout,
+            resend: self.node.acpi_resend_interval,
+            qmp_timeout: self.node.qmp_timeout,
+            done: self.exit_waiter(),
+        };
+        self.stop_requested = true;
+        self.state = VmState::Stopping;
+        Some(plan)
+    }
+
+    fn not_running(&self) -> ApiError {
+        ApiError::new(
+            ErrorCode::NotRunning,
+            format!(
+                "{} is not running ({})",
+                self.name,
+                self.info().state.as_str()
+            ),
+        )
+    }
+
+    /// The QMP connection of a running or paused VM.
+    fn live_qmp(&self, allowed: &[VmState]) -> Result<(u64, Qmp), ApiError> {
+        let run = self
+            .run
+            .as_ref()
+            .filter(|_| allowed.contains(&self.state))
+            .ok_or_else(|| self.not_running())?;
+        let qmp = run.qmp.clone().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unresponsive,
+                format!("{} has no QMP connection", self.name),
+            )
+        })?;
+        Ok((run.gen, qmp))
+    }
+}
+
+impl Handler<VmRequest> for VmActor {
+    type Result = Reply;
+
+    fn handle(&mut self, req: VmRequest, ctx: &mut Context<Self>) -> Reply {
         let span = tracing::info_span!("vm", name = %self.name);
         let addr = ctx.address();
-        let info_after = |addr: Addr<VmActor>| async move {
-            addr.send(GetInfo)
-                .await
-                .map_err(|e| internal("VM actor gone", e))
-        };
-        if let VmRequest::SetSpec { spec, autostart } = req {
-            self.spec = spec.map(|s| *s);
-            self.publish();
-            let start = autostart
-                && self.recovered
-                && self.op.is_none()
-                && self.state == VmState::Stopped
-                && !self.dir_exists;
-            if start {
-                if let Ok(plan) = self.prepare_start(false, "start", ctx) {
-                    info!(parent: &span, "autostart after reload");
-                    actix::spawn(
-                        async move {
-                            let _ = start_task(plan).await;
-                        }
-                        .instrument(span),
-                    );
+        match req {
+            VmRequest::SetSpec { spec, autostart } => {
+                self.spec = spec.map(|s| *s);
+                self.publish();
+                let start = autostart
+                    && self.recovered
+                    && self.op.is_none()
+                    && self.state == VmState::Stopped
+                    && !self.dir_exists;
+                if start {
+                    if let Ok(plan) = self.prepare_start(false, "start", ctx) {
+                        info!(parent: &span, "autostart after reload");
+                        actix::spawn(
+                            async move {
+                                let _ = start_task(plan).await;
+                            }
+                            .instrument(span),
+                        );
+                    }
                 }
+                return ready(Ok(VmOutcome::Done(self.info())));
             }
-            let info = self.info();
-            return Box::pin(async move { Ok(VmOutcome::Done(info)) });
+            VmRequest::Retire => {
+                ctx.stop();
+                return ready(Ok(VmOutcome::Done(self.info())));
+            }
+            _ => {}
         }
         if let Some(op) = self.op {
-            let e = ApiError::new(
+            return ready(Err(ApiError::new(
                 ErrorCode::Busy,
                 format!("{} is busy: {op} in progress", self.name),
-            );
-            return Box::pin(async move { Err(e) });
+            )));
         }
         match req {
             VmRequest::Start { paused } => match self.prepare_start(paused, "start", ctx) {
-                Ok(plan) => Box::pin(
-                    async move {
-                        start_task(plan).await?;
-                        Ok(VmOutcome::Done(info_after(addr).await?))
-                    }
-                    .instrument(span),
-                ),
-                Err(e) => Box::pin(async move { Err(e) }),
+                Ok(plan) => finish_op(addr, "start", span, async move {
+                    start_task(plan).await.map(|_| None)
+                }),
+                Err(e) => ready(Err(e)),
             },
             VmRequest::Stop { timeout, force } => {
-                let Some(run) = self.run.as_ref().filter(|_| self.state.has_process()) else {
-                    let info = self.info();
-                    return Box::pin(async move {
-                        Ok(VmOutcome::Stopped {
-                            ended: StopEnd::AlreadyStopped,
-                            elapsed: Duration::ZERO,
-                            info,
-                        })
-                    });
-                };
-                let acpi = run
-                    .runtime
-                    .as_ref()
-                    .map_or(true, |r| r.hvparams.bool("acpi"));
-                let plan = StopPlan {
-                    process: run.process.clone(),
-                    qmp: run.qmp.clone(),
-                    acpi,
-                    force,
-                    timeout,
-                    resend: self.node.acpi_resend_interval,
-                    qmp_timeout: self.node.qmp_timeout,
-                    done: self.exit_waiter(),
+                let Some(plan) = self.stop_plan(force, timeout) else {
+                    return ready(Ok(VmOutcome::Stopped {
+                        ended: StopEnd::AlreadyStopped,
+                        elapsed: Duration::ZERO,
+                        info: self.info(),
+                    }));
                 };
                 self.op = Some("stop");
-                self.stop_requested = true;
-                self.state = VmState::Stopping;
                 self.publish();
                 info!(parent: &span, force, timeout_s = timeout.as_secs(), "stopping");
-                Box::pin(
-                    async move {
-                        let t0 = Instant::now();
-                        let ended = stop_task(plan).await?;
-                        info!(
-                            ended = ended.as_str(),
-                            ms = t0.elapsed().as_millis() as u64,
-                            "stopped"
-                        );
-                        Ok(VmOutcome::Stopped {
-                            ended,
-                            elapsed: t0.elapsed(),
-                            info: info_after(addr).await?,
+                finish_op(addr, "stop", span, async move {
+                    let t0 = Instant::now();
+                    let ended = stop_task(plan).await?;
+                    info!(
+                        ended = ended.as_str(),
+                        ms = t0.elapsed().as_millis() as u64,
+                        "stopped"
+                    );
+                    Ok(Some((ended, t0.elapsed())))
+                })
+            }
+            VmRequest::Reboot { hard: true, .. } => {
+                match self.live_qmp(&[VmState::Running, VmState::Paused]) {
+                    Ok((_, qmp)) => {
+                        let t = self.node.qmp_timeout;
+                        ready_async(addr, async move {
+                            qmp.execute("system_reset", None, t)
+                                .await
+                                .map(|_| ())
+                                .map_err(qmp_error)
                         })
                     }
-                    .instrument(span),
-                )
-            }
-            VmRequest::Reboot { hard } => {
-                let Some(run) = self
-                    .run
-                    .as_ref()
-                    .filter(|_| matches!(self.state, VmState::Running | VmState::Paused))
-                else {
-                    let e = ApiError::new(
-                        ErrorCode::NotRunning,
-                        format!(
-                            "{} is not running ({})",
-                            self.name,
-                            self.info().state.as_str()
-                        ),
-                    );
-                    return Box::pin(async move { Err(e) });
-                };
-                if hard {
-                    let Some(qmp) = run.qmp.clone() else {
-                        let e = ApiError::new(
-                            ErrorCode::Unresponsive,
-                            format!("{} has no QMP connection", self.name),
-                        );
-                        return Box::pin(async move { Err(e) });
-                    };
-                    let t = self.node.qmp_timeout;
-                    return Box::pin(async move {
-                        qmp.execute("system_reset", None, t)
-                            .await
-                            .map_err(|e| ApiError::new(ErrorCode::QmpError, e.to_string()))?;
-                        Ok(VmOutcome::Done(info_after(addr).await?))
-                    });
+                    Err(e) => ready(Err(e)),
                 }
-                let acpi = run
-                    .runtime
-                    .as_ref()
-                    .map_or(true, |r| r.hvparams.bool("acpi"));
-                let plan = StopPlan {
-                    process: run.process.clone(),
-                    qmp: run.qmp.clone(),
-                    acpi,
-                    force: false,
-                    timeout: self.node.stop_timeout,
-                    resend: self.node.acpi_resend_interval,
-                    qmp_timeout: self.node.qmp_timeout,
-                    done: self.exit_waiter(),
-                };
+            }
+            VmRequest::Reboot {
+                hard: false,
+                timeout,
+            } => {
+                if !matches!(self.state, VmState::Running | VmState::Paused) {
+                    return ready(Err(self.not_running()));
+                }
+                // Refuse before stopping anything if the VM could not start again.
+                if let Err(e) = self.start_inputs() {
+                    return ready(Err(e));
+                }
+                let plan = self
+                    .stop_plan(false, timeout)
+                    .expect("running VM has a process");
                 self.op = Some("reboot");
-                self.stop_requested = true;
-                self.state = VmState::Stopping;
                 self.publish();
-                Box::pin(
-                    async move {
-                        stop_task(plan).await?;
-                        let plan = addr
-                            .send(PrepareStart {
-                                paused: false,
-                                op: "reboot",
-                            })
-                            .await
-                            .map_err(|e| internal("VM actor gone", e))??;
-                        start_task(plan).await?;
-                        Ok(VmOutcome::Done(info_after(addr).await?))
+                finish_op(addr.clone(), "reboot", span, async move {
+                    stop_task(plan).await?;
+                    let plan = addr
+                        .send(PrepareStart {
+                            paused: false,
+                            op: "reboot",
+                        })
+                        .await
+                        .map_err(|e| internal("VM actor gone", e))??;
+                    start_task(plan).await.map(|_| None)
+                })
+            }
+            VmRequest::Pause | VmRequest::Resume => {
+                let pause = matches!(req, VmRequest::Pause);
+                let from = if pause {
+                    VmState::Running
+                } else {
+                    VmState::Paused
+                };
+                match self.live_qmp(&[from]) {
+                    Ok((gen, qmp)) => {
+                        let t = self.node.qmp_timeout;
+                        let a = addr.clone();
+                        ready_async(addr, async move {
+                            qmp.execute(if pause { "stop" } else { "cont" }, None, t)
+                                .await
+                                .map_err(qmp_error)?;
+                            let _ = a.send(Internal::SetPaused { gen, paused: pause }).await;
+                            Ok(())
+                        })
                     }
-                    .instrument(span),
-                )
+                    Err(e) => ready(Err(e)),
+                }
             }
             VmRequest::Cleanup => {
                 if self.state.has_process() {
-                    let e = ApiError::new(
+                    return ready(Err(ApiError::new(
                         ErrorCode::AlreadyRunning,
                         format!("Cannot clean up {}: it is running", self.name),
-                    );
-                    return Box::pin(async move { Err(e) });
+                    )));
                 }
                 let p = self.paths.clone();
                 let job = self.store.run(move || runtime::remove_dir(&p));
@@ -1157,9 +1274,24 @@ impl Handler<VmRequest> for VmActor {
                     Ok(VmOutcome::Done(info))
                 })
             }
-            VmRequest::SetSpec { .. } => unreachable!("handled above"),
+            VmRequest::SetSpec { .. } | VmRequest::Retire => unreachable!("handled above"),
         }
     }
+}
+
+/// A short request (QMP command): run it, then answer with the state right after it.
+fn ready_async(
+    addr: Addr<VmActor>,
+    fut: impl std::future::Future<Output = Result<(), ApiError>> + 'static,
+) -> Reply {
+    Box::pin(async move {
+        fut.await?;
+        Ok(VmOutcome::Done(
+            addr.send(GetInfo)
+                .await
+                .map_err(|e| internal("VM actor gone", e))?,
+        ))
+    })
 }
 
 impl Handler<PrepareStart> for VmActor {
@@ -1211,9 +1343,16 @@ impl Handler<Internal> for VmActor {
                 paused,
                 runtime,
             } if self.current(gen) => {
+                self.last_spec = Some(runtime.spec.clone());
                 if let Some(run) = self.run.as_mut() {
                     run.runtime = Some(*runtime);
                 }
+                self.before_start = None;
+                // The guest runs again: it is no longer "user down".
+                let marker = self.paths.shutdown_marker();
+                actix::spawn(self.store.run(move || {
+                    let _ = runtime::remove_file(&marker);
+                }));
                 if self.state == VmState::Starting {
                     self.state = if paused {
                         VmState::Paused
@@ -1228,10 +1367,36 @@ impl Handler<Internal> for VmActor {
             Internal::StartFailed { gen } if gen == self.gen => {
                 self.run = None;
                 self.op = None;
-                self.state = VmState::Stopped;
-                self.dir_exists = false;
-                self.last_exit = None;
+                let before = self.before_start.take().unwrap_or(Before {
+                    state: VmState::Stopped,
+                    last_exit: None,
+                    dir_exists: false,
+                });
+                self.state = before.state;
+                self.last_exit = before.last_exit;
+                self.dir_exists = before.dir_exists;
                 self.publish();
+            }
+            Internal::OpDone { op } => {
+                if self.op == Some(op) {
+                    self.op = None;
+                    if self.state == VmState::Stopping && self.run.is_some() {
+                        // The stop failed and QEMU is still there.
+                        self.state = VmState::Running;
+                        self.stop_requested = false;
+                    }
+                    self.publish();
+                }
+            }
+            Internal::SetPaused { gen, paused } if self.current(gen) => {
+                if matches!(self.state, VmState::Running | VmState::Paused) {
+                    self.state = if paused {
+                        VmState::Paused
+                    } else {
+                        VmState::Running
+                    };
+                    self.publish();
+                }
             }
             Internal::Event { gen, event } if self.current(gen) => self.on_event(event),
             Internal::Exited { gen, status } if self.current(gen) => self.on_exit(gen, status, ctx),
@@ -1414,6 +1579,7 @@ impl VmActor {
         self.recovered = true;
         match r {
             Recovery::Adopted {
+                last_exit,
                 gen,
                 process,
                 exit,
@@ -1422,6 +1588,8 @@ impl VmActor {
                 status,
             } => {
                 self.gen = gen;
+                self.last_exit = last_exit;
+                self.last_spec = Some(runtime.spec.clone());
                 self.dir_exists = true;
                 self.state = match status.as_deref() {
                     Some("paused") | Some("prelaunch") | Some("suspended") => VmState::Paused,
@@ -1443,8 +1611,13 @@ impl VmActor {
                     return;
                 }
             }
-            Recovery::Down { record, dir_exists } => {
+            Recovery::Down {
+                record,
+                dir_exists,
+                last_spec,
+            } => {
                 self.dir_exists = dir_exists;
+                self.last_spec = last_spec;
                 self.state = record
                     .as_ref()
                     .map_or(VmState::Stopped, |r| VmState::after_exit(r.kind));

@@ -368,3 +368,125 @@ fn default_socket_and_runtime_files_are_not_world_accessible() {
 }
 
 use std::os::unix::process::CommandExt;
+
+#[test]
+fn pause_resume_and_a_refused_reboot_leave_the_vm_usable() {
+    let d = Daemon::start(&(instance_toml("keep", "") + &instance_toml("gone", "")));
+    let pid = d.start_vm("gone").pid.unwrap();
+    match d.call(ApiRequest::Pause { name: name("gone") }).unwrap() {
+        ApiReply::Paused(i) => assert_eq!(i.state.as_str(), "paused"),
+        other => panic!("{other:?}"),
+    }
+    let e = d
+        .call(ApiRequest::Pause { name: name("gone") })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotRunning);
+    match d.call(ApiRequest::Resume { name: name("gone") }).unwrap() {
+        ApiReply::Resumed(i) => {
+            assert_eq!(i.state.as_str(), "running");
+            assert!(
+                i.uptime_s.is_some() && i.cpu_time_ms.is_some(),
+                "replies carry live numbers: {i:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Remove it from the config: a soft reboot could not start it again, so it is refused
+    // before anything is stopped, and the VM stays usable.
+    std::fs::write(
+        &d.config,
+        node_toml(d.dir.path(), "") + &instance_toml("keep", ""),
+    )
+    .unwrap();
+    match d.call(ApiRequest::Reload).unwrap() {
+        ApiReply::Reloaded { removed, .. } => assert_eq!(removed, ["gone"]),
+        other => panic!("{other:?}"),
+    }
+    let e = d
+        .call(ApiRequest::Reboot {
+            name: name("gone"),
+            hard: false,
+            timeout_s: Some(5),
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    let i = d.info("gone");
+    assert_eq!(
+        (i.state.as_str(), i.pid, i.operation, i.in_config),
+        ("running", Some(pid), None, false)
+    );
+    assert_eq!(i.memory_mib, 192, "the running definition is still shown");
+    match d
+        .call(ApiRequest::Stop {
+            name: name("gone"),
+            timeout_s: None,
+            force: true,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, .. } => assert_eq!(ended.as_str(), "sigkill"),
+        other => panic!("{other:?}"),
+    }
+    // Stopped but with runtime files: still shown; once cleaned up, forgotten.
+    assert_eq!(d.info("gone").state.as_str(), "stopped");
+    d.call(ApiRequest::Cleanup { name: name("gone") }).unwrap();
+    wait_for("gone to be forgotten", Duration::from_secs(5), || {
+        d.try_info("gone").is_none().then_some(())
+    });
+}
+
+#[test]
+fn the_last_exit_survives_a_start_a_restart_and_a_failed_start() {
+    let mut d = Daemon::start(&instance_toml("h", ""));
+    let pid = d.start_vm("h").pid.unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    d.wait_state("h", "crashed", Duration::from_secs(5));
+    let pid2 = d.start_vm("h").pid.unwrap();
+    let i = d.info("h");
+    assert_eq!(
+        i.last_exit.as_ref().map(|e| e.signal),
+        Some(Some(9)),
+        "a running VM still shows how the last one ended"
+    );
+    d.kill9();
+    d.spawn();
+    let i = d.wait_state("h", "running", Duration::from_secs(10));
+    assert_eq!(i.pid, Some(pid2));
+    assert_eq!(i.last_exit.map(|e| e.pid), Some(pid));
+    d.call(ApiRequest::Stop {
+        name: name("h"),
+        timeout_s: None,
+        force: true,
+    })
+    .unwrap();
+    // Now make starts fail: the VM stays exactly as it was.
+    std::fs::write(
+        &d.config,
+        node_toml(d.dir.path(), "")
+            + &instance_toml(
+                "h",
+                "[instance.h.hvparams]\nkvm_extra = \"-no-such-option\"",
+            ),
+    )
+    .unwrap();
+    d.call(ApiRequest::Reload).unwrap();
+    let before = d.info("h");
+    let e = d
+        .call(ApiRequest::Start {
+            name: name("h"),
+            paused: false,
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::StartFailed);
+    let after = d.info("h");
+    assert_eq!(
+        (after.state, after.last_exit.clone()),
+        (before.state, before.last_exit.clone())
+    );
+    assert!(d.run_dir("h").join("exit.json").exists());
+    assert!(
+        !d.run_dir("h").join("qemu.log").exists(),
+        "the failed start's files are gone"
+    );
+    assert!(qemus_under(d.dir.path()).is_empty());
+}

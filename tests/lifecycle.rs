@@ -153,6 +153,7 @@ fn soft_reboot_restarts_qemu_and_hard_reboot_resets_in_place() {
         .call(ApiRequest::Reboot {
             name: name("r"),
             hard: false,
+            timeout_s: None,
         })
         .unwrap()
     {
@@ -169,6 +170,7 @@ fn soft_reboot_restarts_qemu_and_hard_reboot_resets_in_place() {
         .call(ApiRequest::Reboot {
             name: name("r"),
             hard: true,
+            timeout_s: None,
         })
         .unwrap()
     {

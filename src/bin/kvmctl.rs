@@ -60,7 +60,14 @@ enum Cmd {
         name: String,
         #[arg(long)]
         hard: bool,
+        /// Seconds the stop half waits for the guest (default: node.stop_timeout).
+        #[arg(long, conflicts_with = "hard")]
+        timeout: Option<u64>,
     },
+    /// Freeze a running guest.
+    Pause { name: String },
+    /// Let a paused guest run (e.g. after start --paused).
+    Resume { name: String },
     /// Remove a stopped instance's runtime files.
     Cleanup { name: String },
     /// Make kvmd re-read its config file.
@@ -120,10 +127,17 @@ fn run(args: &Args) -> Result<ExitCode> {
             timeout_s: *timeout,
             force: *force,
         },
-        Cmd::Reboot { name: n, hard } => ApiRequest::Reboot {
+        Cmd::Reboot {
+            name: n,
+            hard,
+            timeout,
+        } => ApiRequest::Reboot {
             name: name(n)?,
             hard: *hard,
+            timeout_s: *timeout,
         },
+        Cmd::Pause { name: n } => ApiRequest::Pause { name: name(n)? },
+        Cmd::Resume { name: n } => ApiRequest::Resume { name: name(n)? },
         Cmd::Cleanup { name: n } => ApiRequest::Cleanup { name: name(n)? },
         Cmd::Reload => ApiRequest::Reload,
     };
@@ -272,11 +286,16 @@ fn print_reply(r: &ApiReply, socket: &Path) {
             v.pid.map_or("-".into(), |p| p.to_string())
         ),
         ApiReply::CleanedUp { name } => println!("{name}: runtime files removed"),
+        ApiReply::Paused(v) | ApiReply::Resumed(v) => println!("{}: {}", v.name, v.state.as_str()),
         ApiReply::Reloaded {
             added,
             removed,
             changed,
+            node_changed,
         } => {
+            if *node_changed {
+                println!("note: [node] settings changed; they apply when kvmd restarts");
+            }
             println!(
                 "config reloaded: {} added, {} removed, {} changed",
                 added.len(),
