@@ -40,6 +40,12 @@ const USER_DOWN_REASON: &str = "the guest powered itself off";
 /// Lines of QEMU's stderr kept with a crash or a failed start.
 const STDERR_LINES: usize = 20;
 
+/// The per-VM log span. A root span, so that work started from inside another VM span (an
+/// autostart from recovery, say) does not nest `vm{..}:vm{..}`.
+fn vm_span(name: &InstanceName) -> tracing::Span {
+    tracing::info_span!(parent: None, "vm", name = %name)
+}
+
 /// A state change, published to the supervisor.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -657,6 +663,10 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     if let Err(message) = brought_up {
         return fail_start(gen, &addr, &store, &paths, Some((&process, &exit)), message).await;
     }
+    // The new QEMU is up: the instance is no longer "user down" (Ganeti clears the marker at
+    // start too). Done before replying, so the reply and the disk agree.
+    let marker = paths.shutdown_marker();
+    let _ = store.run(move || runtime::remove_file(&marker)).await;
     let _ = addr
         .send(Internal::Running {
             gen,
@@ -1004,7 +1014,7 @@ impl Actor for VmActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let span = tracing::info_span!("vm", name = %self.name);
+        let span = vm_span(&self.name);
         let (name, paths, store, addr, t) = (
             self.name.clone(),
             self.paths.clone(),
@@ -1125,7 +1135,7 @@ impl Handler<VmRequest> for VmActor {
     type Result = Reply;
 
     fn handle(&mut self, req: VmRequest, ctx: &mut Context<Self>) -> Reply {
-        let span = tracing::info_span!("vm", name = %self.name);
+        let span = vm_span(&self.name);
         let addr = ctx.address();
         match req {
             VmRequest::SetSpec { spec, autostart } => {
@@ -1315,7 +1325,7 @@ impl Handler<Internal> for VmActor {
     type Result = ();
 
     fn handle(&mut self, msg: Internal, ctx: &mut Context<Self>) {
-        let _span = tracing::info_span!("vm", name = %self.name).entered();
+        let _span = vm_span(&self.name).entered();
         match msg {
             Internal::Spawned {
                 gen,
@@ -1348,11 +1358,6 @@ impl Handler<Internal> for VmActor {
                     run.runtime = Some(*runtime);
                 }
                 self.before_start = None;
-                // The guest runs again: it is no longer "user down".
-                let marker = self.paths.shutdown_marker();
-                actix::spawn(self.store.run(move || {
-                    let _ = runtime::remove_file(&marker);
-                }));
                 if self.state == VmState::Starting {
                     self.state = if paused {
                         VmState::Paused
@@ -1628,7 +1633,7 @@ impl VmActor {
                 {
                     if let Ok(plan) = self.prepare_start(false, "start", ctx) {
                         info!("autostart");
-                        let span = tracing::info_span!("vm", name = %self.name);
+                        let span = vm_span(&self.name);
                         actix::spawn(
                             async move {
                                 if let Err(e) = start_task(plan).await {
