@@ -141,6 +141,10 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
             .table("hvparams")
             .map(|t| parse_hvparams("node.hvparams", t, errs))
             .unwrap_or_default(),
+        nic_script: o.abs_path("nic_script", errs),
+        spice_cert_dir: o
+            .abs_path("spice_cert_dir", errs)
+            .unwrap_or(d.spice_cert_dir),
     };
     if node.hvparams.contains_key("kvm_path") && o.had("qemu") {
         errs.push(FieldError::new(
@@ -180,6 +184,18 @@ fn parse_instance(
         ));
     }
     let vcpus = o.int("vcpus", 1, 255, errs).unwrap_or(1) as u32;
+    let min_memory = o
+        .int("min_memory", 16, 4 << 20, errs)
+        .map(|m| m as u64)
+        .unwrap_or(memory);
+    if min_memory > memory && o.had("memory") {
+        errs.push(FieldError::new(
+            o.path("min_memory"),
+            min_memory.to_string(),
+            format!("must not exceed memory ({memory})"),
+        ));
+    }
+    let network_port = o.int("network_port", 1, 65535, errs).map(|p| p as u16);
     let autostart = o.bool("autostart", errs).unwrap_or(false);
     let mut disks = Vec::new();
     for (i, t) in o.array_of_tables("disk", errs).into_iter().enumerate() {
@@ -248,7 +264,9 @@ fn parse_instance(
         name,
         uuid,
         memory,
+        min_memory,
         vcpus,
+        network_port,
         disks,
         nics,
         hvparams,

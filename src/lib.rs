@@ -18,9 +18,11 @@
 //!   definitions, Ganeti's hvparams, instance names, field errors.
 //! - `pinning` — pure: vCPU pinning plans from `cpu_mask`.
 //! - `cmdline`, `probe` — QEMU's argv (pure) and what a QEMU binary offers.
+//! - `net` — tap devices and NIC setup per Ganeti mode (bridged, routed, openvswitch).
 //! - `qmp` — our QMP client.
 //! - `process` — QEMU as a process: spawn, identity, exit, signals.
 //! - `runtime` — runtime files on disk and the persistence thread.
+//! - `validate` — checking an instance against this node (files, users, what QEMU offers).
 //! - `sys` — the only `unsafe`: pidfds and the new-session hook.
 #![deny(unsafe_code)]
 
@@ -33,6 +35,7 @@ pub mod control;
 pub mod daemon;
 pub mod hvparams;
 pub mod name;
+pub mod net;
 pub mod pinning;
 pub mod probe;
 pub mod process;
@@ -42,5 +45,6 @@ pub mod runtime;
 pub mod spec;
 pub mod supervisor;
 pub mod sys;
+pub mod validate;
 pub mod vm;
 pub mod vmstate;

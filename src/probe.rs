@@ -1,28 +1,105 @@
 //! What a QEMU binary offers, read from the binary itself and cached per binary.
 //!
-//! `--version` gives the version, `-machine help` the default machine (resolved once so the
-//! runtime file pins a concrete machine type, as Ganeti does). Results are cached by path, size
-//! and mtime, so a start does not re-probe and an upgraded binary is probed again.
+//! - version: the first line of `--version` (e.g. `QEMU emulator version 7.2.22 (Debian …)`),
+//!   cross-checked with QMP `query-version`;
+//! - machines: `-machine help` (the default is marked `(default)`; aliases say
+//!   `(alias of X)`), cross-checked with QMP `query-machines`;
+//! - devices: `-device help` (`name "virtio-net-pci", bus PCI, …` lines);
+//! - options: which command-line options `--help` lists, with Ganeti's regexes (`-no-acpi`,
+//!   `-soundhw`, `-run-with` with `chroot=` and `user=`, `vhost=on|off`, `fds=x:y:...:z`,
+//!   `auto-read-only`, `-spice`, `-runas`, `-chroot`, ...).
 //!
-//! Invariant: the parsers are pure functions over recorded output; only [`probe`] runs QEMU,
-//! and it blocks, so callers run it on a blocking thread.
+//! Results are cached by (path, size, mtime): a start never re-probes, an upgraded binary is
+//! probed again.
+//!
+//! Invariant: the parsers are pure functions over recorded output (unit-tested with the real
+//! output of QEMU 7.2 and with excerpts of other versions); only [`probe`] runs QEMU, and it
+//! blocks, so callers run it on a blocking thread.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use regex::Regex;
+
+/// One machine type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    pub description: String,
+    /// `pc` → `pc-i440fx-7.2`.
+    pub alias_of: Option<String>,
+}
+
+/// Which command-line options `--help` lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `-no-acpi` (removed in QEMU 9; then `acpi=off` on `-machine`).
+    pub no_acpi: bool,
+    /// `-soundhw` (removed in QEMU 7.1; then `-audio`).
+    pub soundhw: bool,
+    /// `-audio driver=...,model=...` (QEMU ≥ 7.1).
+    pub audio: bool,
+    /// `-run-with` mentioning both `chroot=` and `user=` (QEMU ≥ 9.1).
+    pub run_with: bool,
+    /// `-runas` (removed in QEMU 10) and `-chroot` (removed in QEMU 9).
+    pub runas: bool,
+    pub chroot: bool,
+    /// `-netdev tap,...,vhost=on|off`.
+    pub vhost: bool,
+    /// `-netdev tap,...,fds=x:y:...:z` (multiqueue).
+    pub tap_fds: bool,
+    /// `-blockdev` help mentions `auto-read-only`.
+    pub auto_read_only: bool,
+    pub spice: bool,
+    pub uuid: bool,
+    pub display: bool,
+    pub usbdevice: bool,
+}
 
 /// Facts about one QEMU binary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QemuCaps {
     pub version: (u32, u32, u32),
-    /// The whole first line of `--version`, e.g. `QEMU emulator version 7.2.22 (Debian ...)`.
+    /// The whole first line of `--version`.
     pub version_text: String,
-    /// Machine type marked `(default)` in `-machine help`, if any.
+    /// Machine type marked `(default)`, if any.
     pub default_machine: Option<String>,
+    pub machines: BTreeMap<String, Machine>,
+    /// Device names from `-device help`.
+    pub devices: BTreeSet<String>,
+    pub options: Options,
+}
+
+impl QemuCaps {
+    /// Build from recorded outputs of `--version`, `--help`, `-machine help`, `-device help`.
+    pub fn from_outputs(version: &str, help: &str, machines: &str, devices: &str) -> Option<Self> {
+        let machines_parsed = parse_machines(machines);
+        Some(Self {
+            version: parse_version(version).or_else(|| parse_version(help))?,
+            version_text: version.lines().next().unwrap_or("").trim().to_string(),
+            default_machine: parse_default_machine(machines),
+            machines: machines_parsed,
+            devices: parse_devices(devices),
+            options: parse_options(help),
+        })
+    }
+
+    /// Is `v` at least `(major, minor)`?
+    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+        (self.version.0, self.version.1) >= (major, minor)
+    }
+
+    pub fn has_device(&self, name: &str) -> bool {
+        self.devices.contains(name)
+    }
+
+    /// The concrete machine a name stands for (aliases resolved), if this QEMU has it.
+    pub fn resolve_machine(&self, name: &str) -> Option<String> {
+        let m = self.machines.get(name)?;
+        Some(m.alias_of.clone().unwrap_or_else(|| name.to_string()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +119,22 @@ pub enum ProbeError {
     },
     #[error("Cannot find a version in the first line of {path} --version: {line:?}")]
     NoVersion { path: PathBuf, line: String },
+    #[error("{path} says version {help:?} in --version but {qmp:?} over QMP")]
+    VersionMismatch {
+        path: PathBuf,
+        help: (u32, u32, u32),
+        qmp: (u32, u32, u32),
+    },
+}
+
+fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
+    cell.get_or_init(|| Regex::new(pattern).expect("valid regex"))
 }
 
 /// Parse the version from the first line of `--version`/`--help`: the first `N.N[.N]`.
 pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     static RE: OnceLock<Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"\b(\d+)\.(\d+)(?:\.(\d+))?\b").expect("regex"));
-    let c = re.captures(text.lines().next()?)?;
+    let c = re(&RE, r"\b(\d+)\.(\d+)(?:\.(\d+))?\b").captures(text.lines().next()?)?;
     Some((
         c[1].parse().ok()?,
         c[2].parse().ok()?,
@@ -59,8 +145,80 @@ pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 /// The machine marked `(default)` in `-machine help` output.
 pub fn parse_default_machine(text: &str) -> Option<String> {
     static RE: OnceLock<Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"(?m)^(\S+)\s.*\(default\)").expect("regex"));
-    re.captures(text).map(|c| c[1].to_string())
+    re(&RE, r"(?m)^(\S+)\s.*\(default\)")
+        .captures(text)
+        .map(|c| c[1].to_string())
+}
+
+/// Every machine of `-machine help`.
+pub fn parse_machines(text: &str) -> BTreeMap<String, Machine> {
+    static ALIAS: OnceLock<Regex> = OnceLock::new();
+    let alias = re(&ALIAS, r"\(alias of ([^)]+)\)");
+    text.lines()
+        .filter(|l| !l.starts_with("Supported machines") && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(char::is_whitespace)?;
+            Some((
+                name.to_string(),
+                Machine {
+                    description: rest.trim().to_string(),
+                    alias_of: alias.captures(rest).map(|c| c[1].to_string()),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Device names of `-device help`.
+pub fn parse_devices(text: &str) -> BTreeSet<String> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    re(&RE, r#"(?m)^name "([^"]+)""#)
+        .captures_iter(text)
+        .map(|c| c[1].to_string())
+        .collect()
+}
+
+/// Which options `--help` lists (Ganeti's help regexes, made multi-line tolerant).
+pub fn parse_options(help: &str) -> Options {
+    let has = |pattern: &str| Regex::new(pattern).expect("valid regex").is_match(help);
+    // The help of one option runs until the next line that starts with '-'.
+    let option_block = |name: &str| -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for line in help.lines() {
+            if line.starts_with('-') {
+                inside = line.starts_with(name) && line[name.len()..].starts_with([' ', '\t'])
+                    || line == name;
+            }
+            if inside {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    };
+    let run_with = option_block("-run-with");
+    let tap: String = help
+        .lines()
+        .skip_while(|l| !l.starts_with("-netdev tap"))
+        .take_while(|l| l.starts_with("-netdev tap") || !l.starts_with('-'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Options {
+        no_acpi: has(r"(?m)^-no-acpi\s"),
+        soundhw: has(r"(?m)^-soundhw\s"),
+        audio: has(r"(?m)^-audio\s"),
+        run_with: run_with.contains("chroot=") && run_with.contains("user="),
+        runas: has(r"(?m)^-runas\s"),
+        chroot: has(r"(?m)^-chroot\s"),
+        vhost: tap.contains("vhost=on|off"),
+        tap_fds: tap.contains("fds=x:y:...:z"),
+        auto_read_only: option_block("-blockdev").contains("auto-read-only=on|off"),
+        spice: has(r"(?m)^-spice\s"),
+        uuid: has(r"(?m)^-uuid\s"),
+        display: has(r"(?m)^-display\s"),
+        usbdevice: has(r"(?m)^-usbdevice\s"),
+    }
 }
 
 type Key = (PathBuf, u64, Option<SystemTime>);
@@ -80,18 +238,38 @@ pub fn probe(path: &Path) -> Result<Arc<QemuCaps>, ProbeError> {
     if let Some(c) = cache().lock().expect("probe cache").get(&key) {
         return Ok(c.clone());
     }
-    let version_out = run(path, "--version")?;
-    let first = version_out.lines().next().unwrap_or("").to_string();
-    let version = parse_version(&version_out).ok_or_else(|| ProbeError::NoVersion {
-        path: path.into(),
-        line: first.clone(),
-    })?;
-    let machines = run(path, "-machine").unwrap_or_default();
-    let caps = Arc::new(QemuCaps {
-        version,
-        version_text: first,
-        default_machine: parse_default_machine(&machines),
-    });
+    let version = run(path, &["--version"])?;
+    let help = run(path, &["--help"])?;
+    let machines = run(path, &["-machine", "help"])?;
+    let devices = run(path, &["-device", "help"]).unwrap_or_default();
+    let first = version.lines().next().unwrap_or("").to_string();
+    let mut caps =
+        QemuCaps::from_outputs(&version, &help, &machines, &devices).ok_or_else(|| {
+            ProbeError::NoVersion {
+                path: path.into(),
+                line: first,
+            }
+        })?;
+    if let Some(q) = qmp_facts(path) {
+        if q.version != caps.version {
+            return Err(ProbeError::VersionMismatch {
+                path: path.into(),
+                help: caps.version,
+                qmp: q.version,
+            });
+        }
+        // QMP is authoritative for machines when it answers.
+        if q.default_machine.is_some() {
+            caps.default_machine = q.default_machine;
+        }
+        for (name, alias) in q.aliases {
+            caps.machines.entry(alias).or_insert_with(|| Machine {
+                description: String::new(),
+                alias_of: Some(name),
+            });
+        }
+    }
+    let caps = Arc::new(caps);
     cache()
         .lock()
         .expect("probe cache")
@@ -99,13 +277,15 @@ pub fn probe(path: &Path) -> Result<Arc<QemuCaps>, ProbeError> {
     Ok(caps)
 }
 
-fn run(path: &Path, arg: &'static str) -> Result<String, ProbeError> {
-    let mut cmd = Command::new(path);
-    match arg {
-        "-machine" => cmd.args(["-machine", "help"]),
-        _ => cmd.arg(arg),
+fn run(path: &Path, args: &[&str]) -> Result<String, ProbeError> {
+    let arg: &'static str = match args[0] {
+        "--version" => "--version",
+        "--help" => "--help",
+        "-machine" => "-machine help",
+        _ => "-device help",
     };
-    let out = cmd
+    let out = Command::new(path)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|source| ProbeError::Run {
@@ -125,9 +305,102 @@ fn run(path: &Path, arg: &'static str) -> Result<String, ProbeError> {
     Ok(text)
 }
 
+/// What QMP says about the binary: `query-version`, `query-machines`.
+struct QmpFacts {
+    version: (u32, u32, u32),
+    default_machine: Option<String>,
+    /// (machine, alias)
+    aliases: Vec<(String, String)>,
+}
+
+/// Start `QEMU -machine none` with a QMP socket and ask it. `None` if anything fails (the help
+/// output alone is then used).
+fn qmp_facts(path: &Path) -> Option<QmpFacts> {
+    let dir = std::env::temp_dir().join(format!(
+        "kvmd-probe-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).ok()?;
+    let sock = dir.join("qmp.sock");
+    let mut child = Command::new(path)
+        .args([
+            "-machine",
+            "none",
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+        ])
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let t = Duration::from_secs(5);
+    let facts = rt.block_on(async {
+        let (q, _ev) = crate::qmp::Qmp::connect(&sock, Instant::now() + t, t, || true)
+            .await
+            .ok()?;
+        let v = q.execute("query-version", None, t).await.ok()?;
+        let num = |k: &str| v.get("qemu")?.get(k)?.as_u64().map(|n| n as u32);
+        let version = (num("major")?, num("minor")?, num("micro")?);
+        let machines = q.execute("query-machines", None, t).await.ok()?;
+        let list = machines.as_array()?;
+        let default_machine = list
+            .iter()
+            .find(|m| m.get("is-default").and_then(|d| d.as_bool()) == Some(true))
+            .and_then(|m| m.get("name")?.as_str().map(String::from));
+        let aliases = list
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    m.get("name")?.as_str()?.to_string(),
+                    m.get("alias")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let _ = q.execute("quit", None, t).await;
+        Some(QmpFacts {
+            version,
+            default_machine,
+            aliases,
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    facts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn data(f: &str) -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(f),
+        )
+        .unwrap()
+    }
+
+    fn qemu_72() -> QemuCaps {
+        QemuCaps::from_outputs(
+            &data("qemu-7.2/version.txt"),
+            &data("qemu-7.2/help.txt"),
+            &data("qemu-7.2/machine-help.txt"),
+            &data("qemu-7.2/device-help.txt"),
+        )
+        .unwrap()
+    }
 
     #[test]
     fn versions_from_several_qemus() {
@@ -148,11 +421,82 @@ mod tests {
     }
 
     #[test]
-    fn default_machine_of_qemu_7_2() {
-        let text = "Supported machines are:\nmicrovm              microvm (i386)\npc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)\npc-i440fx-7.2        Standard PC (i440FX + PIIX, 1996) (default)\nq35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\n";
+    fn the_real_qemu_7_2_output() {
+        let c = qemu_72();
+        assert_eq!(c.version, (7, 2, 22));
+        assert!(c.version_text.starts_with("QEMU emulator version 7.2.22"));
+        assert_eq!(c.default_machine.as_deref(), Some("pc-i440fx-7.2"));
+        assert_eq!(c.resolve_machine("q35").as_deref(), Some("pc-q35-7.2"));
+        assert_eq!(
+            c.resolve_machine("pc-i440fx-7.2").as_deref(),
+            Some("pc-i440fx-7.2")
+        );
+        assert_eq!(c.resolve_machine("no-such-machine"), None);
+        for d in [
+            "virtio-net-pci",
+            "virtio-blk-pci",
+            "scsi-hd",
+            "lsi53c895a",
+            "megasas",
+            "dc390",
+            "virtio-scsi-pci",
+            "ide-hd",
+            "ide-cd",
+            "floppy",
+            "usb-tablet",
+            "qxl",
+            "e1000",
+            "ne2k_isa",
+        ] {
+            assert!(c.has_device(d), "{d}");
+        }
+        assert!(!c.has_device("lsi"), "aliases are not names");
+        let o = &c.options;
+        assert!(o.no_acpi && !o.soundhw && o.audio && !o.run_with && o.runas && o.chroot);
+        assert!(
+            o.vhost
+                && o.tap_fds
+                && o.auto_read_only
+                && o.spice
+                && o.uuid
+                && o.display
+                && o.usbdevice
+        );
+    }
+
+    /// QEMU 9.2: `-no-acpi` and `-chroot` are gone, `-run-with` takes `chroot=` and `user=`
+    /// (excerpt of the options that changed, as documented in QEMU's deprecated/removed list).
+    #[test]
+    fn qemu_9_2_options() {
+        let help = "QEMU emulator version 9.2.0\n-audio [driver=]driver[,model=value][,prop[=value][,...]]\n-run-with [async-teardown=on|off][,chroot=dir][user=username|uid:gid]\n                Set miscellaneous QEMU process lifecycle options:\n-runas user     change to user id user just before starting the VM\n-netdev tap,id=str[,fd=h][,fds=x:y:...:z][,ifname=name][,script=file][,downscript=dfile]\n         [,br=bridge][,helper=helper][,sndbuf=nbytes][,vnet_hdr=on|off][,vhost=on|off]\n";
+        let o = parse_options(help);
+        assert!(
+            o.run_with && !o.no_acpi && !o.chroot && o.runas && o.audio && o.vhost && o.tap_fds
+        );
+    }
+
+    /// QEMU 6.2: `-soundhw` is still there, `-audio` is not; `-run-with` does not exist.
+    #[test]
+    fn qemu_6_2_options() {
+        let help = "QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2ubuntu6)\n-soundhw c1,... enable audio support\n-no-acpi        disable ACPI\n-chroot dir     chroot to dir just before starting the VM\n-runas user     change to user id user just before starting the VM\n";
+        let o = parse_options(help);
+        assert!(
+            o.soundhw && !o.audio && o.no_acpi && o.chroot && o.runas && !o.run_with && !o.vhost
+        );
+        assert_eq!(parse_version(help), Some((6, 2, 0)));
+    }
+
+    /// An Ubuntu build names its default machine after the release, not the version.
+    #[test]
+    fn default_machine_of_an_ubuntu_build() {
+        let text = "Supported machines are:\npc                   Ubuntu 21.10 PC (i440FX + PIIX, 1996) (alias of pc-i440fx-impish)\npc-i440fx-impish     Ubuntu 21.10 PC (i440FX + PIIX, 1996) (default)\npc-i440fx-6.0        Standard PC (i440FX + PIIX, 1996)\n";
         assert_eq!(
             parse_default_machine(text).as_deref(),
-            Some("pc-i440fx-7.2")
+            Some("pc-i440fx-impish")
+        );
+        assert_eq!(
+            parse_machines(text)["pc"].alias_of.as_deref(),
+            Some("pc-i440fx-impish")
         );
         assert_eq!(
             parse_default_machine("Supported machines are:\nnone  empty machine\n"),

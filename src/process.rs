@@ -95,9 +95,10 @@ pub fn identify(pid: u32, start_ticks: u64, pidfile: &Path) -> Identity {
     }
 }
 
-/// Start QEMU in its own session with stdin from /dev/null and stdout+stderr appended to `log`.
-/// Returns the pid. The child is not reaped by anyone but [`wait_exit`].
-pub fn spawn_detached(argv: &[String], log: &Path) -> io::Result<u32> {
+/// Start QEMU in its own session with stdin from /dev/null and stdout+stderr appended to `log`,
+/// letting it inherit `keep_fds` (taps). Returns the pid. The child is not reaped by anyone but
+/// [`wait_exit`].
+pub fn spawn_detached(argv: &[String], log: &Path, keep_fds: &[i32]) -> io::Result<u32> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -109,7 +110,11 @@ pub fn spawn_detached(argv: &[String], log: &Path) -> io::Result<u32> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
-    sys::spawn_in_new_session(&mut cmd);
+    if keep_fds.is_empty() {
+        sys::spawn_in_new_session(&mut cmd);
+    } else {
+        sys::spawn_in_new_session_with_fds(&mut cmd, keep_fds.to_vec());
+    }
     let child = cmd.spawn()?;
     // Dropping std's Child neither kills nor reaps; `wait_exit` reaps it.
     Ok(child.id())

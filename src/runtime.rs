@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `qemu.pid` | written by QEMU (`-pidfile`) |
 //! | `qmp.sock` | QMP socket (kvmd's connection) |
+//! | `monitor.sock` | HMP monitor socket, for operators |
+//! | `chroot/` | empty directory QEMU chroots into (`use_chroot`) |
 //! | `serial.sock`, `serial.log` | serial console socket and everything the guest printed |
 //! | `qga.sock` | guest-agent socket (`use_guest_agent`) |
 //! | `qemu.log` | QEMU's stdout/stderr |
@@ -46,6 +48,14 @@ impl RunPaths {
     pub fn qmp(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
+    /// HMP monitor for operators (`socat - UNIX-CONNECT:...`); kvmd itself uses QMP.
+    pub fn monitor(&self) -> PathBuf {
+        self.dir.join("monitor.sock")
+    }
+    /// Empty directory QEMU chroots into (`use_chroot`).
+    pub fn chroot(&self) -> PathBuf {
+        self.dir.join("chroot")
+    }
     pub fn serial(&self) -> PathBuf {
         self.dir.join("serial.sock")
     }
@@ -85,6 +95,15 @@ pub struct RuntimeFile {
     pub qemu_version: String,
     /// Started with `--paused`.
     pub paused_at_start: bool,
+    /// The concrete machine type (aliases resolved at start).
+    #[serde(default)]
+    pub machine: String,
+    /// PCI slots and SCSI ids of the disks and NICs (for hotplug).
+    #[serde(default)]
+    pub slots: crate::cmdline::SlotPlan,
+    /// Per NIC, the host tap device (`None` for user-mode NICs).
+    #[serde(default)]
+    pub taps: Vec<Option<String>>,
 }
 
 /// How the last QEMU of an instance ended.

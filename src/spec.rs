@@ -56,6 +56,11 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     /// Node-level hvparam defaults (Ganeti's cluster hvparams).
     pub hvparams: HvOverrides,
+    /// Run for every tap NIC after kvmd set it up (`ACTION=up`) and after QEMU exited
+    /// (`ACTION=down`), with Ganeti's NIC environment.
+    pub nic_script: Option<PathBuf>,
+    /// Directory with `spice-ca.pem` and `spice.pem` for `spice_use_tls`.
+    pub spice_cert_dir: PathBuf,
 }
 
 impl NodeConfig {
@@ -73,6 +78,8 @@ impl NodeConfig {
             acpi_resend_interval: Duration::from_secs(5),
             max_request_bytes: 64 * 1024,
             hvparams: HvOverrides::new(),
+            nic_script: None,
+            spice_cert_dir: PathBuf::from("/etc/kvmd/spice"),
         }
     }
 }
@@ -124,9 +131,13 @@ pub struct NicSpec {
 pub struct InstanceSpec {
     pub name: InstanceName,
     pub uuid: String,
-    /// Memory in MiB (Ganeti's maxmem).
+    /// Memory in MiB (Ganeti's maxmem): what QEMU is given.
     pub memory: u64,
+    /// Ganeti's minmem: the balloon may shrink the guest down to this (defaults to `memory`).
+    pub min_memory: u64,
     pub vcpus: u32,
+    /// TCP port for VNC (display = port - 5900) or SPICE (Ganeti's network_port).
+    pub network_port: Option<u16>,
     pub disks: Vec<DiskSpec>,
     pub nics: Vec<NicSpec>,
     /// This instance's hvparams, before node defaults are merged in.

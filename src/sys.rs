@@ -68,3 +68,84 @@ pub fn async_pidfd(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedF
     }
     .map_err(|e| e.into_parts().1)
 }
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETFEATURES: libc::c_ulong = 0x8004_54cf;
+pub const IFF_TAP: u16 = 0x0002;
+pub const IFF_NO_PI: u16 = 0x1000;
+pub const IFF_ONE_QUEUE: u16 = 0x2000;
+pub const IFF_VNET_HDR: u16 = 0x4000;
+pub const IFF_MULTI_QUEUE: u16 = 0x0100;
+
+/// `struct ifreq` as the tun driver reads it: the name, then the flags.
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: u16,
+    _pad: [u8; 22],
+}
+
+/// The tun driver's feature flags (IFF_* it supports), from an open `/dev/net/tun`.
+pub fn tun_features(tun: BorrowedFd<'_>) -> io::Result<u16> {
+    let mut features: libc::c_uint = 0;
+    // SAFETY: TUNGETFEATURES writes one unsigned int to the pointer, which points to a live
+    // local of that type.
+    let rc = unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            TUNGETFEATURES,
+            &mut features as *mut libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(features as u16)
+}
+
+/// Attach an open `/dev/net/tun` to the tap `name` ("" = let the kernel pick `tapN`) with
+/// `flags`; returns the interface's name.
+pub fn tun_set_iff(tun: BorrowedFd<'_>, name: &str, flags: u16) -> io::Result<String> {
+    if name.len() > 15 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface names have at most 15 bytes",
+        ));
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; IfReq has its layout (16-byte name,
+    // then the flags short, padded to the kernel's 40 bytes) and lives for the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = req.name.iter().position(|b| *b == 0).unwrap_or(16);
+    Ok(String::from_utf8_lossy(&req.name[..len]).into_owned())
+}
+
+/// Like [`spawn_in_new_session`], and also let the child inherit `fds` (taps, vhost): their
+/// close-on-exec flag is cleared in the child only, so the numbers in QEMU's argv stay valid
+/// and the parent's copies are unaffected.
+pub fn spawn_in_new_session_with_fds(cmd: &mut Command, fds: Vec<i32>) -> &mut Command {
+    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2) and
+    // fcntl(2), both async-signal-safe; `fds` was allocated before fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
+}

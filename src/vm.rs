@@ -20,15 +20,20 @@ use tracing::{info, warn, Instrument};
 
 use crate::api::{ApiError, ErrorCode, VmInfo};
 use crate::check::FieldError;
-use crate::cmdline::{build_command_line, Launch};
+use crate::cmdline::{build_command_line, CommandLine, Host, Launch, NicBackend};
 use crate::hvparams::{self, HvParams};
 use crate::name::InstanceName;
 use crate::pinning;
+use crate::probe::QemuCaps;
 use crate::process::{self, ExitStatus, Identity, QemuProcess};
 use crate::qmp::{Event, Qmp};
 use crate::runtime::{self, ExitKind, ExitRecord, RunPaths, RuntimeFile, Store};
+use crate::spec::NicMode;
 use crate::spec::{InstanceSpec, NodeConfig};
+use crate::validate;
 use crate::vmstate::{classify_exit, ExitFacts, ExitVerdict, ShutdownEvent, StopEnd, VmState};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 
 /// How long QEMU may take to open its QMP socket after exec.
 const QMP_CONNECT_DEADLINE: Duration = Duration::from_secs(10);
@@ -366,20 +371,9 @@ impl VmActor {
             ));
         };
         let hv = spec.effective_hvparams(&self.node);
-        let mut errs = hvparams::check_syntax(&hv);
-        if let Ok(mask) = hvparams::parse_cpu_mask(hv.str("cpu_mask")) {
-            if let Err(rule) = pinning::check_mask(&mask, spec.vcpus, host_cpus()) {
-                errs.push(FieldError::new(
-                    "cpu_mask",
-                    format!("{:?}", hv.str("cpu_mask")),
-                    rule,
-                ));
-            }
-        }
+        let errs = validate::syntax(&spec, &hv);
         if !errs.is_empty() {
-            return Err(ApiError::invalid(
-                errs.into_iter().map(|e| e.under("hvparams")).collect(),
-            ));
+            return Err(ApiError::invalid(errs));
         }
         Ok((spec, hv))
     }
@@ -497,37 +491,117 @@ async fn wait_exited(exit: &mut watch::Receiver<Option<ExitStatus>>, limit: Dura
         .is_ok()
 }
 
-/// Node-side checks that need the file system (Ganeti's ValidateParameters, the part kvmd
-/// does today): the binary, kernel, initrd and disks must exist.
-fn node_check(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
-    let mut errs = Vec::new();
-    for key in ["kvm_path", "kernel_path", "initrd_path"] {
-        let p = hv.str(key);
-        if !p.is_empty() && !Path::new(p).is_file() {
-            errs.push(FieldError::new(
-                format!("hvparams.{key}"),
-                format!("{p:?}"),
-                "must name an existing file",
-            ));
-        }
-    }
-    for (i, d) in spec.disks.iter().enumerate() {
-        if !d.path.exists() {
-            errs.push(FieldError::new(
-                format!("disk[{i}].path"),
-                format!("{:?}", d.path.display().to_string()),
-                "must name an existing file or block device",
-            ));
-        }
-    }
-    errs
-}
-
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("{what}: {e}"))
 }
 
-/// The start task: launch QEMU stopped (-S), connect QMP, persist the runtime file, `cont`.
+/// What the blocking launch step produced.
+struct Launched {
+    pid: u32,
+    start_ticks: u64,
+    command: CommandLine,
+    taps: Vec<Option<String>>,
+}
+
+/// Field errors of the command-line builder, with hvparams under `hvparams.`.
+fn launch_errors(errs: Vec<FieldError>) -> ApiError {
+    ApiError::invalid(
+        errs.into_iter()
+            .map(|e| {
+                if hvparams::def(&e.field).is_some() {
+                    e.under("hvparams")
+                } else {
+                    e
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Open the taps, set them up, build the argv and spawn QEMU (blocking).
+fn launch(
+    spec: &InstanceSpec,
+    hv: &HvParams,
+    caps: &QemuCaps,
+    paths: &RunPaths,
+    accel: crate::spec::Accel,
+    mut host: Host,
+    node: &NodeConfig,
+) -> Result<Launched, ApiError> {
+    let mut taps = Vec::new();
+    let mut names = Vec::new();
+    let fail = |msg: String| ApiError::new(ErrorCode::StartFailed, msg);
+    let queues = hv.int("virtio_net_queues").max(1) as usize;
+    let vhost = hv.bool("vhost_net") && crate::net::vhost_available();
+    for (i, nic) in spec.nics.iter().enumerate() {
+        if nic.mode == NicMode::User {
+            host.nics.push(NicBackend::User);
+            names.push(None);
+            continue;
+        }
+        let queues = if hv.str("nic_type") == "paravirtual" && caps.options.tap_fds {
+            queues
+        } else {
+            1
+        };
+        let tap = crate::net::create_tap(queues, hv.bool("vnet_hdr"), vhost)
+            .map_err(|e| fail(format!("nic[{i}]: {}", chain(&e))))?;
+        let ctx = crate::net::NicContext {
+            instance: &spec.name,
+            index: i,
+            nic,
+            tap: &tap.name,
+            script: node.nic_script.as_deref(),
+        };
+        if let Err(e) = crate::net::nic_up(&ctx) {
+            return Err(fail(format!("nic[{i}] ({}): {}", tap.name, chain(&e))));
+        }
+        host.nics.push(NicBackend::Tap {
+            fds: tap.fds.iter().map(|f| f.as_raw_fd()).collect(),
+            vhost_fds: tap.vhost_fds.iter().map(|f| f.as_raw_fd()).collect(),
+        });
+        names.push(Some(tap.name.clone()));
+        taps.push(tap);
+    }
+    let command = build_command_line(&Launch {
+        spec,
+        hv,
+        caps,
+        paths,
+        accel,
+        host: &host,
+    })
+    .map_err(launch_errors)?;
+    let keep: Vec<i32> = taps
+        .iter()
+        .flat_map(|t| t.fds.iter().chain(&t.vhost_fds))
+        .map(|f| f.as_raw_fd())
+        .collect();
+    let pid = process::spawn_detached(&command.argv, &paths.qemu_log(), &keep)
+        .map_err(|e| fail(format!("Cannot run {}: {e}", command.argv[0])))?;
+    // QEMU holds the taps now; our copies close here, so the taps go when QEMU does.
+    drop(taps);
+    let start_ticks = process::read_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+    Ok(Launched {
+        pid,
+        start_ticks,
+        command,
+        taps: names,
+    })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
+/// The start task: check, launch QEMU stopped (-S), connect QMP, persist the runtime file,
+/// pin vCPUs, `cont`.
 async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     let StartPlan {
         gen,
@@ -541,75 +615,113 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     } = plan;
     let t0 = Instant::now();
     let accel = spec.accel(&hv, &node);
-    let (spec2, hv2) = (spec.clone(), hv.clone());
-    let paths2 = paths.clone();
-    let prepared = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let errs = node_check(&spec2, &hv2);
-        if !errs.is_empty() {
-            return Err(ApiError::invalid(errs));
-        }
-        let caps = crate::probe::probe(Path::new(hv2.str("kvm_path"))).map_err(|e| {
-            ApiError::new(ErrorCode::StartFailed, format!("Cannot probe QEMU: {e}"))
-        })?;
-        let argv = build_command_line(&Launch {
-            spec: &spec2,
-            hv: &hv2,
-            caps: &caps,
-            paths: &paths2,
-            accel,
+    let (s2, h2, n2, p2) = (spec.clone(), hv.clone(), node.clone(), paths.clone());
+    let checked =
+        tokio::task::spawn_blocking(move || -> Result<(Arc<QemuCaps>, Host), ApiError> {
+            let mut errs = validate::files(&s2, &h2);
+            let caps = match crate::probe::probe(Path::new(h2.str("kvm_path"))) {
+                Ok(c) => c,
+                Err(e) if errs.is_empty() => {
+                    return Err(ApiError::new(
+                        ErrorCode::StartFailed,
+                        format!("Cannot probe QEMU: {}", chain(&e)),
+                    ))
+                }
+                Err(_) => return Err(ApiError::invalid(errs)),
+            };
+            errs.extend(validate::qemu(&s2, &h2, &caps));
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(errs));
+            }
+            let resolve = |key: &str, family: i64| {
+                let v = h2.str(key);
+                (!v.is_empty() && !v.starts_with('/') && v.parse::<std::net::IpAddr>().is_err())
+                    .then(|| validate::interface_address(v, family))
+                    .flatten()
+            };
+            let host = Host {
+                block_devices: s2
+                    .disks
+                    .iter()
+                    .map(|d| {
+                        std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device())
+                    })
+                    .collect(),
+                nics: Vec::new(),
+                vnc_address: resolve("vnc_bind_address", 4),
+                spice_address: resolve("spice_bind", h2.int("spice_ip_version")),
+                chroot_dir: h2
+                    .bool("use_chroot")
+                    .then(|| p2.chroot().display().to_string()),
+                pool_user: None,
+                spice_cert_dir: Some(n2.spice_cert_dir.display().to_string()),
+            };
+            Ok((caps, host))
         })
-        .map_err(|errs| ApiError::invalid(errs))?;
-        Ok((caps, argv))
-    })
-    .await
-    .map_err(|e| internal("start preparation panicked", e));
-    let (caps, argv) = match prepared.and_then(|r| r) {
+        .await
+        .map_err(|e| internal("start preparation panicked", e))
+        .and_then(|r| r);
+    let (caps, host) = match checked {
         Ok(v) => v,
         Err(e) => {
             addr.do_send(Internal::StartFailed { gen });
             return Err(e);
         }
     };
-    tracing::debug!(us = t0.elapsed().as_micros() as u64, "argv built");
-    let p = paths.clone();
-    let fresh = store.run(move || runtime::fresh_dir(&p)).await;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "checked");
+    let (p, chroot) = (paths.clone(), hv.bool("use_chroot"));
+    let fresh = store
+        .run(move || {
+            runtime::fresh_dir(&p)?;
+            if chroot {
+                std::fs::DirBuilder::new().mode(0o700).create(p.chroot())?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
     if let Err(e) = fresh {
-        addr.do_send(Internal::StartFailed { gen });
-        return Err(internal("Cannot prepare the run dir", e));
+        return fail_start(
+            gen,
+            &addr,
+            &store,
+            &paths,
+            None,
+            format!("Cannot prepare the run dir: {e}"),
+        )
+        .await;
     }
-    let (argv2, log) = (argv.clone(), paths.qemu_log());
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "run dir prepared");
-    let spawned = tokio::task::spawn_blocking(move || -> std::io::Result<(u32, u64)> {
-        let pid = process::spawn_detached(&argv2, &log)?;
-        let ticks = process::read_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
-        Ok((pid, ticks))
-    })
-    .await;
-    let (pid, start_ticks) = match spawned {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            return fail_start(
-                gen,
-                &addr,
-                &store,
-                &paths,
-                None,
-                format!("Cannot run {}: {e}", argv[0]),
-            )
+    let (s3, h3, p3, n3, c3) = (
+        spec.clone(),
+        hv.clone(),
+        paths.clone(),
+        node.clone(),
+        caps.clone(),
+    );
+    let launched =
+        tokio::task::spawn_blocking(move || launch(&s3, &h3, &c3, &p3, accel, host, &n3))
             .await
-        }
+            .map_err(|e| internal("launch panicked", e))
+            .and_then(|r| r);
+    let Launched {
+        pid,
+        start_ticks,
+        command,
+        taps,
+    } = match launched {
+        Ok(l) => l,
         Err(e) => {
-            return fail_start(
-                gen,
-                &addr,
-                &store,
-                &paths,
-                None,
-                format!("spawn panicked: {e}"),
-            )
-            .await
+            let stderr = fail_start(gen, &addr, &store, &paths, None, e.message.clone())
+                .await
+                .err();
+            return Err(if e.code == ErrorCode::InvalidParameter {
+                e
+            } else {
+                stderr.unwrap_or(e)
+            });
         }
     };
+    let argv = command.argv.clone();
     let process = match QemuProcess::open(pid, true) {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -658,6 +770,9 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         started_at_ms: runtime::now_ms(),
         qemu_version: caps.version_text.clone(),
         paused_at_start: paused,
+        machine: command.machine,
+        slots: command.slots,
+        taps,
     };
     let brought_up = bring_up(gen, &addr, &store, &paths, &node, &runtime, &exit, t0).await;
     if let Err(message) = brought_up {
@@ -771,6 +886,24 @@ async fn pin_vcpus(qmp: &Qmp, pid: u32, mask: &str, timeout: Duration) -> Result
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// Run the NIC down hooks of a QEMU that exited (its taps are already gone).
+fn nics_down(rt: &RuntimeFile, script: Option<&Path>) {
+    for (i, (nic, tap)) in rt.spec.nics.iter().zip(&rt.taps).enumerate() {
+        if let Some(tap) = tap {
+            let ctx = crate::net::NicContext {
+                instance: &rt.spec.name,
+                index: i,
+                nic,
+                tap,
+                script,
+            };
+            if let Err(e) = crate::net::nic_down(&ctx) {
+                warn!(nic = i, tap = %tap, error = %chain(&e), "NIC down hook failed");
+            }
+        }
+    }
 }
 
 /// Undo a start: kill QEMU, collect its stderr, remove everything the start created.
@@ -1550,7 +1683,11 @@ impl VmActor {
             at_ms: runtime::now_ms(),
         });
         self.publish();
+        let (down, script) = (run.runtime.clone(), self.node.nic_script.clone());
         let job = self.store.run(move || {
+            if let Some(rt) = &down {
+                nics_down(rt, script.as_deref());
+            }
             let rec = ExitRecord {
                 kind,
                 reason,

@@ -1,0 +1,298 @@
+//! Host side of NICs: tap devices and their setup per Ganeti NIC mode.
+//!
+//! kvmd opens the taps itself (so QEMU needs no privileges for them) and passes the fds to
+//! QEMU: one per queue (`IFF_MULTI_QUEUE` for `virtio_net_queues > 1`), `IFF_VNET_HDR` when
+//! `vnet_hdr` and the kernel supports it, vhost fds only when `vhost_net` is on and
+//! `/dev/vhost-net` exists (QEMU 7.2 aborts when asked for vhost without it). Taps are not
+//! persistent: when QEMU and kvmd have closed them, the kernel removes them.
+//!
+//! Setup per mode, run before QEMU starts: `bridged` attaches the tap to the bridge `link`;
+//! `routed` adds a host route to the NIC's `ip` via the tap (in routing table `link` if set)
+//! and turns on proxy ARP; `openvswitch` adds the tap to the switch `link` with `ovs-vsctl`.
+//! Then the optional `node.nic_script` runs with Ganeti's environment (INSTANCE, MAC, MODE,
+//! LINK, IP, INTERFACE, INTERFACE_INDEX, TAGS, ACTION, BRIDGE). Commands are run directly with
+//! argument lists, never through a shell.
+//!
+//! Invariant: blocking; call from a blocking thread.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::process::Command;
+
+use crate::name::InstanceName;
+use crate::spec::{NicMode, NicSpec};
+use crate::sys;
+
+/// One tap device with its queue fds (and vhost fds).
+#[derive(Debug)]
+pub struct Tap {
+    pub name: String,
+    pub fds: Vec<OwnedFd>,
+    pub vhost_fds: Vec<OwnedFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("Cannot open {path}")]
+    Open {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot create a tap device")]
+    Tap(#[source] std::io::Error),
+    #[error("{command} failed: {output}")]
+    Command { command: String, output: String },
+    #[error("Cannot run {command}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Open a tap with `queues` queues. `vhost`: also open one `/dev/vhost-net` per queue.
+pub fn create_tap(queues: usize, vnet_hdr: bool, vhost: bool) -> Result<Tap, NetError> {
+    let mut name = String::new();
+    let mut fds = Vec::new();
+    let mut vhost_fds = Vec::new();
+    for _ in 0..queues.max(1) {
+        let tun: OwnedFd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map_err(|source| NetError::Open {
+                path: "/dev/net/tun",
+                source,
+            })?
+            .into();
+        let features = sys::tun_features(tun.as_fd()).unwrap_or(0);
+        let mut flags = sys::IFF_TAP | sys::IFF_NO_PI;
+        if vnet_hdr && features & sys::IFF_VNET_HDR != 0 {
+            flags |= sys::IFF_VNET_HDR;
+        }
+        if queues > 1 {
+            flags |= sys::IFF_MULTI_QUEUE;
+        } else {
+            flags |= sys::IFF_ONE_QUEUE & features;
+        }
+        // The first queue creates the tap; the others attach to it by name.
+        name = sys::tun_set_iff(tun.as_fd(), &name, flags).map_err(NetError::Tap)?;
+        fds.push(tun);
+        if vhost {
+            let v: OwnedFd = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/vhost-net")
+                .map_err(|source| NetError::Open {
+                    path: "/dev/vhost-net",
+                    source,
+                })?
+                .into();
+            vhost_fds.push(v);
+        }
+    }
+    Ok(Tap {
+        name,
+        fds,
+        vhost_fds,
+    })
+}
+
+/// Is vhost-net usable on this host?
+pub fn vhost_available() -> bool {
+    Path::new("/dev/vhost-net").exists()
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), NetError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .map_err(|source| NetError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Command {
+            command,
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Everything a NIC hook needs to know.
+pub struct NicContext<'a> {
+    pub instance: &'a InstanceName,
+    pub index: usize,
+    pub nic: &'a NicSpec,
+    pub tap: &'a str,
+    pub script: Option<&'a Path>,
+}
+
+fn mode_name(m: NicMode) -> &'static str {
+    match m {
+        NicMode::Bridged => "bridged",
+        NicMode::Routed => "routed",
+        NicMode::Openvswitch => "openvswitch",
+        NicMode::User => "user",
+    }
+}
+
+/// Ganeti's NIC script environment.
+pub fn script_env(c: &NicContext<'_>, action: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("INSTANCE".into(), c.instance.to_string()),
+        ("MAC".into(), c.nic.mac.clone()),
+        ("MODE".into(), mode_name(c.nic.mode).into()),
+        ("INTERFACE".into(), c.tap.into()),
+        ("INTERFACE_INDEX".into(), c.index.to_string()),
+        ("TAGS".into(), String::new()),
+        ("ACTION".into(), action.into()),
+    ];
+    if !c.nic.link.is_empty() {
+        env.push(("LINK".into(), c.nic.link.clone()));
+    }
+    if let Some(ip) = &c.nic.ip {
+        env.push(("IP".into(), ip.clone()));
+    }
+    if c.nic.mode == NicMode::Bridged {
+        env.push(("BRIDGE".into(), c.nic.link.clone()));
+    }
+    env
+}
+
+fn run_script(c: &NicContext<'_>, action: &str) -> Result<(), NetError> {
+    let Some(script) = c.script else {
+        return Ok(());
+    };
+    let command = format!("{} {}", script.display(), c.tap);
+    let out = Command::new(script)
+        .arg(c.tap)
+        .env_clear()
+        .envs(script_env(c, action))
+        .output()
+        .map_err(|source| NetError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let text = String::from_utf8_lossy(&out.stderr).trim().to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        Err(NetError::Command {
+            command,
+            output: format!("{}: {}", out.status, text.trim()),
+        })
+    }
+}
+
+/// Connect the tap per the NIC's mode, bring it up, run the NIC script (`ACTION=up`).
+pub fn nic_up(c: &NicContext<'_>) -> Result<(), NetError> {
+    match c.nic.mode {
+        NicMode::Bridged => {
+            run("ip", &["link", "set", "dev", c.tap, "master", &c.nic.link])?;
+            run("ip", &["link", "set", "dev", c.tap, "up"])?;
+        }
+        NicMode::Routed => {
+            run("ip", &["link", "set", "dev", c.tap, "up"])?;
+            if let Some(ip) = &c.nic.ip {
+                let dest = if ip.contains('/') {
+                    ip.clone()
+                } else if ip.contains(':') {
+                    format!("{ip}/128")
+                } else {
+                    format!("{ip}/32")
+                };
+                let mut args = vec!["route", "replace", dest.as_str(), "dev", c.tap];
+                if !c.nic.link.is_empty() {
+                    args.extend(["table", c.nic.link.as_str()]);
+                }
+                run("ip", &args)?;
+            }
+            let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", c.tap), "1");
+        }
+        NicMode::Openvswitch => {
+            run(
+                "ovs-vsctl",
+                &["--may-exist", "add-port", &c.nic.link, c.tap],
+            )?;
+            run("ip", &["link", "set", "dev", c.tap, "up"])?;
+        }
+        NicMode::User => {}
+    }
+    run_script(c, "up")
+}
+
+/// The NIC script with `ACTION=down` (after QEMU exited; the tap itself is gone by then, and
+/// with it its routes and bridge port). Failures are reported, not fatal.
+pub fn nic_down(c: &NicContext<'_>) -> Result<(), NetError> {
+    if c.nic.mode == NicMode::Openvswitch {
+        let _ = run(
+            "ovs-vsctl",
+            &["--if-exists", "del-port", &c.nic.link, c.tap],
+        );
+    }
+    run_script(c, "down")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_environment_is_ganetis() {
+        let name = InstanceName::parse("web1").unwrap();
+        let nic = NicSpec {
+            mode: NicMode::Bridged,
+            link: "br0".into(),
+            mac: "52:54:00:00:00:01".into(),
+            ip: Some("10.0.0.5".into()),
+        };
+        let c = NicContext {
+            instance: &name,
+            index: 1,
+            nic: &nic,
+            tap: "tap7",
+            script: None,
+        };
+        let env: std::collections::HashMap<_, _> = script_env(&c, "up").into_iter().collect();
+        for (k, v) in [
+            ("INSTANCE", "web1"),
+            ("MAC", "52:54:00:00:00:01"),
+            ("MODE", "bridged"),
+            ("LINK", "br0"),
+            ("BRIDGE", "br0"),
+            ("IP", "10.0.0.5"),
+            ("INTERFACE", "tap7"),
+            ("INTERFACE_INDEX", "1"),
+            ("ACTION", "up"),
+        ] {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+        }
+    }
+
+    #[test]
+    fn taps_are_created_with_the_requested_queues_and_vanish_when_closed() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // needs CAP_NET_ADMIN; the integration tests run as root
+        }
+        let tap = create_tap(2, true, false).unwrap();
+        assert!(tap.name.starts_with("tap"), "{}", tap.name);
+        assert_eq!(tap.fds.len(), 2);
+        let sys = format!("/sys/class/net/{}", tap.name);
+        assert!(Path::new(&sys).exists());
+        let name = tap.name.clone();
+        drop(tap);
+        assert!(
+            !Path::new(&format!("/sys/class/net/{name}")).exists(),
+            "non-persistent taps go with their fds"
+        );
+    }
+}
