@@ -5,7 +5,7 @@
 //!
 //! Invariant: owns process-level setup only; no VM logic.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Another kvmd is already listening on {0}")]
+    #[error("Another kvmd is already running (it listens on or locks {0})")]
     AlreadyRunning(PathBuf),
     #[error("Cannot set up the control socket {path}")]
     Socket {
@@ -98,7 +98,22 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ),
         None => None,
     };
+    // One kvmd per run dir, for its whole lifetime (including a shutdown drain).
+    let lock_path = node.run_dir.join("kvmd.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| DaemonError::Dir {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| DaemonError::AlreadyRunning(lock_path.clone()))?;
     let std_listener = bind_socket(&node.socket, node.socket_mode, gid)?;
+    let socket_inode = std::fs::metadata(&node.socket).map(|m| m.ino()).ok();
     let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<i32>();
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(DaemonError::Signals)?;
@@ -115,6 +130,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signals)?;
 
     let system = actix::System::new();
+    let store = Store::start();
+    let store_for_actors = store.clone();
     let limits = Limits {
         max_request_bytes: node.max_request_bytes,
         allowed_gid: gid,
@@ -122,7 +139,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     };
     let bind_result = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        let sup = SupervisorHandle::start(config, Store::start());
+        let sup = SupervisorHandle::start(config, store_for_actors);
         let (stop_tx, stop_rx) = watch::channel(false);
         actix::spawn(control::serve(listener, sup.clone(), limits, stop_rx));
         actix::spawn(async move {
@@ -154,7 +171,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     })?;
     info!(socket = %node.socket.display(), run_dir = %node.run_dir.display(), "kvmd listening");
     let result = system.run().map_err(DaemonError::System);
+    // Let queued file writes (exit records) land before the process ends.
+    store.flush();
     sig_handle.close();
-    let _ = std::fs::remove_file(&node.socket);
+    // Remove the socket only if it is still ours (not one a successor already bound).
+    if std::fs::metadata(&node.socket).map(|m| m.ino()).ok() == socket_inode {
+        let _ = std::fs::remove_file(&node.socket);
+    }
     result
 }

@@ -141,6 +141,7 @@ impl Qmp {
             qmp.pending.clone(),
             qmp.closed.clone(),
             events_tx,
+            qmp.writer.clone(),
         ));
         qmp.execute("qmp_capabilities", None, timeout).await?;
         Ok((qmp, events_rx))
@@ -193,11 +194,21 @@ impl Qmp {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(id, tx);
         let started = Instant::now();
+        let mut written = false;
         let result = tokio::time::timeout(timeout, async {
             self.send(&line, fd).await?;
+            written = true;
             rx.await.map_err(|_| QmpError::Closed)?
         })
         .await;
+        if result.is_err() && !written {
+            // The deadline cut a write short: half a line may be on the socket, and the next
+            // command would be garbage to QEMU. Give the connection up; a new one is made.
+            self.closed.store(true, Ordering::SeqCst);
+            if let Ok(mut w) = self.writer.try_lock() {
+                let _ = w.shutdown().await;
+            }
+        }
         self.pending.lock().expect("pending lock").remove(&id);
         match result {
             Ok(r) => r.map_err(|e| match e {
@@ -380,6 +391,7 @@ async fn read_loop(
     pending: Pending,
     closed: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<Event>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -424,6 +436,8 @@ async fn read_loop(
     for (_, tx) in pending.lock().expect("pending lock").drain() {
         let _ = tx.send(Err(QmpError::Closed));
     }
+    // Close our side too, so QEMU's single-client monitor is free for the next connection.
+    let _ = writer.lock().await.shutdown().await;
 }
 
 #[cfg(test)]

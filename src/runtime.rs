@@ -77,6 +77,10 @@ impl RunPaths {
     pub fn exit_record(&self) -> PathBuf {
         self.dir.join("exit.json")
     }
+    /// Present while kvmd is stopping the instance, so a restarted kvmd finishes the stop.
+    pub fn stopping_marker(&self) -> PathBuf {
+        self.dir.join("stopping")
+    }
 }
 
 /// Everything needed to re-adopt a running QEMU and to explain it.
@@ -246,6 +250,7 @@ pub fn drop_run_files(paths: &RunPaths) -> io::Result<()> {
 /// its removal otherwise).
 pub fn record_exit(paths: &RunPaths, rec: &ExitRecord) -> io::Result<()> {
     write_json(&paths.exit_record(), rec)?;
+    remove_file(&paths.stopping_marker())?;
     if rec.kind == ExitKind::UserDown {
         write_atomic(&paths.shutdown_marker(), b"")
     } else {
@@ -253,24 +258,43 @@ pub fn record_exit(paths: &RunPaths, rec: &ExitRecord) -> io::Result<()> {
     }
 }
 
-/// What the run dir says about one instance.
-#[derive(Debug, Default)]
+/// What the run dir says about one instance. Each file is read on its own, so one damaged
+/// file does not hide the others.
+#[derive(Debug)]
 pub struct OnDisk {
-    pub runtime: Option<RuntimeFile>,
+    /// `Err`: the file exists but cannot be read or parsed (not the same as missing).
+    pub runtime: Result<Option<RuntimeFile>, String>,
     pub exit: Option<ExitRecord>,
     /// The directory exists (the instance was started since boot and not cleaned up).
     pub exists: bool,
+    /// kvmd was stopping this instance (the `stopping` marker).
+    pub stopping: bool,
+    /// The pid in QEMU's pidfile, if any.
+    pub pidfile_pid: Option<u32>,
 }
 
-pub fn read_on_disk(paths: &RunPaths) -> io::Result<OnDisk> {
+pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
     if !paths.dir.is_dir() {
-        return Ok(OnDisk::default());
+        return OnDisk {
+            runtime: Ok(None),
+            exit: None,
+            exists: false,
+            stopping: false,
+            pidfile_pid: None,
+        };
     }
-    Ok(OnDisk {
-        runtime: read_json(&paths.runtime())?,
-        exit: read_json(&paths.exit_record())?,
+    OnDisk {
+        runtime: read_json(&paths.runtime()).map_err(|e| e.to_string()),
+        exit: read_json(&paths.exit_record()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring an unreadable exit record");
+            None
+        }),
         exists: true,
-    })
+        stopping: paths.stopping_marker().exists(),
+        pidfile_pid: std::fs::read_to_string(paths.pidfile())
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -294,6 +318,21 @@ impl Store {
             })
             .expect("spawn store thread");
         Self { tx }
+    }
+
+    /// Wait (blocking) until every job queued so far has run. Used at exit, so no exit record
+    /// is lost.
+    pub fn flush(&self) {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        if self
+            .tx
+            .send(Box::new(move || {
+                let _ = tx.send(());
+            }))
+            .is_ok()
+        {
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+        }
     }
 
     /// Queue `f` on the store thread now, and return a future of its result. Jobs run in the

@@ -172,6 +172,7 @@ impl Handler<VmUpdated> for Supervisor {
     fn handle(&mut self, VmUpdated(info): VmUpdated, _: &mut Context<Self>) {
         // An instance that left the config goes away once it has no QEMU and no runtime files.
         let retire = !info.in_config
+            && !self.config.instances.contains_key(&info.name)
             && !info.state.has_process()
             && info.last_exit.is_none()
             && info.operation.is_none();

@@ -44,15 +44,17 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 }
 
 /// Make the spawned process the leader of a new session, so that signals aimed at kvmd's
-/// terminal or process group (Ctrl-C, SIGHUP) never reach it and it outlives kvmd.
+/// terminal or process group (Ctrl-C, SIGHUP) never reach it and it outlives kvmd, and give it
+/// umask 077 so the files it creates (sockets, logs) are private.
 pub fn spawn_in_new_session(cmd: &mut Command) -> &mut Command {
-    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2),
-    // which is async-signal-safe and touches no memory shared with the parent.
+    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2) and
+    // umask(2), which are async-signal-safe and touch no memory shared with the parent.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            libc::umask(0o077);
             Ok(())
         })
     }
@@ -132,13 +134,14 @@ pub fn tun_set_iff(tun: BorrowedFd<'_>, name: &str, flags: u16) -> io::Result<St
 /// close-on-exec flag is cleared in the child only, so the numbers in QEMU's argv stay valid
 /// and the parent's copies are unaffected.
 pub fn spawn_in_new_session_with_fds(cmd: &mut Command, fds: Vec<i32>) -> &mut Command {
-    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2) and
-    // fcntl(2), both async-signal-safe; `fds` was allocated before fork and is only read.
+    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2),
+    // umask(2) and fcntl(2), all async-signal-safe; `fds` was allocated before fork and is only read.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            libc::umask(0o077);
             for &fd in &fds {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {

@@ -117,9 +117,18 @@ enum Internal {
     StartFailed {
         gen: u64,
     },
-    /// An operation's task finished (successfully or not): clear `op` if it is still this one.
+    /// An operation's task finished (successfully or not): clear `op` if it is still this one
+    /// (`seq` tells apart two operations of the same name).
     OpDone {
-        op: &'static str,
+        seq: u64,
+    },
+    /// The QMP event stream of this generation ended.
+    QmpClosed {
+        gen: u64,
+    },
+    /// Classify a recorded exit now, even if QMP has not closed (its last events are late).
+    FinishExit {
+        gen: u64,
     },
     /// QMP `stop`/`cont` succeeded (applied now; the STOP/RESUME event may come later).
     SetPaused {
@@ -153,8 +162,11 @@ enum Recovery {
         process: Arc<QemuProcess>,
         exit: watch::Receiver<Option<ExitStatus>>,
         qmp: Option<Qmp>,
-        runtime: Box<RuntimeFile>,
+        /// `None` when the runtime file was damaged (adopted by pidfile).
+        runtime: Option<Box<RuntimeFile>>,
         status: Option<String>,
+        /// kvmd was stopping it when it went down: finish the stop.
+        stopping: bool,
     },
     Down {
         record: Option<ExitRecord>,
@@ -184,6 +196,10 @@ struct Run {
     exit: watch::Receiver<Option<ExitStatus>>,
     qmp: Option<Qmp>,
     runtime: Option<RuntimeFile>,
+    /// QEMU exited; classified once the start is over and QMP delivered its last events.
+    exited: Option<ExitStatus>,
+    /// The QMP event stream ended (every event QEMU sent has been handled).
+    qmp_closed: bool,
 }
 
 /// Inputs of a start, computed by the actor, used by a task.
@@ -225,6 +241,8 @@ pub struct VmActor {
     recovered: bool,
     /// What a start changed, restored if it fails.
     before_start: Option<Before>,
+    /// Incremented by every operation, so a late "done" cannot end a newer one.
+    op_seq: u64,
     /// The definition the last QEMU ran with, for display once the instance left the config.
     last_spec: Option<InstanceSpec>,
 }
@@ -267,6 +285,7 @@ impl VmActor {
             recovered: false,
             before_start: None,
             last_spec: None,
+            op_seq: 0,
         }
     }
 
@@ -326,14 +345,15 @@ impl VmActor {
         op: &'static str,
         ctx: &mut Context<Self>,
     ) -> Result<StartPlan, ApiError> {
-        if self.state.has_process() {
+        if let Some(run) = &self.run {
+            let what = if self.state.has_process() {
+                "is already running"
+            } else {
+                "is still shutting down"
+            };
             return Err(ApiError::new(
                 ErrorCode::AlreadyRunning,
-                format!(
-                    "{} is already running (pid {})",
-                    self.name,
-                    self.run.as_ref().map_or(0, |r| r.pid)
-                ),
+                format!("{} {what} (pid {})", self.name, run.pid),
             ));
         }
         let (spec, hv) = self.start_inputs()?;
@@ -343,7 +363,7 @@ impl VmActor {
             dir_exists: self.dir_exists,
         });
         self.gen += 1;
-        self.op = Some(op);
+        self.begin_op(op);
         self.state = VmState::Starting;
         self.unresponsive = false;
         self.shutdown_event = None;
@@ -376,6 +396,13 @@ impl VmActor {
             return Err(ApiError::invalid(errs));
         }
         Ok((spec, hv))
+    }
+
+    /// Mark an operation as in progress; returns its sequence number.
+    fn begin_op(&mut self, op: &'static str) -> u64 {
+        self.op = Some(op);
+        self.op_seq += 1;
+        self.op_seq
     }
 
     fn exit_waiter(&mut self) -> oneshot::Receiver<ExitRecord> {
@@ -453,6 +480,8 @@ async fn connect_qmp(
         while let Some(event) = events.recv().await {
             addr.do_send(Internal::Event { gen, event });
         }
+        // After the last event, in the same order: an exit is classified only after this.
+        addr.do_send(Internal::QmpClosed { gen });
     });
     Ok(qmp)
 }
@@ -725,6 +754,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     let process = match QemuProcess::open(pid, true) {
         Ok(p) => Arc::new(p),
         Err(e) => {
+            kill_and_reap(pid).await;
             return fail_start(
                 gen,
                 &addr,
@@ -733,13 +763,13 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
                 None,
                 format!("Cannot open pidfd of {pid}: {e}"),
             )
-            .await
+            .await;
         }
     };
     let exit = match watch_exit(&process, gen, addr.clone()) {
         Ok(rx) => rx,
         Err(e) => {
-            let _ = process.signal(Signal::SIGKILL);
+            kill_and_reap(pid).await;
             return fail_start(
                 gen,
                 &addr,
@@ -888,6 +918,14 @@ async fn pin_vcpus(qmp: &Qmp, pid: u32, mask: &str, timeout: Duration) -> Result
     .map_err(|e| e.to_string())?
 }
 
+/// Kill and reap a QEMU we just spawned when we cannot watch it: it is our unreaped child, so
+/// its pid cannot have been reused yet.
+async fn kill_and_reap(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+}
+
 /// Run the NIC down hooks of a QEMU that exited (its taps are already gone).
 fn nics_down(rt: &RuntimeFile, script: Option<&Path>) {
     for (i, (nic, tap)) in rt.spec.nics.iter().zip(&rt.taps).enumerate() {
@@ -945,11 +983,24 @@ struct StopPlan {
     resend: Duration,
     qmp_timeout: Duration,
     done: oneshot::Receiver<ExitRecord>,
+    /// Where the `stopping` marker goes.
+    store: Store,
+    paths: RunPaths,
 }
 
 /// The stop task: ACPI power button (resent), then SIGTERM, then SIGKILL.
 async fn stop_task(mut plan: StopPlan) -> Result<StopEnd, ApiError> {
     let started = Instant::now();
+    // Remember the stop on disk first: a kvmd restarted meanwhile finishes it, and does not
+    // take the guest's power-off for a user shutdown.
+    let marker = plan.paths.stopping_marker();
+    if let Err(e) = plan
+        .store
+        .run(move || runtime::write_atomic(&marker, b""))
+        .await
+    {
+        warn!(error = %e, "cannot write the stopping marker");
+    }
     if plan.force {
         let _ = plan.process.signal(Signal::SIGKILL);
         return if waited(&mut plan.done, Duration::from_secs(30)).await {
@@ -1017,56 +1068,52 @@ async fn recover_task(
     qmp_timeout: Duration,
 ) -> Recovery {
     let p = paths.clone();
-    let on_disk = match store.run(move || runtime::read_on_disk(&p)).await {
-        Ok(d) => d,
+    let on_disk = store.run(move || runtime::read_on_disk(&p)).await;
+    // Which QEMU to look for: the runtime file's (pid + start time), or, if that file is
+    // damaged, whatever QEMU the pidfile names (identified by our -pidfile argument alone).
+    let runtime_missing = matches!(on_disk.runtime, Ok(None));
+    let (rt, pid, ticks) = match on_disk.runtime {
+        Ok(Some(rt)) => {
+            let (pid, ticks) = (rt.pid, Some(rt.start_ticks));
+            (Some(rt), Some(pid), ticks)
+        }
+        Ok(None) => (None, on_disk.pidfile_pid, None),
         Err(e) => {
-            warn!(error = %e, "unreadable runtime state; treating as stopped");
-            return Recovery::Down {
-                record: None,
-                dir_exists: true,
-                last_spec: None,
-            };
+            warn!(error = %e, "damaged runtime file; looking for the QEMU by its pidfile");
+            (None, on_disk.pidfile_pid, None)
         }
     };
-    let Some(rt) = on_disk.runtime else {
-        if paths.pidfile().exists() {
-            // A start that never wrote its runtime file (kvmd died mid-start): its QEMU was
-            // still paused with -S and never ran the guest. Kill it and drop its files.
-            let p = paths.clone();
-            store
-                .run(move || {
-                    let pid = std::fs::read_to_string(p.pidfile())
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok());
-                    if let Some(pid) = pid {
-                        if let Ok(st) = process::read_stat(pid) {
-                            if process::identify(pid, st.start_ticks, &p.pidfile())
-                                == Identity::Ours
-                            {
-                                warn!(pid, "killing the QEMU of an unfinished start");
-                                if let Ok(proc) = QemuProcess::open(pid, false) {
-                                    let _ = proc.signal(Signal::SIGKILL);
-                                }
-                            }
-                        }
-                    }
-                    let _ = runtime::drop_run_files(&p);
-                })
-                .await;
+    let pidfile = paths.pidfile();
+    let identity = match pid {
+        Some(pid) => tokio::task::spawn_blocking(move || {
+            let ticks = ticks
+                .or_else(|| process::read_stat(pid).ok().map(|s| s.start_ticks))
+                .unwrap_or(0);
+            process::identify(pid, ticks, &pidfile)
+        })
+        .await
+        .unwrap_or(Identity::Gone),
+        None => Identity::Gone,
+    };
+    if identity == Identity::Ours && runtime_missing {
+        // A start that never wrote its runtime file (kvmd died mid-start): its QEMU was still
+        // paused with -S and never ran the guest. Kill it and drop its files.
+        let pid = pid.expect("identified");
+        warn!(pid, "killing the QEMU of an unfinished start");
+        if let Ok(proc) = QemuProcess::open(pid, false) {
+            let _ = proc.signal(Signal::SIGKILL);
         }
+        let p = paths.clone();
+        store.run(move || runtime::drop_run_files(&p)).await.ok();
         let dir_exists = on_disk.exit.is_some();
         return Recovery::Down {
             record: on_disk.exit,
             dir_exists,
             last_spec: None,
         };
-    };
-    let (pid, ticks, pidfile) = (rt.pid, rt.start_ticks, paths.pidfile());
-    let identity = tokio::task::spawn_blocking(move || process::identify(pid, ticks, &pidfile))
-        .await
-        .unwrap_or(Identity::Gone);
-    let opened = match identity {
-        Identity::Ours => QemuProcess::open(pid, false).ok(),
+    }
+    let opened = match (&identity, pid) {
+        (Identity::Ours, Some(pid)) => QemuProcess::open(pid, false).ok(),
         _ => None,
     };
     if let Some(process) = opened {
@@ -1092,7 +1139,7 @@ async fn recover_task(
                     (None, None)
                 }
             };
-            info!(pid, status = ?status, "re-adopted running QEMU");
+            info!(pid = process.pid, status = ?status, stopping = on_disk.stopping, "re-adopted running QEMU");
             // exit.json, if any, is about the QEMU before this one.
             return Recovery::Adopted {
                 last_exit: on_disk.exit,
@@ -1100,11 +1147,20 @@ async fn recover_task(
                 process,
                 exit,
                 qmp,
-                runtime: Box::new(rt),
+                runtime: rt.map(Box::new),
                 status,
+                stopping: on_disk.stopping,
             };
         }
     }
+    let Some(rt) = rt else {
+        let dir_exists = on_disk.exists && on_disk.exit.is_some();
+        return Recovery::Down {
+            record: on_disk.exit,
+            dir_exists,
+            last_spec: None,
+        };
+    };
     let last_spec = Some(rt.spec.clone());
     if let Some(rec) = on_disk.exit.filter(|r| r.pid == rt.pid) {
         return Recovery::Down {
@@ -1113,22 +1169,35 @@ async fn recover_task(
             last_spec,
         };
     }
-    let reason = match identity {
-        Identity::Other(why) => {
-            format!("QEMU exited while kvmd was not running; cause unknown ({why})")
-        }
-        _ => "QEMU exited while kvmd was not running; cause unknown".to_string(),
+    let (pid, stopping) = (rt.pid, on_disk.stopping);
+    let (kind, reason) = match (identity, stopping) {
+        (_, true) => (
+            ExitKind::Stopped,
+            "kvmd was stopping it and it exited while kvmd was not running".to_string(),
+        ),
+        (Identity::Other(why), _) => (
+            ExitKind::Crashed,
+            format!("QEMU exited while kvmd was not running; cause unknown ({why})"),
+        ),
+        _ => (
+            ExitKind::Crashed,
+            "QEMU exited while kvmd was not running; cause unknown".to_string(),
+        ),
     };
-    warn!(%name, pid, %reason, "recorded as crashed");
+    warn!(%name, pid, %reason, "recorded the exit");
     let p = paths.clone();
     let record = store
         .run(move || {
             let rec = ExitRecord {
-                kind: ExitKind::Crashed,
+                kind,
                 reason,
                 exit_code: None,
                 signal: None,
-                stderr_tail: process::tail_lines(&p.qemu_log(), STDERR_LINES),
+                stderr_tail: if kind == ExitKind::Crashed {
+                    process::tail_lines(&p.qemu_log(), STDERR_LINES)
+                } else {
+                    Vec::new()
+                },
                 pid,
                 at_ms: runtime::now_ms(),
             };
@@ -1155,7 +1224,7 @@ impl Actor for VmActor {
             ctx.address(),
             self.node.qmp_timeout,
         );
-        self.op = Some("recovery");
+        self.begin_op("recovery");
         // Requests wait in the mailbox until recovery is done (a fast file read, plus a QMP
         // handshake bounded by its deadline for an adopted QEMU).
         ctx.wait(
@@ -1179,14 +1248,14 @@ fn ready(r: Result<VmOutcome, ApiError>) -> Reply {
 /// and answer with the state right after it.
 fn finish_op(
     addr: Addr<VmActor>,
-    op: &'static str,
+    seq: u64,
     span: tracing::Span,
     fut: impl std::future::Future<Output = Result<Option<(StopEnd, Duration)>, ApiError>> + 'static,
 ) -> Reply {
     Box::pin(
         async move {
             let result = fut.await;
-            let _ = addr.send(Internal::OpDone { op }).await;
+            let _ = addr.send(Internal::OpDone { seq }).await;
             let info = addr
                 .send(GetInfo)
                 .await
@@ -1216,11 +1285,15 @@ fn qmp_error(e: crate::qmp::QmpError) -> ApiError {
 
 impl VmActor {
     fn stop_plan(&mut self, force: bool, timeout: Duration) -> Option<StopPlan> {
-        let run = self.run.as_ref().filter(|_| self.state.has_process())?;
-        let acpi = run
-            .runtime
-            .as_ref()
-            .map_or(true, |r| r.hvparams.bool("acpi"));
+        // Whatever the displayed state (a powered-off guest's QEMU may still be exiting), a
+        // QEMU that exists can be stopped.
+        let run = self.run.as_ref()?;
+        // A paused guest cannot react to the power button: go straight to SIGTERM.
+        let acpi = self.state != VmState::Paused
+            && run
+                .runtime
+                .as_ref()
+                .map_or(true, |r| r.hvparams.bool("acpi"));
         let plan = StopPlan {
             process: run.process.clone(),
             qmp: run.qmp.clone(),
@@ -1230,6 +1303,8 @@ impl VmActor {
             resend: self.node.acpi_resend_interval,
             qmp_timeout: self.node.qmp_timeout,
             done: self.exit_waiter(),
+            store: self.store.clone(),
+            paths: self.paths.clone(),
         };
         self.stop_requested = true;
         self.state = VmState::Stopping;
@@ -1306,7 +1381,7 @@ impl Handler<VmRequest> for VmActor {
         }
         match req {
             VmRequest::Start { paused } => match self.prepare_start(paused, "start", ctx) {
-                Ok(plan) => finish_op(addr, "start", span, async move {
+                Ok(plan) => finish_op(addr, self.op_seq, span, async move {
                     start_task(plan).await.map(|_| None)
                 }),
                 Err(e) => ready(Err(e)),
@@ -1319,10 +1394,10 @@ impl Handler<VmRequest> for VmActor {
                         info: self.info(),
                     }));
                 };
-                self.op = Some("stop");
+                let seq = self.begin_op("stop");
                 self.publish();
                 info!(parent: &span, force, timeout_s = timeout.as_secs(), "stopping");
-                finish_op(addr, "stop", span, async move {
+                finish_op(addr, seq, span, async move {
                     let t0 = Instant::now();
                     let ended = stop_task(plan).await?;
                     info!(
@@ -1361,9 +1436,9 @@ impl Handler<VmRequest> for VmActor {
                 let plan = self
                     .stop_plan(false, timeout)
                     .expect("running VM has a process");
-                self.op = Some("reboot");
+                let seq = self.begin_op("reboot");
                 self.publish();
-                finish_op(addr.clone(), "reboot", span, async move {
+                finish_op(addr.clone(), seq, span, async move {
                     stop_task(plan).await?;
                     let plan = addr
                         .send(PrepareStart {
@@ -1398,7 +1473,7 @@ impl Handler<VmRequest> for VmActor {
                 }
             }
             VmRequest::Cleanup => {
-                if self.state.has_process() {
+                if self.state.has_process() || self.run.is_some() {
                     return ready(Err(ApiError::new(
                         ErrorCode::AlreadyRunning,
                         format!("Cannot clean up {}: it is running", self.name),
@@ -1473,6 +1548,8 @@ impl Handler<Internal> for VmActor {
                     exit,
                     qmp: None,
                     runtime: None,
+                    exited: None,
+                    qmp_closed: false,
                 });
                 self.publish();
             }
@@ -1501,6 +1578,8 @@ impl Handler<Internal> for VmActor {
                 self.op = None;
                 info!(paused, "started");
                 self.publish();
+                // QEMU may already be gone (e.g. the guest died right after `cont`).
+                self.exit_when_ready(gen, ctx);
             }
             Internal::StartFailed { gen } if gen == self.gen => {
                 self.run = None;
@@ -1515,13 +1594,17 @@ impl Handler<Internal> for VmActor {
                 self.dir_exists = before.dir_exists;
                 self.publish();
             }
-            Internal::OpDone { op } => {
-                if self.op == Some(op) {
+            Internal::OpDone { seq } => {
+                if self.op.is_some() && self.op_seq == seq {
                     self.op = None;
                     if self.state == VmState::Stopping && self.run.is_some() {
                         // The stop failed and QEMU is still there.
                         self.state = VmState::Running;
                         self.stop_requested = false;
+                        let marker = self.paths.stopping_marker();
+                        actix::spawn(self.store.run(move || {
+                            let _ = runtime::remove_file(&marker);
+                        }));
                     }
                     self.publish();
                 }
@@ -1537,7 +1620,23 @@ impl Handler<Internal> for VmActor {
                 }
             }
             Internal::Event { gen, event } if self.current(gen) => self.on_event(event),
-            Internal::Exited { gen, status } if self.current(gen) => self.on_exit(gen, status, ctx),
+            Internal::Exited { gen, status } if self.current(gen) => {
+                if let Some(run) = self.run.as_mut() {
+                    run.exited = Some(status);
+                }
+                self.exit_when_ready(gen, ctx);
+            }
+            Internal::QmpClosed { gen } if self.current(gen) => {
+                if let Some(run) = self.run.as_mut() {
+                    run.qmp_closed = true;
+                }
+                self.exit_when_ready(gen, ctx);
+            }
+            Internal::FinishExit { gen } if self.current(gen) && !self.starting() => {
+                if let Some(status) = self.run.as_ref().and_then(|r| r.exited) {
+                    self.on_exit(gen, status, ctx);
+                }
+            }
             Internal::ExitRecorded {
                 gen,
                 record,
@@ -1631,12 +1730,31 @@ impl VmActor {
         }
     }
 
+    /// A start task is in charge of the current QEMU (it reports failures itself).
+    fn starting(&self) -> bool {
+        self.state == VmState::Starting
+    }
+
+    /// Classify a recorded exit once nothing can change the verdict any more: the start is
+    /// over, and QMP has delivered every event (a SHUTDOWN can arrive just after the pidfd
+    /// fires). If QMP stays silent, classify after 500 ms anyway.
+    fn exit_when_ready(&mut self, gen: u64, ctx: &mut Context<Self>) {
+        let Some(run) = self.run.as_ref().filter(|r| r.gen == gen) else {
+            return;
+        };
+        let Some(status) = run.exited else { return };
+        if self.starting() {
+            return; // Running or StartFailed decides.
+        }
+        if run.qmp.is_none() || run.qmp_closed {
+            self.on_exit(gen, status, ctx);
+        } else {
+            ctx.notify_later(Internal::FinishExit { gen }, Duration::from_millis(500));
+        }
+    }
+
     fn on_exit(&mut self, gen: u64, status: ExitStatus, ctx: &mut Context<Self>) {
         let run = self.run.take().expect("current run");
-        if self.op == Some("start") || self.op == Some("reboot") && !self.stop_requested {
-            // The start task is in charge: it reports the failure with QEMU's stderr.
-            return;
-        }
         let reboot_exits = run
             .runtime
             .as_ref()
@@ -1728,10 +1846,11 @@ impl VmActor {
                 qmp,
                 runtime,
                 status,
+                stopping,
             } => {
                 self.gen = gen;
                 self.last_exit = last_exit;
-                self.last_spec = Some(runtime.spec.clone());
+                self.last_spec = runtime.as_ref().map(|r| r.spec.clone());
                 self.dir_exists = true;
                 self.state = match status.as_deref() {
                     Some("paused") | Some("prelaunch") | Some("suspended") => VmState::Paused,
@@ -1740,17 +1859,36 @@ impl VmActor {
                 self.unresponsive = qmp.is_none();
                 self.run = Some(Run {
                     gen,
-                    pid: runtime.pid,
+                    pid: process.pid,
                     process,
                     exit,
                     qmp,
-                    runtime: Some(*runtime),
+                    runtime: runtime.map(|r| *r),
+                    exited: None,
+                    qmp_closed: false,
                 });
-                // An exit that raced with adoption was sent before `run` was set: re-check.
+                // An exit that raced with adoption: classify it like any other.
                 let raced = *self.run.as_ref().expect("just set").exit.borrow();
                 if let Some(status) = raced {
-                    self.on_exit(gen, status, ctx);
+                    self.run.as_mut().expect("just set").exited = Some(status);
+                    self.publish();
+                    self.exit_when_ready(gen, ctx);
                     return;
+                }
+                if stopping {
+                    // kvmd went down during a stop: finish it (a guest power-off from here on
+                    // is the admin's stop, not a user shutdown).
+                    if let Some(plan) = self.stop_plan(false, self.node.stop_timeout) {
+                        let seq = self.begin_op("stop");
+                        info!("kvmd was stopping this VM when it went down: finishing the stop");
+                        let addr = ctx.address();
+                        actix::spawn(async move {
+                            if let Err(e) = stop_task(plan).await {
+                                warn!(error = %e, "resumed stop failed");
+                            }
+                            addr.do_send(Internal::OpDone { seq });
+                        });
+                    }
                 }
             }
             Recovery::Down {

@@ -99,10 +99,12 @@ pub fn classify_exit(f: &ExitFacts) -> ExitVerdict {
             guest: true,
             reason,
         }) if reason == "guest-shutdown" => ExitVerdict::UserDown,
-        Some(ShutdownEvent {
-            guest: true,
-            reason,
-        }) if reason == "guest-reset" && f.reboot_exits => ExitVerdict::RestartForReboot,
+        // Under -no-reboot, a guest reboot and a hard reset (QMP system_reset) both end QEMU.
+        Some(ShutdownEvent { reason, .. })
+            if f.reboot_exits && (reason == "guest-reset" || reason == "host-qmp-system-reset") =>
+        {
+            ExitVerdict::RestartForReboot
+        }
         Some(ShutdownEvent { reason, .. }) if reason == "guest-panic" => {
             ExitVerdict::Crashed("guest panicked".into())
         }
@@ -205,6 +207,13 @@ mod tests {
     fn guest_reboot_under_no_reboot_restarts_only_when_asked() {
         let mut f = facts(false, Some((true, "guest-reset")), Some(0), None);
         assert!(matches!(classify_exit(&f), ExitVerdict::Crashed(_)));
+        f.reboot_exits = true;
+        assert_eq!(classify_exit(&f), ExitVerdict::RestartForReboot);
+    }
+
+    #[test]
+    fn a_hard_reset_under_no_reboot_restarts() {
+        let mut f = facts(false, Some((false, "host-qmp-system-reset")), Some(0), None);
         f.reboot_exits = true;
         assert_eq!(classify_exit(&f), ExitVerdict::RestartForReboot);
     }

@@ -90,24 +90,16 @@ fn forced_stop_kills_at_once_and_cleanup_removes_the_runtime_files() {
 
 #[test]
 fn stop_escalates_to_sigterm_when_the_guest_ignores_the_power_button() {
-    // A paused guest cannot react to ACPI: kvmd presses the button, waits, then sends SIGTERM.
-    let d = Daemon::start(&instance_toml("p", ""));
-    let info = match d
-        .call(ApiRequest::Start {
-            name: name("p"),
-            paused: true,
-        })
-        .unwrap()
-    {
-        ApiReply::Started(i) => i,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(info.state.as_str(), "paused");
+    let d = Daemon::start(&(instance_toml("p", "") + &instance_toml("q", "")));
+    d.start_vm("p");
+    d.wait_ready("p", 1);
+    // A guest without acpid ignores the power button: kvmd presses it again, then SIGTERMs.
+    d.guest_run("p", "killall acpid; echo gone");
     let t0 = Instant::now();
     match d
         .call(ApiRequest::Stop {
             name: name("p"),
-            timeout_s: Some(3),
+            timeout_s: Some(5),
             force: false,
         })
         .unwrap()
@@ -117,13 +109,38 @@ fn stop_escalates_to_sigterm_when_the_guest_ignores_the_power_button() {
     }
     let took = t0.elapsed();
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        took >= Duration::from_secs(5) && took < Duration::from_secs(12),
         "{took:?}"
     );
     assert!(
         d.log().contains("pressing the power button again"),
         "the ACPI request is resent"
     );
+    assert!(!d.serial_log("p").contains("GUEST-POWERBUTTON"));
+    // A paused guest cannot see the button at all: it is SIGTERMed at once.
+    match d
+        .call(ApiRequest::Start {
+            name: name("q"),
+            paused: true,
+        })
+        .unwrap()
+    {
+        ApiReply::Started(i) => assert_eq!(i.state.as_str(), "paused"),
+        other => panic!("{other:?}"),
+    }
+    let t0 = Instant::now();
+    match d
+        .call(ApiRequest::Stop {
+            name: name("q"),
+            timeout_s: Some(30),
+            force: false,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, .. } => assert_eq!(ended, StopEnd::Sigterm),
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
 #[test]

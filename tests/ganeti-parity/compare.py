@@ -182,8 +182,8 @@ def normaliser(case, ganeti_devices, side):
                  lambda m: "<RUN>/" + KVMD_FILES.get(m.group(1), m.group(1)),
                  s)
     # tap / vhost fds: numbers are whatever the opener got
-    s = re.sub(r"\b(fd|vhostfd)=\d+", r"\1=<FD>", s)
-    s = re.sub(r"\b(fds|vhostfds)=(\d+(?::\d+)*)",
+    s = re.sub(r"\b(fd|vhostfd)=-?\d+", r"\1=<FD>", s)
+    s = re.sub(r"\b(fds|vhostfds)=(-?\d+(?::-?\d+)*)",
                lambda m: "%s=%s" % (m.group(1), ":".join(
                  "<FD>" for _ in m.group(2).split(":"))), s)
     return s
@@ -204,7 +204,13 @@ def pair_key(entry, aliases):
   if opt == "-device":
     drv = first.split("=", 1)[-1] if first.startswith("driver=") else first
     return (opt, aliases.get(drv, drv))
-  if opt in ("-netdev", "-chardev", "-object", "-blockdev", "-audiodev"):
+  if opt == "-chardev":
+    # pair sockets by their (normalised) path, others by backend type
+    for f in split_fields(val):
+      if f.startswith("path="):
+        return (opt, f)
+    return (opt, first)
+  if opt in ("-netdev", "-object", "-blockdev", "-audiodev"):
     return (opt, first.split("=", 1)[-1])
   if opt == "-drive":
     for f in split_fields(val):
@@ -212,6 +218,15 @@ def pair_key(entry, aliases):
         return (opt, f)
   return (opt, None)
 
+
+# The key a bare first field stands for (QEMU's implied option).
+IMPLIED_KEY = {"-device": "driver", "-netdev": "type", "-chardev": "backend",
+               "-blockdev": "driver", "-machine": "type", "-object":
+               "qom-type", "-audiodev": "driver", "-serial": "<chardev>",
+               "-monitor": "<chardev>", "-qmp": "<chardev>", "-vnc":
+               "<display>", "-rtc": "base", "-boot": "order", "-name":
+               "guest", "-smp": "cpus", "-m": "size", "-net": "type",
+               "-spice": "<opts>", "-usbdevice": "<device>"}
 
 # Values that are not QEMU key=value lists.
 PLAIN_VALUES = {"-kernel", "-initrd", "-pidfile", "-D", "-uuid", "-k",
@@ -229,21 +244,20 @@ def field_diff(opt, gval, kval):
     return notes
   if opt in PLAIN_VALUES:
     return []
-  gf, kf = split_fields(gval or ""), split_fields(kval or "")
-  notes = []
-  if gf and kf and "=" not in gf[0] and "=" not in kf[0] and gf[0] != kf[0]:
-    notes.append("first field: ganeti %r, kvmd %r" % (gf[0], kf[0]))
-  def kv(fields):
+  implied = IMPLIED_KEY.get(opt, "")
+  def kv(value):
     d = collections.OrderedDict()
-    for f in fields:
+    for i, f in enumerate(split_fields(value or "")):
       if "=" in f:
         k, v = f.split("=", 1)
-        d.setdefault(k, v)
-      elif f:
-        d.setdefault(f, None)
+      elif i == 0:
+        k, v = implied or "<positional>", f
+      else:
+        k, v = f, None
+      d.setdefault(k, v)
     return d
-  gd, kd = kv(gf[1:] if gf and "=" not in gf[0] else gf), \
-      kv(kf[1:] if kf and "=" not in kf[0] else kf)
+  notes = []
+  gd, kd = kv(gval), kv(kval)
   only_g = [k if gd[k] is None else "%s=%s" % (k, gd[k])
             for k in gd if k not in kd]
   only_k = [k if kd[k] is None else "%s=%s" % (k, kd[k])

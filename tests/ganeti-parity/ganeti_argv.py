@@ -85,6 +85,7 @@ from ganeti import constants
 from ganeti import errors
 from ganeti import netutils
 from ganeti import objects
+from ganeti import uidpool
 from ganeti import utils
 from ganeti.cmdlib.common import CheckParamsNotGlobal
 from ganeti.hypervisor import hv_base
@@ -181,6 +182,11 @@ class Harness(object):
       out = self.mlist
     elif cmd == [kvm, "-device", "?"]:
       out = self.devlist
+    elif cmd and cmd[0] == constants.PGREP:
+      # uidpool._IsUidUsed: no process runs under the pool's uids.
+      self.commands.append({"cmd": cmd})
+      return utils.RunResult(1, None, "", "", cmd,
+                             utils_process._TIMEOUT_NONE, None)
     elif cmd and cmd[0] == kvm:
       self.launch = cmd
       self.noclose_fds = noclose_fds
@@ -230,6 +236,18 @@ class Harness(object):
             constants.IP6_VERSION: list(addrs.get("6", []))}
 
   @staticmethod
+  def _getpwuid(uid):
+    """uid pool uids are assumed to have users on the node."""
+    try:
+      return pwd.getpwuid(uid)
+    except KeyError:
+      name = "ganeti-uid-%d" % uid
+      logging.info("mock: pretending uid %d is user %r on the node", uid,
+                   name)
+      return pwd.struct_passwd((name, "x", uid, uid, name, "/nonexistent",
+                                "/usr/sbin/nologin"))
+
+  @staticmethod
   def _getpwnam(name):
     """security_domain users are assumed to exist on the node."""
     try:
@@ -265,6 +283,17 @@ class Harness(object):
     self._set(netutils, "GetInterfaceIpAddresses", self._iface_addresses)
     # Users named by security_domain.
     self._set(validation, "pwd", _Proxy(pwd, getpwnam=self._getpwnam))
+    self._set(hv_kvm, "pwd", _Proxy(pwd, getpwnam=self._getpwnam,
+                                    getpwuid=self._getpwuid))
+    # security_model=pool: the cluster's uid pool comes from ssconf (case key
+    # "uid_pool", Ganeti's syntax, default "64055"; with several uids Ganeti
+    # picks one at random), and uidpool.RequestUnusedUid runs for real with
+    # its lock dir under the temp dir.
+    pool = self.case.get("uid_pool", "64055")
+    self._set(hv_kvm, "ssconf", _Proxy(hv_kvm.ssconf, SimpleStore=lambda:
+                                       _FakeSsconf(pool)))
+    self._set(uidpool, "pathutils", _Proxy(
+      uidpool.pathutils, UIDPOOL_LOCKDIR=os.path.join(self.tmp, "uid-pool")))
     # File/dir existence checks of ValidateParameters (kernel_path,
     # initrd_path, cdrom/floppy images, mem_path, vnc_x509_path, ...): the
     # files are assumed to be present on the node. hv_base binds
@@ -428,6 +457,17 @@ class Harness(object):
     """Report run-dir paths where Ganeti really puts them."""
     return arg.replace(os.path.join(self.tmp, "kvm-hypervisor"),
                        self.orig_root)
+
+
+class _FakeSsconf(object):
+  def __init__(self, uid_pool):
+    self.uid_pool = uid_pool
+
+  def GetUidPool(self):
+    return "\n".join(self.uid_pool.split(","))
+
+  def GetPrimaryIPFamily(self):
+    return netutils.IP4Address.family
 
 
 class _NoQmp(object):
