@@ -490,3 +490,107 @@ fn the_last_exit_survives_a_start_a_restart_and_a_failed_start() {
     );
     assert!(qemus_under(d.dir.path()).is_empty());
 }
+
+#[test]
+fn a_hard_reset_under_reboot_behavior_exit_restarts_the_vm() {
+    let d = Daemon::start(&instance_toml(
+        "hx",
+        "[instance.hx.hvparams]\nreboot_behavior = \"exit\"",
+    ));
+    let pid = d.start_vm("hx").pid.unwrap();
+    d.call(ApiRequest::Reboot {
+        name: name("hx"),
+        hard: true,
+        timeout_s: None,
+    })
+    .unwrap();
+    let info = wait_for("a new QEMU", Duration::from_secs(30), || {
+        d.try_info("hx")
+            .filter(|i| i.state.as_str() == "running" && i.pid.is_some_and(|p| p != pid))
+    });
+    assert!(info
+        .last_exit
+        .unwrap()
+        .reason
+        .contains("reboot_behavior=exit"));
+}
+
+#[test]
+fn a_stop_interrupted_by_a_kvmd_crash_ends_as_an_admin_stop() {
+    let mut d = Daemon::start(&instance_toml("s", ""));
+    let pid = d.start_vm("s").pid.unwrap();
+    d.wait_ready("s", 1);
+    let sock = d.socket();
+    let stopper = std::thread::spawn(move || {
+        let mut c = kvmd::client::Client::connect(&sock).unwrap();
+        let _ = c.call(&ApiRequest::Stop {
+            name: name("s"),
+            timeout_s: Some(30),
+            force: false,
+        });
+    });
+    wait_for("the stopping marker", Duration::from_secs(5), || {
+        d.run_dir("s").join("stopping").exists().then_some(())
+    });
+    d.kill9();
+    let _ = stopper.join();
+    d.spawn();
+    let info = d.wait_state("s", "stopped", Duration::from_secs(30));
+    let exit = info.last_exit.unwrap();
+    assert_eq!(exit.kind, kvmd::runtime::ExitKind::Stopped, "{exit:?}");
+    assert!(
+        !d.run_dir("s").join("shutdown").exists(),
+        "not a user shutdown"
+    );
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_second_kvmd_on_the_same_run_dir_refuses_to_start() {
+    let d = Daemon::start("");
+    let out = Command::new(env!("CARGO_BIN_EXE_kvmd"))
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Another kvmd is already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        d.call(ApiRequest::Ping).is_ok(),
+        "the first one is unaffected"
+    );
+}
+
+#[test]
+fn a_damaged_runtime_file_does_not_hide_a_running_vm() {
+    let mut d = Daemon::start(&instance_toml("dmg", ""));
+    let pid = d.start_vm("dmg").pid.unwrap();
+    d.kill9();
+    std::fs::write(d.run_dir("dmg").join("runtime.json"), b"{ this is not json").unwrap();
+    d.spawn();
+    let info = d.wait_state("dmg", "running", Duration::from_secs(10));
+    assert_eq!(info.pid, Some(pid), "adopted through its pidfile");
+    let e = d
+        .call(ApiRequest::Start {
+            name: name("dmg"),
+            paused: false,
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::AlreadyRunning, "no second QEMU");
+    match d
+        .call(ApiRequest::Stop {
+            name: name("dmg"),
+            timeout_s: None,
+            force: true,
+        })
+        .unwrap()
+    {
+        ApiReply::Stopped { ended, .. } => assert_eq!(ended.as_str(), "sigkill"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!alive(pid));
+}
