@@ -379,8 +379,10 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
         ("", false) => "tablet".to_string(),
         (m, _) => m.to_string(),
     };
+    // Ganeti always gives the VM a USB controller.
+    push!("-usb");
     if !mouse.is_empty() {
-        push!("-usb", "-device", format!("usb-{mouse}"));
+        push!("-device", format!("usb-{mouse}"));
     }
     // display
     if !vnc.is_empty() {
@@ -964,7 +966,7 @@ mod tests {
              -append root=/dev/vda1 ro console=ttyS0,38400 \
              -monitor unix:/run/kvmd/web1/monitor.sock,server=on,wait=off \
              -chardev socket,id=serial0,path=/run/kvmd/web1/serial.sock,server=on,wait=off,logfile=/run/kvmd/web1/serial.log,logappend=on \
-             -serial chardev:serial0 -display none -uuid 0b8e3c2a-4d5f-8a1b-9c2d-3e4f5a6b7c8d \
+             -serial chardev:serial0 -usb -display none -uuid 0b8e3c2a-4d5f-8a1b-9c2d-3e4f5a6b7c8d \
              -net none -chardev socket,id=qmp0,path=/run/kvmd/web1/qmp.sock,server=on,wait=off -mon chardev=qmp0,mode=control -S"
         );
     }
@@ -993,7 +995,7 @@ mod tests {
         assert!(a.contains("-append root=/dev/vda1 ro -monitor"), "{a}");
         assert!(
             a.contains(
-                "-serial none -display none -rtc base=localtime -cpu qemu64,+ssse3 -vga std -uuid"
+                "-serial none -usb -display none -rtc base=localtime -cpu qemu64,+ssse3 -vga std -uuid"
             ),
             "{a}"
         );

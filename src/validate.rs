@@ -305,3 +305,42 @@ mod tests {
         assert_eq!(interface_address("doesnotexist0", 0), None);
     }
 }
+
+/// The result of validating every instance of a config file.
+pub struct Report {
+    /// Per instance, every problem (empty = valid).
+    pub instances: Vec<(String, Vec<FieldError>)>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.instances.iter().all(|(_, e)| e.is_empty())
+    }
+}
+
+/// Validate every instance of a loaded config (blocking: probes each QEMU binary once).
+/// `syntax_only` skips the node checks.
+pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Report {
+    let mut instances = Vec::new();
+    for (name, spec) in &config.instances {
+        let hv = spec.effective_hvparams(&config.node);
+        let mut errs = syntax(spec, &hv);
+        if !syntax_only {
+            errs.extend(files(spec, &hv));
+            match crate::probe::probe(Path::new(hv.str("kvm_path"))) {
+                Ok(caps) => errs.extend(qemu(spec, &hv, &caps)),
+                Err(e) => {
+                    if Path::new(hv.str("kvm_path")).is_file() {
+                        errs.push(FieldError::new(
+                            "hvparams.kvm_path",
+                            format!("{:?}", hv.str("kvm_path")),
+                            format!("cannot be probed: {e}"),
+                        ));
+                    }
+                }
+            }
+        }
+        instances.push((name.to_string(), errs));
+    }
+    Report { instances }
+}

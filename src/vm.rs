@@ -866,6 +866,7 @@ async fn bring_up(
     )
     .await
     .map_err(|e| format!("Cannot pin vCPUs: {e}"))?;
+    set_passwords(&qmp, &runtime.hvparams, node.qmp_timeout).await?;
     if !runtime.paused_at_start {
         qmp.execute("cont", None, node.qmp_timeout)
             .await
@@ -877,6 +878,33 @@ async fn bring_up(
 
 fn host_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Set the VNC/SPICE passwords from their files (first line) before the guest runs.
+async fn set_passwords(qmp: &Qmp, hv: &HvParams, timeout: Duration) -> Result<(), String> {
+    for (file_key, bind_key, protocol) in [
+        ("vnc_password_file", "vnc_bind_address", "vnc"),
+        ("spice_password_file", "spice_bind", "spice"),
+    ] {
+        let path = hv.str(file_key).to_string();
+        if path.is_empty() || hv.str(bind_key).is_empty() {
+            continue;
+        }
+        let p = path.clone();
+        let password = tokio::task::spawn_blocking(move || std::fs::read_to_string(&p))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("Cannot read {file_key} {path}: {e}"))?;
+        let password = password.lines().next().unwrap_or("").to_string();
+        qmp.execute(
+            "set_password",
+            Some(serde_json::json!({"protocol": protocol, "password": password})),
+            timeout,
+        )
+        .await
+        .map_err(|e| format!("Cannot set the {protocol} password: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Apply `cpu_mask` while the guest is still stopped (-S): threads exist but run nothing yet.

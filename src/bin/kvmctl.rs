@@ -72,6 +72,14 @@ enum Cmd {
     Cleanup { name: String },
     /// Make kvmd re-read its config file.
     Reload,
+    /// Check a config file without kvmd: syntax, hvparam rules, and this node (files, users,
+    /// what the QEMU binary offers). Prints every problem; exits non-zero on any.
+    Validate {
+        file: PathBuf,
+        /// Only the checks that do not look at this host.
+        #[arg(long)]
+        syntax_only: bool,
+    },
 }
 
 fn name(s: &str) -> Result<InstanceName> {
@@ -101,7 +109,73 @@ fn main() -> ExitCode {
     }
 }
 
+fn validate(file: &Path, syntax_only: bool, json: bool) -> Result<ExitCode> {
+    let config = match kvmd::config::Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            let fields = match &e {
+                kvmd::config::ConfigError::Invalid { errors, .. } => errors.0.clone(),
+                _ => Vec::new(),
+            };
+            if json {
+                let list: Vec<_> = fields.iter().map(|f| serde_json::json!({"field": f.field, "value": f.value, "rule": f.rule, "allowed": f.allowed})).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"ok": false, "config": e.to_string(), "errors": list})
+                    )?
+                );
+            } else {
+                eprintln!("kvmctl: {}", file.display());
+                if fields.is_empty() {
+                    eprintln!("  {e}");
+                }
+                for f in &fields {
+                    eprintln!("  {f}");
+                }
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let report = kvmd::validate::config_report(&config, syntax_only);
+    if json {
+        let instances: serde_json::Map<String, serde_json::Value> = report
+            .instances
+            .iter()
+            .map(|(n, errs)| {
+                let list: Vec<_> = errs.iter().map(|f| serde_json::json!({"field": f.field, "value": f.value, "rule": f.rule, "allowed": f.allowed})).collect();
+                (n.clone(), serde_json::Value::Array(list))
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"ok": report.ok(), "instances": instances})
+            )?
+        );
+    } else {
+        for (name, errs) in &report.instances {
+            if errs.is_empty() {
+                println!("{name}: ok");
+            } else {
+                println!("{name}: {} problem(s)", errs.len());
+                for e in errs {
+                    println!("  {e}");
+                }
+            }
+        }
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn run(args: &Args) -> Result<ExitCode> {
+    if let Cmd::Validate { file, syntax_only } = &args.cmd {
+        return validate(file, *syntax_only, args.json);
+    }
     let req = match &args.cmd {
         Cmd::Ping => ApiRequest::Ping,
         Cmd::List => ApiRequest::List,
@@ -140,6 +214,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         Cmd::Resume { name: n } => ApiRequest::Resume { name: name(n)? },
         Cmd::Cleanup { name: n } => ApiRequest::Cleanup { name: name(n)? },
         Cmd::Reload => ApiRequest::Reload,
+        Cmd::Validate { .. } => unreachable!("handled above"),
     };
     let socket = socket_path(args);
     let mut client = Client::connect(&socket).with_context(|| "is kvmd running?")?;

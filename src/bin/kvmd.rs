@@ -18,6 +18,10 @@ struct Args {
     /// Check the config file and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the QEMU argv kvmd would build for a Ganeti-parity case file (JSON, see
+    /// tests/ganeti-parity/README.md) as `{"argv": [...]}`, and exit. Runs no QEMU.
+    #[arg(long, value_name = "CASE")]
+    print_argv: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,15 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(case) = &args.print_argv {
+        return match print_argv(case) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                print_chain(&e);
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match kvmd::config::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -57,4 +70,154 @@ fn print_chain(e: &anyhow::Error) {
     for cause in e.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
+}
+
+/// `--print-argv`: one parity case → our argv, from recorded QEMU output.
+fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use kvmd::cmdline::{build_command_line, Host, Launch, NicBackend};
+    use kvmd::hvparams::{HvOverrides, HvValue};
+    use kvmd::spec::{DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec};
+    use serde_json::Value;
+
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(case).with_context(|| format!("reading {}", case.display()))?,
+    )?;
+    let text = |key: &str| -> anyhow::Result<String> {
+        let rel = v[key]
+            .as_str()
+            .with_context(|| format!("case has no {key}"))?;
+        let p = std::path::Path::new(rel);
+        let p = if p.exists() {
+            p.to_path_buf()
+        } else {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+        };
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let help = text("qemu_help")?;
+    let caps = kvmd::probe::QemuCaps::from_outputs(
+        &help,
+        &help,
+        &text("qemu_machine_help")?,
+        &text("qemu_device_help")?,
+    )
+    .context("no QEMU version in the help text")?;
+    let mut over = HvOverrides::new();
+    for (k, val) in v["hvparams"].as_object().into_iter().flatten() {
+        let hv = match val {
+            Value::Bool(b) => HvValue::Bool(*b),
+            Value::Number(n) => HvValue::Int(n.as_i64().context("integer hvparam")?),
+            Value::String(s) => HvValue::Str(s.clone()),
+            other => anyhow::bail!("hvparam {k} = {other}: not a string, boolean or integer"),
+        };
+        kvmd::hvparams::check_value(k, &hv).map_err(|e| anyhow::anyhow!("{e}"))?;
+        over.insert(k.clone(), hv);
+    }
+    let hv = kvmd::hvparams::HvParams::merged(&[&over]);
+    let name = kvmd::name::InstanceName::parse(v["name"].as_str().context("case has no name")?)?;
+    let nics: Vec<NicSpec> = v["nics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| NicSpec {
+            mode: match n["mode"].as_str() {
+                Some("routed") => NicMode::Routed,
+                Some("openvswitch") => NicMode::Openvswitch,
+                Some("user") => NicMode::User,
+                _ => NicMode::Bridged,
+            },
+            link: n["link"].as_str().unwrap_or("").to_string(),
+            mac: n["mac"].as_str().unwrap_or("52:54:00:00:00:01").to_string(),
+            ip: n["ip"].as_str().map(String::from),
+        })
+        .collect();
+    let spec = InstanceSpec {
+        uuid: v["uuid"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| kvmd::spec::uuid_from_name(name.as_str())),
+        name,
+        memory: v["memory"].as_u64().unwrap_or(128),
+        min_memory: v["memory"].as_u64().unwrap_or(128),
+        vcpus: v["vcpus"].as_u64().unwrap_or(1) as u32,
+        network_port: v["network_port"].as_u64().map(|p| p as u16),
+        disks: v["disks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| DiskSpec {
+                path: d["path"].as_str().unwrap_or("/dev/null").into(),
+                format: DiskFormat::Raw,
+                readonly: d["mode"] == "ro",
+            })
+            .collect(),
+        nics,
+        hvparams: over,
+        autostart: false,
+    };
+    let paths = kvmd::runtime::RunPaths::new(std::path::Path::new("/run/kvmd"), &spec.name);
+    let queues = hv.int("virtio_net_queues").max(1) as usize;
+    let mut fd = 10;
+    let mut next = |n: usize| -> Vec<i32> {
+        let v: Vec<i32> = (fd..fd + n as i32).collect();
+        fd += n as i32;
+        v
+    };
+    let host = Host {
+        block_devices: spec
+            .disks
+            .iter()
+            .map(|d| d.path.starts_with("/dev/"))
+            .collect(),
+        nics: spec
+            .nics
+            .iter()
+            .map(|n| match n.mode {
+                NicMode::User => NicBackend::User,
+                _ => {
+                    let fds = next(if hv.str("nic_type") == "paravirtual" {
+                        queues
+                    } else {
+                        1
+                    });
+                    let vhost = if hv.bool("vhost_net") {
+                        next(fds.len())
+                    } else {
+                        Vec::new()
+                    };
+                    NicBackend::Tap {
+                        fds,
+                        vhost_fds: vhost,
+                    }
+                }
+            })
+            .collect(),
+        vnc_address: v["host_interfaces"][hv.str("vnc_bind_address")]["4"][0]
+            .as_str()
+            .map(String::from),
+        spice_address: v["host_interfaces"][hv.str("spice_bind")]["4"][0]
+            .as_str()
+            .map(String::from),
+        chroot_dir: hv
+            .bool("use_chroot")
+            .then(|| paths.chroot().display().to_string()),
+        pool_user: None,
+        spice_cert_dir: Some("/etc/kvmd/spice".into()),
+    };
+    let accel = spec.accel(&hv, &kvmd::spec::NodeConfig::defaults());
+    let cl = build_command_line(&Launch {
+        spec: &spec,
+        hv: &hv,
+        caps: &caps,
+        paths: &paths,
+        accel,
+        host: &host,
+    })
+    .map_err(|errs| anyhow::anyhow!("{}", kvmd::check::FieldErrors(errs)))?;
+    println!(
+        "{}",
+        serde_json::json!({ "argv": cl.argv, "slots": cl.slots, "machine": cl.machine })
+    );
+    Ok(())
 }
