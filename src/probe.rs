@@ -262,6 +262,8 @@ pub fn probe(path: &Path) -> Result<Arc<QemuCaps>, ProbeError> {
         if q.default_machine.is_some() {
             caps.default_machine = q.default_machine;
         }
+        // Device types QMP knows but `-device help` did not list.
+        caps.devices.extend(q.devices);
         for (name, alias) in q.aliases {
             caps.machines.entry(alias).or_insert_with(|| Machine {
                 description: String::new(),
@@ -311,6 +313,8 @@ struct QmpFacts {
     default_machine: Option<String>,
     /// (machine, alias)
     aliases: Vec<(String, String)>,
+    /// Concrete device types (`qom-list-types implements=device abstract=false`).
+    devices: Vec<String>,
 }
 
 /// Start `QEMU -machine none` with a QMP socket and ask it. `None` if anything fails (the help
@@ -366,12 +370,17 @@ fn qmp_facts(path: &Path) -> Option<QmpFacts> {
                 ))
             })
             .collect();
+        let types = q
+            .execute("qom-list-types", Some(serde_json::json!({"implements": "device", "abstract": false})), t)
+            .await
+            .ok();
+        let devices = types
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|d| d.get("name")?.as_str().map(String::from)).collect())
+            .unwrap_or_default();
         let _ = q.execute("quit", None, t).await;
-        Some(QmpFacts {
-            version,
-            default_machine,
-            aliases,
-        })
+        Some(QmpFacts { version, default_machine, aliases, devices })
     });
     let _ = child.kill();
     let _ = child.wait();
@@ -462,6 +471,25 @@ mod tests {
                 && o.display
                 && o.usbdevice
         );
+    }
+
+    /// The real binary: `--version` and QMP agree, the QMP device list is merged in, and a
+    /// second probe of the same binary comes from the cache.
+    #[test]
+    fn probing_the_installed_qemu() {
+        let path = Path::new("/usr/bin/qemu-system-x86_64");
+        if !path.exists() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let a = probe(path).unwrap();
+        let first = t0.elapsed();
+        assert!(a.has_device("virtio-net-pci") && a.has_device("pcie-root-port"));
+        assert!(a.default_machine.is_some());
+        let t1 = std::time::Instant::now();
+        let b = probe(path).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "cached");
+        assert!(t1.elapsed() < first);
     }
 
     /// QEMU 9.2: `-no-acpi` and `-chroot` are gone, `-run-with` takes `chroot=` and `user=`
