@@ -371,16 +371,29 @@ fn qmp_facts(path: &Path) -> Option<QmpFacts> {
             })
             .collect();
         let types = q
-            .execute("qom-list-types", Some(serde_json::json!({"implements": "device", "abstract": false})), t)
+            .execute(
+                "qom-list-types",
+                Some(serde_json::json!({"implements": "device", "abstract": false})),
+                t,
+            )
             .await
             .ok();
         let devices = types
             .as_ref()
             .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|d| d.get("name")?.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.get("name")?.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let _ = q.execute("quit", None, t).await;
-        Some(QmpFacts { version, default_machine, aliases, devices })
+        Some(QmpFacts {
+            version,
+            default_machine,
+            aliases,
+            devices,
+        })
     });
     let _ = child.kill();
     let _ = child.wait();

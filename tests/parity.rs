@@ -15,11 +15,23 @@ fn the_ganeti_argv_comparison_runs_for_every_case() {
         .output()
         .expect("run compare.sh (needs python3)");
     let report = String::from_utf8_lossy(&out.stdout);
-    let cases = std::fs::read_dir(format!("{root}/tests/ganeti-parity/cases")).unwrap().count();
-    assert_eq!(report.matches("--print-argv: ok").count(), cases, "kvmd must build every case:\n{report}");
+    let cases = std::fs::read_dir(format!("{root}/tests/ganeti-parity/cases"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        report.matches("--print-argv: ok").count(),
+        cases,
+        "kvmd must build every case:\n{report}"
+    );
     assert!(!report.contains("compare.py failed"), "{report}");
     // The differences docs/hvparams.md lists show up in the report.
-    for known in ["-daemonize", "-drive file=", "-blockdev driver=raw", "-soundhw hda", "-audio driver=none,model=hda"] {
+    for known in [
+        "-daemonize",
+        "-drive file=",
+        "-blockdev driver=raw",
+        "-soundhw hda",
+        "-audio driver=none,model=hda",
+    ] {
         assert!(report.contains(known), "{known} missing from the report");
     }
 }
