@@ -178,7 +178,7 @@ fn parse_fields(request: &str, map: Map<String, Value>) -> Result<ApiRequest, Ap
     let Some(allowed) = fields_of(request) else {
         let mut e = ApiError::new(
             ErrorCode::UnknownRequest,
-            format!("Unknown request {:?}", echo(&Value::String(request.into()))),
+            format!("Unknown request {}", echo(&Value::String(request.into()))),
         );
         e.fields = vec![FieldError::new(
             "request",
@@ -217,6 +217,13 @@ fn parse_fields(request: &str, map: Map<String, Value>) -> Result<ApiRequest, Ap
         }
         "reboot" => {
             let (n, hard, timeout_s) = (f.name(), f.bool("hard"), f.opt_u64("timeout", 86_400));
+            if hard && timeout_s.is_some() {
+                f.errors.push(FieldError::new(
+                    "timeout",
+                    timeout_s.unwrap_or(0).to_string(),
+                    "only applies to a soft reboot (hard is true)",
+                ));
+            }
             n.map(|name| ApiRequest::Reboot {
                 name,
                 hard,
@@ -618,6 +625,12 @@ mod tests {
         assert!(e.fields[3].value.ends_with("(10002 bytes)"));
         let e = err_of(r#"{"request": 7}"#);
         assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = err_of(r#"{"request": "reboot", "name": "a", "hard": true, "timeout": 5}"#);
+        assert_eq!(e.fields[0].field, "timeout");
+        assert_eq!(
+            err_of(r#"{"request": "launch"}"#).message,
+            "Unknown request \"launch\""
+        );
     }
 
     #[test]
@@ -638,8 +651,13 @@ mod tests {
             },
             ApiRequest::Reboot {
                 name: n(),
-                hard: true,
+                hard: false,
                 timeout_s: Some(9),
+            },
+            ApiRequest::Reboot {
+                name: n(),
+                hard: true,
+                timeout_s: None,
             },
             ApiRequest::Pause { name: n() },
             ApiRequest::Resume { name: n() },

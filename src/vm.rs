@@ -1351,12 +1351,23 @@ impl VmActor {
     }
 
     /// The QMP connection of a running or paused VM.
-    fn live_qmp(&self, allowed: &[VmState]) -> Result<(u64, Qmp), ApiError> {
+    fn live_qmp(&self, allowed: &[VmState], op: &str) -> Result<(u64, Qmp), ApiError> {
         let run = self
             .run
             .as_ref()
             .filter(|_| allowed.contains(&self.state))
-            .ok_or_else(|| self.not_running())?;
+            .ok_or_else(|| {
+                let wanted: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+                ApiError::new(
+                    ErrorCode::NotRunning,
+                    format!(
+                        "{} is {}; {op} needs it {}",
+                        self.name,
+                        self.info().state.as_str(),
+                        wanted.join(" or ")
+                    ),
+                )
+            })?;
         let qmp = run.qmp.clone().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unresponsive,
@@ -1437,7 +1448,7 @@ impl Handler<VmRequest> for VmActor {
                 })
             }
             VmRequest::Reboot { hard: true, .. } => {
-                match self.live_qmp(&[VmState::Running, VmState::Paused]) {
+                match self.live_qmp(&[VmState::Running, VmState::Paused], "a hard reboot") {
                     Ok((_, qmp)) => {
                         let t = self.node.qmp_timeout;
                         ready_async(addr, async move {
@@ -1458,15 +1469,24 @@ impl Handler<VmRequest> for VmActor {
                     return ready(Err(self.not_running()));
                 }
                 // Refuse before stopping anything if the VM could not start again.
-                if let Err(e) = self.start_inputs() {
-                    return ready(Err(e));
-                }
+                let (spec, hv) = match self.start_inputs() {
+                    Ok(v) => v,
+                    Err(e) => return ready(Err(e)),
+                };
                 let plan = self
                     .stop_plan(false, timeout)
                     .expect("running VM has a process");
                 let seq = self.begin_op("reboot");
                 self.publish();
                 finish_op(addr.clone(), seq, span, async move {
+                    // The node checks too (kernel, disks, bridges...): a reboot that could not
+                    // start again stops nothing.
+                    let errs = tokio::task::spawn_blocking(move || validate::files(&spec, &hv))
+                        .await
+                        .map_err(|e| internal("check panicked", e))?;
+                    if !errs.is_empty() {
+                        return Err(ApiError::invalid(errs));
+                    }
                     stop_task(plan).await?;
                     let plan = addr
                         .send(PrepareStart {
@@ -1485,7 +1505,7 @@ impl Handler<VmRequest> for VmActor {
                 } else {
                     VmState::Paused
                 };
-                match self.live_qmp(&[from]) {
+                match self.live_qmp(&[from], if pause { "pause" } else { "resume" }) {
                     Ok((gen, qmp)) => {
                         let t = self.node.qmp_timeout;
                         let a = addr.clone();
