@@ -105,24 +105,30 @@ pub fn vhost_available() -> bool {
     Path::new("/dev/vhost-net").exists()
 }
 
-fn run(program: &str, args: &[&str]) -> Result<(), NetError> {
-    let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .map_err(|source| NetError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+/// Run a command (no shell) and turn a failure into an error carrying its output.
+fn exec(mut cmd: Command, command: String) -> Result<(), NetError> {
+    let out = cmd.output().map_err(|source| NetError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Command {
-            command,
-            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        return Ok(());
     }
+    let text = format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    Err(NetError::Command {
+        command,
+        output: format!("{}: {}", out.status, text.trim()),
+    })
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), NetError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    exec(cmd, format!("{program} {}", args.join(" ")))
 }
 
 /// Everything a NIC hook needs to know.
@@ -171,26 +177,9 @@ fn run_script(c: &NicContext<'_>, action: &str) -> Result<(), NetError> {
     let Some(script) = c.script else {
         return Ok(());
     };
-    let command = format!("{} {}", script.display(), c.tap);
-    let out = Command::new(script)
-        .arg(c.tap)
-        .env_clear()
-        .envs(script_env(c, action))
-        .output()
-        .map_err(|source| NetError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let text = String::from_utf8_lossy(&out.stderr).trim().to_string()
-            + &String::from_utf8_lossy(&out.stdout);
-        Err(NetError::Command {
-            command,
-            output: format!("{}: {}", out.status, text.trim()),
-        })
-    }
+    let mut cmd = Command::new(script);
+    cmd.arg(c.tap).env_clear().envs(script_env(c, action));
+    exec(cmd, format!("{} {}", script.display(), c.tap))
 }
 
 /// Connect the tap per the NIC's mode, bring it up, run the NIC script (`ACTION=up`).
