@@ -145,6 +145,17 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
         spice_cert_dir: o
             .abs_path("spice_cert_dir", errs)
             .unwrap_or(d.spice_cert_dir),
+        uid_pool: match o.string("uid_pool", errs) {
+            Some(text) => crate::uidpool::parse(&text).unwrap_or_else(|why| {
+                errs.push(FieldError::new(
+                    "node.uid_pool",
+                    format!("{text:?}"),
+                    format!("{why} (syntax: uids and ranges, e.g. \"2000-2099, 3000\")"),
+                ));
+                Vec::new()
+            }),
+            None => Vec::new(),
+        },
     };
     if node.hvparams.contains_key("kvm_path") && o.had("qemu") {
         errs.push(FieldError::new(

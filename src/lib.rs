@@ -21,6 +21,7 @@
 //! - `net` — tap devices and NIC setup per Ganeti mode (bridged, routed, openvswitch).
 //! - `qmp` — our QMP client.
 //! - `process` — QEMU as a process: spawn, identity, exit, signals.
+//! - `uidpool` — Ganeti's uid pool for `security_model = pool`.
 //! - `runtime` — runtime files on disk and the persistence thread.
 //! - `validate` — checking an instance against this node (files, users, what QEMU offers).
 //! - `sys` — the only `unsafe`: pidfds and the new-session hook.
@@ -45,6 +46,7 @@ pub mod runtime;
 pub mod spec;
 pub mod supervisor;
 pub mod sys;
+pub mod uidpool;
 pub mod validate;
 pub mod vm;
 pub mod vmstate;

@@ -108,6 +108,9 @@ pub struct RuntimeFile {
     /// Per NIC, the host tap device (`None` for user-mode NICs).
     #[serde(default)]
     pub taps: Vec<Option<String>>,
+    /// The uid taken from the pool (`security_model = pool`).
+    #[serde(default)]
+    pub pool_uid: Option<u32>,
 }
 
 /// How the last QEMU of an instance ended.

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub nic_script: Option<PathBuf>,
     /// Directory with `spice-ca.pem` and `spice.pem` for `spice_use_tls`.
     pub spice_cert_dir: PathBuf,
+    /// Uids for `security_model = pool` (Ganeti's cluster uid pool), as inclusive ranges.
+    pub uid_pool: Vec<(u32, u32)>,
 }
 
 impl NodeConfig {
@@ -80,6 +82,7 @@ impl NodeConfig {
             hvparams: HvOverrides::new(),
             nic_script: None,
             spice_cert_dir: PathBuf::from("/etc/kvmd/spice"),
+            uid_pool: Vec::new(),
         }
     }
 }

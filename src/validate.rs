@@ -327,6 +327,13 @@ pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Repor
         let mut errs = syntax(spec, &hv);
         if !syntax_only {
             errs.extend(files(spec, &hv));
+            if hv.str("security_model") == "pool" && config.node.uid_pool.is_empty() {
+                errs.push(FieldError::new(
+                    "hvparams.security_model",
+                    "\"pool\"",
+                    "needs node.uid_pool to be set",
+                ));
+            }
             match crate::probe::probe(Path::new(hv.str("kvm_path"))) {
                 Ok(caps) => errs.extend(qemu(spec, &hv, &caps)),
                 Err(e) => {

@@ -645,8 +645,8 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     let t0 = Instant::now();
     let accel = spec.accel(&hv, &node);
     let (s2, h2, n2, p2) = (spec.clone(), hv.clone(), node.clone(), paths.clone());
-    let checked =
-        tokio::task::spawn_blocking(move || -> Result<(Arc<QemuCaps>, Host), ApiError> {
+    let checked = tokio::task::spawn_blocking(
+        move || -> Result<(Arc<QemuCaps>, Host, Option<u32>), ApiError> {
             let mut errs = validate::files(&s2, &h2);
             let caps = match crate::probe::probe(Path::new(h2.str("kvm_path"))) {
                 Ok(c) => c,
@@ -685,12 +685,26 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
                 pool_user: None,
                 spice_cert_dir: Some(n2.spice_cert_dir.display().to_string()),
             };
-            Ok((caps, host))
-        })
-        .await
-        .map_err(|e| internal("start preparation panicked", e))
-        .and_then(|r| r);
-    let (caps, host) = match checked {
+            let mut host = host;
+            let mut pool_uid = None;
+            if h2.str("security_model") == "pool" {
+                let (uid, user) = crate::uidpool::take(&n2.uid_pool, &s2.name).map_err(|why| {
+                    ApiError::invalid(vec![FieldError::new(
+                        "hvparams.security_model",
+                        "\"pool\"",
+                        why,
+                    )])
+                })?;
+                host.pool_user = Some(user);
+                pool_uid = Some(uid);
+            }
+            Ok((caps, host, pool_uid))
+        },
+    )
+    .await
+    .map_err(|e| internal("start preparation panicked", e))
+    .and_then(|r| r);
+    let (caps, host, pool_uid) = match checked {
         Ok(v) => v,
         Err(e) => {
             addr.do_send(Internal::StartFailed { gen });
@@ -803,6 +817,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         machine: command.machine,
         slots: command.slots,
         taps,
+        pool_uid,
     };
     let brought_up = bring_up(gen, &addr, &store, &paths, &node, &runtime, &exit, t0).await;
     if let Err(message) = brought_up {
@@ -1630,6 +1645,7 @@ impl Handler<Internal> for VmActor {
                 self.exit_when_ready(gen, ctx);
             }
             Internal::StartFailed { gen } if gen == self.gen => {
+                crate::uidpool::release(&self.name);
                 self.run = None;
                 self.op = None;
                 let before = self.before_start.take().unwrap_or(Before {
@@ -1803,6 +1819,7 @@ impl VmActor {
 
     fn on_exit(&mut self, gen: u64, status: ExitStatus, ctx: &mut Context<Self>) {
         let run = self.run.take().expect("current run");
+        crate::uidpool::release(&self.name);
         let reboot_exits = run
             .runtime
             .as_ref()
@@ -1899,6 +1916,9 @@ impl VmActor {
                 self.gen = gen;
                 self.last_exit = last_exit;
                 self.last_spec = runtime.as_ref().map(|r| r.spec.clone());
+                if let Some(uid) = runtime.as_ref().and_then(|r| r.pool_uid) {
+                    crate::uidpool::hold(uid, &self.name);
+                }
                 self.dir_exists = true;
                 self.state = match status.as_deref() {
                     Some("paused") | Some("prelaunch") | Some("suspended") => VmState::Paused,

@@ -266,3 +266,65 @@ fn vnc_on_a_unix_socket_speaks_rfb() {
         "VNC server on the unix socket: {info}"
     );
 }
+
+#[test]
+fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
+    // One uid in the pool (Debian's "sys", which no process runs as): the second VM must wait.
+    let dir = tempfile::Builder::new()
+        .prefix("kvmd-test-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = dir.path().join("kvmd.toml");
+    let pool = "[instance.p1.hvparams]\nsecurity_model = \"pool\"\n";
+    let node = node_toml(dir.path(), "uid_pool = \"3\"");
+    std::fs::write(
+        &config,
+        node + &instance_toml("p1", pool) + &instance_toml("p2", &pool.replace("p1", "p2")),
+    )
+    .unwrap();
+    let mut d = Daemon {
+        dir,
+        child: None,
+        config,
+    };
+    d.spawn();
+    let pid = d.start_vm("p1").pid.unwrap();
+    let uid = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(uid(pid), "3");
+    let e = d
+        .call(ApiRequest::Start {
+            name: name("p2"),
+            paused: false,
+        })
+        .unwrap_err();
+    assert_eq!(e.fields[0].field, "hvparams.security_model");
+    assert!(e.fields[0].rule.contains("no free uid"), "{e:?}");
+    // The uid survives a kvmd restart (it is in the runtime file) and is freed by the stop.
+    d.kill9();
+    d.spawn();
+    d.wait_state("p1", "running", Duration::from_secs(10));
+    assert!(d
+        .call(ApiRequest::Start {
+            name: name("p2"),
+            paused: false
+        })
+        .is_err());
+    d.call(ApiRequest::Stop {
+        name: name("p1"),
+        timeout_s: None,
+        force: true,
+    })
+    .unwrap();
+    let pid2 = d.start_vm("p2").pid.unwrap();
+    assert_eq!(uid(pid2), "3");
+}
