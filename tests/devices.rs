@@ -58,6 +58,31 @@ fn hmp(d: &Daemon, vm: &str, command: &str) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The host's route to `ip`, as `ip route show` prints it.
+fn route_to(ip: &str) -> String {
+    String::from_utf8(
+        Command::new("ip")
+            .args(["route", "show", ip])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+}
+
+/// The real uid a process runs as.
+fn uid_of(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
 fn tap_of(d: &Daemon, vm: &str, nic: usize) -> String {
     let rt: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.run_dir(vm).join("runtime.json")).unwrap())
@@ -141,14 +166,7 @@ fn a_routed_tap_nic_gets_a_host_route_that_goes_with_the_vm() {
     let d = Daemon::start(&(instance_toml("rt", "[[instance.rt.nic]]\nmode = \"routed\"\nip = \"10.78.0.2\"\n[instance.rt.hvparams]\nvhost_net = false")));
     d.start_vm("rt");
     let tap = tap_of(&d, "rt", 0);
-    let route = String::from_utf8(
-        Command::new("ip")
-            .args(["route", "show", "10.78.0.2"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let route = route_to("10.78.0.2");
     assert!(route.contains(&format!("dev {tap}")), "{route}");
     d.call(ApiRequest::Stop {
         name: name("rt"),
@@ -156,14 +174,7 @@ fn a_routed_tap_nic_gets_a_host_route_that_goes_with_the_vm() {
         force: true,
     })
     .unwrap();
-    let route = String::from_utf8(
-        Command::new("ip")
-            .args(["route", "show", "10.78.0.2"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let route = route_to("10.78.0.2");
     assert!(route.trim().is_empty(), "route left behind: {route}");
 }
 
@@ -212,15 +223,7 @@ fn scsi_disks_on_virtio_scsi_and_a_cdrom_are_really_there() {
 fn security_model_user_with_chroot_runs_qemu_as_that_user_inside_the_chroot() {
     let d = Daemon::start(&instance_toml("sec", "[instance.sec.hvparams]\nsecurity_model = \"user\"\nsecurity_domain = \"nobody\"\nuse_chroot = true"));
     let pid = d.start_vm("sec").pid.unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let uid = uid_of(pid);
     assert_eq!(uid, "65534", "QEMU runs as nobody");
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
@@ -289,18 +292,7 @@ fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
     };
     d.spawn();
     let pid = d.start_vm("p1").pid.unwrap();
-    let uid = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(uid(pid), "3");
+    assert_eq!(uid_of(pid), "3");
     let e = d
         .call(ApiRequest::Start {
             name: name("p2"),
@@ -326,5 +318,5 @@ fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
     })
     .unwrap();
     let pid2 = d.start_vm("p2").pid.unwrap();
-    assert_eq!(uid(pid2), "3");
+    assert_eq!(uid_of(pid2), "3");
 }
