@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use toml::Value;
 
-use crate::check::{FieldError, FieldErrors};
-use crate::hvparams::{self, HvOverrides, HvValue};
-use crate::name::{InstanceName, NAME_RULE};
-use crate::spec::{
+use crate::model::field_error::{FieldError, FieldErrors};
+use crate::model::hvparams::{self, HvOverrides, HvValue};
+use crate::model::name::{InstanceName, NAME_RULE};
+use crate::model::spec::{
     mac_from_uuid, uuid_from_name, Accel, DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec,
     NodeConfig,
 };
@@ -146,7 +146,7 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
             .abs_path("spice_cert_dir", errs)
             .unwrap_or(d.spice_cert_dir),
         uid_pool: match o.string("uid_pool", errs) {
-            Some(text) => crate::uidpool::parse(&text).unwrap_or_else(|why| {
+            Some(text) => crate::host::uidpool::parse(&text).unwrap_or_else(|why| {
                 errs.push(FieldError::new(
                     "node.uid_pool",
                     format!("{text:?}"),

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::control::{self, Limits};
-use crate::runtime::Store;
+use crate::control::server::{self as control, Limits};
+use crate::store::Store;
 use crate::supervisor::SupervisorHandle;
 
 #[derive(Debug, thiserror::Error)]

@@ -28,25 +28,13 @@
 #![deny(unsafe_code)]
 
 pub mod api;
-pub mod check;
-pub mod client;
-pub mod cmdline;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod hvparams;
-pub mod name;
-pub mod net;
-pub mod pinning;
-pub mod probe;
-pub mod process;
-pub mod protocol;
+pub mod host;
+pub mod model;
+pub mod qemu;
 pub mod qmp;
-pub mod runtime;
-pub mod spec;
+pub mod store;
 pub mod supervisor;
-pub mod sys;
-pub mod uidpool;
-pub mod validate;
 pub mod vm;
-pub mod vmstate;

@@ -522,7 +522,7 @@ fn a_stop_interrupted_by_a_kvmd_crash_ends_as_an_admin_stop() {
     d.wait_ready("s", 1);
     let sock = d.socket();
     let stopper = std::thread::spawn(move || {
-        let mut c = kvmd::client::Client::connect(&sock).unwrap();
+        let mut c = kvmd::control::client::Client::connect(&sock).unwrap();
         let _ = c.call(&ApiRequest::Stop {
             name: name("s"),
             timeout_s: Some(30),
@@ -537,7 +537,7 @@ fn a_stop_interrupted_by_a_kvmd_crash_ends_as_an_admin_stop() {
     d.spawn();
     let info = d.wait_state("s", "stopped", Duration::from_secs(30));
     let exit = info.last_exit.unwrap();
-    assert_eq!(exit.kind, kvmd::runtime::ExitKind::Stopped, "{exit:?}");
+    assert_eq!(exit.kind, kvmd::model::exit::ExitKind::Stopped, "{exit:?}");
     assert!(
         !d.run_dir("s").join("shutdown").exists(),
         "not a user shutdown"

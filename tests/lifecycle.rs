@@ -6,8 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kvmd::api::{ApiReply, ApiRequest};
-use kvmd::runtime::ExitKind;
-use kvmd::vmstate::StopEnd;
+use kvmd::model::exit::ExitKind;
+use kvmd::model::state::StopEnd;
 use support::*;
 
 const BOOT: Duration = Duration::from_secs(60);

@@ -68,7 +68,7 @@ fn real_qemu_greets_answers_and_accepts_a_passed_fd() {
                 .stdout,
         )
         .unwrap();
-        let (maj, min, mic) = kvmd::probe::parse_version(&text).unwrap();
+        let (maj, min, mic) = kvmd::qemu::caps::parse_version(&text).unwrap();
         assert_eq!(
             (qmp.greeting.major, qmp.greeting.minor, qmp.greeting.micro),
             (maj, min, mic)

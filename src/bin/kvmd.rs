@@ -75,9 +75,9 @@ fn print_chain(e: &anyhow::Error) {
 /// `--print-argv`: one parity case → our argv, from recorded QEMU output.
 fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    use kvmd::cmdline::{build_command_line, Host, Launch, NicBackend};
-    use kvmd::hvparams::{HvOverrides, HvValue};
-    use kvmd::spec::{DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec};
+    use kvmd::model::hvparams::{HvOverrides, HvValue};
+    use kvmd::model::spec::{DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec};
+    use kvmd::qemu::cmdline::{build_command_line, Host, Launch, NicBackend};
     use serde_json::Value;
 
     let v: Value = serde_json::from_str(
@@ -96,7 +96,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
     };
     let help = text("qemu_help")?;
-    let caps = kvmd::probe::QemuCaps::from_outputs(
+    let caps = kvmd::qemu::caps::QemuCaps::from_outputs(
         &help,
         &help,
         &text("qemu_machine_help")?,
@@ -111,11 +111,12 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
             Value::String(s) => HvValue::Str(s.clone()),
             other => anyhow::bail!("hvparam {k} = {other}: not a string, boolean or integer"),
         };
-        kvmd::hvparams::check_value(k, &hv).map_err(|e| anyhow::anyhow!("{e}"))?;
+        kvmd::model::hvparams::check_value(k, &hv).map_err(|e| anyhow::anyhow!("{e}"))?;
         over.insert(k.clone(), hv);
     }
-    let hv = kvmd::hvparams::HvParams::merged(&[&over]);
-    let name = kvmd::name::InstanceName::parse(v["name"].as_str().context("case has no name")?)?;
+    let hv = kvmd::model::hvparams::HvParams::merged(&[&over]);
+    let name =
+        kvmd::model::name::InstanceName::parse(v["name"].as_str().context("case has no name")?)?;
     let nics: Vec<NicSpec> = v["nics"]
         .as_array()
         .into_iter()
@@ -136,7 +137,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         uuid: v["uuid"]
             .as_str()
             .map(String::from)
-            .unwrap_or_else(|| kvmd::spec::uuid_from_name(name.as_str())),
+            .unwrap_or_else(|| kvmd::model::spec::uuid_from_name(name.as_str())),
         name,
         memory: v["memory"].as_u64().unwrap_or(128),
         min_memory: v["memory"].as_u64().unwrap_or(128),
@@ -156,7 +157,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         hvparams: over,
         autostart: false,
     };
-    let paths = kvmd::runtime::RunPaths::new(std::path::Path::new("/run/kvmd"), &spec.name);
+    let paths = kvmd::model::layout::RunPaths::new(std::path::Path::new("/run/kvmd"), &spec.name);
     let queues = hv.int("virtio_net_queues").max(1) as usize;
     let mut fd = 10;
     let mut next = |n: usize| -> Vec<i32> {
@@ -205,7 +206,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         pool_user: None,
         spice_cert_dir: Some("/etc/kvmd/spice".into()),
     };
-    let accel = spec.accel(&hv, &kvmd::spec::NodeConfig::defaults());
+    let accel = spec.accel(&hv, &kvmd::model::spec::NodeConfig::defaults());
     let cl = build_command_line(&Launch {
         spec: &spec,
         hv: &hv,
@@ -214,7 +215,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         accel,
         host: &host,
     })
-    .map_err(|errs| anyhow::anyhow!("{}", kvmd::check::FieldErrors(errs)))?;
+    .map_err(|errs| anyhow::anyhow!("{}", kvmd::model::field_error::FieldErrors(errs)))?;
     println!(
         "{}",
         serde_json::json!({ "argv": cl.argv, "slots": cl.slots, "machine": cl.machine })

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kvmd::api::{ApiError, ApiReply, ApiRequest, VmInfo};
-use kvmd::client::Client;
-use kvmd::name::InstanceName;
+use kvmd::control::client::Client;
+use kvmd::model::name::InstanceName;
 
 /// The test guest (kernel + initramfs), built once per machine and cached.
 pub fn guest_dir() -> &'static Path {
@@ -274,7 +274,7 @@ impl Daemon {
 
 /// Is a process alive (and not a zombie)?
 pub fn alive(pid: u32) -> bool {
-    kvmd::process::read_stat(pid).is_ok_and(|s| s.state != 'Z')
+    kvmd::host::process::read_stat(pid).is_ok_and(|s| s.state != 'Z')
 }
 
 /// QEMU processes whose command line mentions `dir`.

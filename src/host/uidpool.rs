@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
-use crate::name::InstanceName;
+use crate::model::name::InstanceName;
 
 /// Parse Ganeti's uid-pool syntax: comma-separated uids and `a-b` ranges.
 pub fn parse(text: &str) -> Result<Vec<(u32, u32)>, String> {

@@ -19,19 +19,31 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn, Instrument};
 
 use crate::api::{ApiError, ErrorCode, VmInfo};
-use crate::check::FieldError;
-use crate::cmdline::{build_command_line, CommandLine, Host, Launch, NicBackend};
-use crate::hvparams::{self, HvParams};
-use crate::name::InstanceName;
-use crate::pinning;
-use crate::probe::QemuCaps;
-use crate::process::{self, ExitStatus, Identity, QemuProcess};
+use crate::host::process::{self, Identity, QemuProcess};
+use crate::host::validate;
+use crate::model::exit::{
+    classify_exit, ExitFacts, ExitKind, ExitRecord, ExitStatus, ExitVerdict, ShutdownEvent,
+};
+use crate::model::field_error::FieldError;
+use crate::model::hvparams::{self, HvParams};
+use crate::model::layout::RunPaths;
+use crate::model::name::InstanceName;
+use crate::model::pinning;
+use crate::model::spec::NicMode;
+use crate::model::spec::{InstanceSpec, NodeConfig};
+use crate::model::state::{StopEnd, VmState};
+use crate::qemu::caps::QemuCaps;
+use crate::qemu::cmdline::{build_command_line, CommandLine, Host, Launch, NicBackend};
 use crate::qmp::{Event, Qmp};
-use crate::runtime::{self, ExitKind, ExitRecord, RunPaths, RuntimeFile, Store};
-use crate::spec::NicMode;
-use crate::spec::{InstanceSpec, NodeConfig};
-use crate::validate;
-use crate::vmstate::{classify_exit, ExitFacts, ExitVerdict, ShutdownEvent, StopEnd, VmState};
+use crate::store::runtime_file::RuntimeFile;
+use crate::store::Store;
+
+/// Temporary: the run-dir helpers under one name while this module is being split.
+mod runtime {
+    pub use crate::host::clock::now_ms;
+    pub use crate::store::files::*;
+    pub use crate::store::runtime_file::*;
+}
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 
@@ -391,7 +403,7 @@ impl VmActor {
             ));
         };
         let hv = spec.effective_hvparams(&self.node);
-        let errs = validate::syntax(&spec, &hv);
+        let errs = crate::qemu::checks::syntax(&spec, &hv, validate::host_cpus());
         if !errs.is_empty() {
             return Err(ApiError::invalid(errs));
         }
@@ -553,7 +565,7 @@ fn launch(
     hv: &HvParams,
     caps: &QemuCaps,
     paths: &RunPaths,
-    accel: crate::spec::Accel,
+    accel: crate::model::spec::Accel,
     mut host: Host,
     node: &NodeConfig,
 ) -> Result<Launched, ApiError> {
@@ -561,7 +573,7 @@ fn launch(
     let mut names = Vec::new();
     let fail = |msg: String| ApiError::new(ErrorCode::StartFailed, msg);
     let queues = hv.int("virtio_net_queues").max(1) as usize;
-    let vhost = hv.bool("vhost_net") && crate::net::vhost_available();
+    let vhost = hv.bool("vhost_net") && crate::host::net::vhost_available();
     for (i, nic) in spec.nics.iter().enumerate() {
         if nic.mode == NicMode::User {
             host.nics.push(NicBackend::User);
@@ -573,16 +585,16 @@ fn launch(
         } else {
             1
         };
-        let tap = crate::net::create_tap(queues, hv.bool("vnet_hdr"), vhost)
+        let tap = crate::host::net::create_tap(queues, hv.bool("vnet_hdr"), vhost)
             .map_err(|e| fail(format!("nic[{i}]: {}", chain(&e))))?;
-        let ctx = crate::net::NicContext {
+        let ctx = crate::host::net::NicContext {
             instance: &spec.name,
             index: i,
             nic,
             tap: &tap.name,
             script: node.nic_script.as_deref(),
         };
-        if let Err(e) = crate::net::nic_up(&ctx) {
+        if let Err(e) = crate::host::net::nic_up(&ctx) {
             return Err(fail(format!("nic[{i}] ({}): {}", tap.name, chain(&e))));
         }
         host.nics.push(NicBackend::Tap {
@@ -648,7 +660,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     let checked = tokio::task::spawn_blocking(
         move || -> Result<(Arc<QemuCaps>, Host, Option<u32>), ApiError> {
             let mut errs = validate::files(&s2, &h2);
-            let caps = match crate::probe::probe(Path::new(h2.str("kvm_path"))) {
+            let caps = match crate::host::probe::probe(Path::new(h2.str("kvm_path"))) {
                 Ok(c) => c,
                 Err(e) if errs.is_empty() => {
                     return Err(ApiError::new(
@@ -658,7 +670,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
                 }
                 Err(_) => return Err(ApiError::invalid(errs)),
             };
-            errs.extend(validate::qemu(&s2, &h2, &caps));
+            errs.extend(crate::qemu::checks::qemu(&s2, &h2, &caps));
             if !errs.is_empty() {
                 return Err(ApiError::invalid(errs));
             }
@@ -688,13 +700,14 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
             let mut host = host;
             let mut pool_uid = None;
             if h2.str("security_model") == "pool" {
-                let (uid, user) = crate::uidpool::take(&n2.uid_pool, &s2.name).map_err(|why| {
-                    ApiError::invalid(vec![FieldError::new(
-                        "hvparams.security_model",
-                        "\"pool\"",
-                        why,
-                    )])
-                })?;
+                let (uid, user) =
+                    crate::host::uidpool::take(&n2.uid_pool, &s2.name).map_err(|why| {
+                        ApiError::invalid(vec![FieldError::new(
+                            "hvparams.security_model",
+                            "\"pool\"",
+                            why,
+                        )])
+                    })?;
                 host.pool_user = Some(user);
                 pool_uid = Some(uid);
             }
@@ -973,14 +986,14 @@ async fn kill_and_reap(pid: u32) {
 fn nics_down(rt: &RuntimeFile, script: Option<&Path>) {
     for (i, (nic, tap)) in rt.spec.nics.iter().zip(&rt.taps).enumerate() {
         if let Some(tap) = tap {
-            let ctx = crate::net::NicContext {
+            let ctx = crate::host::net::NicContext {
                 instance: &rt.spec.name,
                 index: i,
                 nic,
                 tap,
                 script,
             };
-            if let Err(e) = crate::net::nic_down(&ctx) {
+            if let Err(e) = crate::host::net::nic_down(&ctx) {
                 warn!(nic = i, tap = %tap, error = %chain(&e), "NIC down hook failed");
             }
         }
@@ -1645,7 +1658,7 @@ impl Handler<Internal> for VmActor {
                 self.exit_when_ready(gen, ctx);
             }
             Internal::StartFailed { gen } if gen == self.gen => {
-                crate::uidpool::release(&self.name);
+                crate::host::uidpool::release(&self.name);
                 self.run = None;
                 self.op = None;
                 let before = self.before_start.take().unwrap_or(Before {
@@ -1819,7 +1832,7 @@ impl VmActor {
 
     fn on_exit(&mut self, gen: u64, status: ExitStatus, ctx: &mut Context<Self>) {
         let run = self.run.take().expect("current run");
-        crate::uidpool::release(&self.name);
+        crate::host::uidpool::release(&self.name);
         let reboot_exits = run
             .runtime
             .as_ref()
@@ -1917,7 +1930,7 @@ impl VmActor {
                 self.last_exit = last_exit;
                 self.last_spec = runtime.as_ref().map(|r| r.spec.clone());
                 if let Some(uid) = runtime.as_ref().and_then(|r| r.pool_uid) {
-                    crate::uidpool::hold(uid, &self.name);
+                    crate::host::uidpool::hold(uid, &self.name);
                 }
                 self.dir_exists = true;
                 self.state = match status.as_deref() {

@@ -20,9 +20,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 
-use crate::name::InstanceName;
-use crate::spec::{NicMode, NicSpec};
-use crate::sys;
+use crate::host::sys;
+use crate::model::name::InstanceName;
+use crate::model::spec::{NicMode, NicSpec};
 
 /// One tap device with its queue fds (and vhost fds).
 #[derive(Debug)]

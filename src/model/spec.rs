@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hvparams::{HvOverrides, HvParams};
-use crate::name::InstanceName;
+use crate::model::hvparams::{HvOverrides, HvParams};
+use crate::model::name::InstanceName;
 
 /// Which QEMU accelerator a VM runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,9 +152,9 @@ impl InstanceSpec {
     /// Effective hvparams: Ganeti defaults ← node ← instance.
     pub fn effective_hvparams(&self, node: &NodeConfig) -> HvParams {
         let mut node_layer = node.hvparams.clone();
-        node_layer
-            .entry("kvm_path".into())
-            .or_insert_with(|| crate::hvparams::HvValue::Str(node.qemu.display().to_string()));
+        node_layer.entry("kvm_path".into()).or_insert_with(|| {
+            crate::model::hvparams::HvValue::Str(node.qemu.display().to_string())
+        });
         HvParams::merged(&[&node_layer, &self.hvparams])
     }
 

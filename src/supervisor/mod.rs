@@ -18,10 +18,11 @@ use tracing::{info, warn};
 
 use crate::api::{ApiError, ApiReply, ApiRequest, ErrorCode, VmInfo};
 use crate::config::Config;
-use crate::name::InstanceName;
-use crate::process;
-use crate::runtime::{self, Store};
-use crate::spec::NodeConfig;
+use crate::host::clock::now_ms;
+use crate::host::process;
+use crate::model::name::InstanceName;
+use crate::model::spec::NodeConfig;
+use crate::store::Store;
 use crate::vm::{VmActor, VmOutcome, VmRequest, VmUpdated};
 
 /// Everything the supervisor can be asked.
@@ -63,7 +64,7 @@ impl Supervisor {
         let spec = self.config.instances.get(&name).cloned();
         let placeholder = VmInfo {
             name: name.clone(),
-            state: crate::vmstate::VmState::Stopped,
+            state: crate::model::state::VmState::Stopped,
             pid: None,
             memory_mib: spec.as_ref().map_or(0, |s| s.memory),
             vcpus: spec.as_ref().map_or(0, |s| s.vcpus),
@@ -137,7 +138,7 @@ fn live(mut info: VmInfo) -> VmInfo {
         }
     }
     if let Some(at) = info.started_at_ms.filter(|_| info.state.has_process()) {
-        info.uptime_s = Some(runtime::now_ms().saturating_sub(at) / 1000);
+        info.uptime_s = Some(now_ms().saturating_sub(at) / 1000);
     }
     info
 }
@@ -332,7 +333,7 @@ impl Supervisor {
                         info,
                     },
                     VmOutcome::Done(info) => ApiReply::Stopped {
-                        ended: crate::vmstate::StopEnd::AlreadyStopped,
+                        ended: crate::model::state::StopEnd::AlreadyStopped,
                         elapsed_ms: 0,
                         info,
                     },

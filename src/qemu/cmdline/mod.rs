@@ -16,11 +16,11 @@
 //! Invariant: no side effects. No file is opened or stat'ed, no interface resolved, no QEMU
 //! run: everything from the host arrives in [`Launch`] and [`QemuCaps`].
 
-use crate::check::FieldError;
-use crate::hvparams::HvParams;
-use crate::probe::QemuCaps;
-use crate::runtime::RunPaths;
-use crate::spec::{Accel, DiskFormat, InstanceSpec, NicMode};
+use crate::model::field_error::FieldError;
+use crate::model::hvparams::HvParams;
+use crate::model::layout::RunPaths;
+use crate::model::spec::{Accel, DiskFormat, InstanceSpec, NicMode};
+use crate::qemu::caps::QemuCaps;
 
 /// Ganeti's SCSI disk types (they go on the `scsi.0` bus of the SCSI controller).
 pub const SCSI_DISK_TYPES: &[&str] = &["scsi-generic", "scsi-block", "scsi-hd", "scsi-cd"];
@@ -869,9 +869,9 @@ pub fn shell_split(s: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hvparams::{HvOverrides, HvValue};
-    use crate::name::InstanceName;
-    use crate::spec::{DiskSpec, NicSpec};
+    use crate::model::hvparams::{HvOverrides, HvValue};
+    use crate::model::name::InstanceName;
+    use crate::model::spec::{DiskSpec, NicSpec};
     use std::path::{Path, PathBuf};
 
     /// The real QEMU 7.2 of this project's machines, from recorded output.

@@ -5,10 +5,10 @@
 
 use std::fmt;
 
-use crate::check::FieldError;
-use crate::name::InstanceName;
-use crate::runtime::ExitRecord;
-use crate::vmstate::{StopEnd, VmState};
+use crate::model::exit::ExitRecord;
+use crate::model::field_error::FieldError;
+use crate::model::name::InstanceName;
+use crate::model::state::{StopEnd, VmState};
 
 /// One operation asked of kvmd.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,7 +194,7 @@ impl ApiError {
             many => format!(
                 "{} invalid parameters: {}",
                 many.len(),
-                crate::check::FieldErrors(many.to_vec())
+                crate::model::field_error::FieldErrors(many.to_vec())
             ),
         };
         Self {

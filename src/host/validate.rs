@@ -2,7 +2,7 @@
 //! directories its hvparams name exist, the user exists, this QEMU offers the machine type,
 //! the devices and SPICE, io_uring has QEMU ≥ 5, `/dev/vhost-net` exists when `vhost_net` is
 //! on for tap NICs, bind addresses are addresses or existing interfaces. With the syntax check
-//! ([`crate::hvparams::check_syntax`]) this is what `kvmctl validate` and every start run;
+//! ([`crate::model::hvparams::check_syntax`]) this is what `kvmctl validate` and every start run;
 //! every problem is reported, each naming the field, the value and the rule.
 //!
 //! Invariant: reads the host (file system, interfaces, users); changes nothing.
@@ -10,30 +10,11 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::check::FieldError;
-use crate::cmdline::{disk_driver, nic_driver};
-use crate::hvparams::{self, HvParams};
-use crate::pinning;
-use crate::probe::QemuCaps;
-use crate::spec::{InstanceSpec, NicMode, NodeConfig};
-
-/// The syntax check (pure) plus the cpu mask against the vCPU count and host CPUs.
-pub fn syntax(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
-    let mut errs: Vec<FieldError> = hvparams::check_syntax(hv)
-        .into_iter()
-        .map(|e| e.under("hvparams"))
-        .collect();
-    if let Ok(mask) = hvparams::parse_cpu_mask(hv.str("cpu_mask")) {
-        if let Err(rule) = pinning::check_mask(&mask, spec.vcpus, host_cpus()) {
-            errs.push(FieldError::new(
-                "hvparams.cpu_mask",
-                format!("{:?}", hv.str("cpu_mask")),
-                rule,
-            ));
-        }
-    }
-    errs
-}
+use crate::model::field_error::FieldError;
+use crate::model::hvparams::HvParams;
+use crate::model::spec::{InstanceSpec, NicMode, NodeConfig};
+use crate::qemu::caps::QemuCaps;
+use crate::qemu::checks::{qemu, syntax};
 
 pub fn host_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
@@ -128,7 +109,7 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
         }
     }
     let taps = spec.nics.iter().any(|n| n.mode != NicMode::User);
-    if taps && hv.bool("vhost_net") && !crate::net::vhost_available() {
+    if taps && hv.bool("vhost_net") && !crate::host::net::vhost_available() {
         errs.push(FieldError::new(
             hvf("vhost_net"),
             "true",
@@ -175,95 +156,11 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
     errs
 }
 
-/// Checks against what this QEMU offers.
-pub fn qemu(spec: &InstanceSpec, hv: &HvParams, caps: &QemuCaps) -> Vec<FieldError> {
-    let mut errs = Vec::new();
-    let hvf = |k: &str| format!("hvparams.{k}");
-    let val = |k: &str| format!("{:?}", hv.str(k));
-    let m = hv.str("machine_version");
-    if !m.is_empty() && caps.resolve_machine(m).is_none() {
-        errs.push(
-            FieldError::new(
-                hvf("machine_version"),
-                val("machine_version"),
-                format!("is not a machine type of this QEMU ({})", caps.version_text),
-            )
-            .with_allowed(
-                caps.machines
-                    .keys()
-                    .take(12)
-                    .chain(std::iter::once(&"...".to_string())),
-            ),
-        );
-    }
-    if !hv.str("spice_bind").is_empty() && !caps.options.spice {
-        errs.push(FieldError::new(
-            hvf("spice_bind"),
-            val("spice_bind"),
-            "this QEMU has no SPICE support",
-        ));
-    }
-    if hv.str("disk_aio") == "io_uring" && caps.version.0 < 5 {
-        errs.push(FieldError::new(
-            hvf("disk_aio"),
-            val("disk_aio"),
-            format!(
-                "io_uring needs QEMU 5 or newer; this is {}.{}",
-                caps.version.0, caps.version.1
-            ),
-        ));
-    }
-    if !spec.disks.is_empty() {
-        match disk_driver(hv.str("disk_type")) {
-            Ok(d) if !caps.has_device(d) => errs.push(FieldError::new(
-                hvf("disk_type"),
-                val("disk_type"),
-                format!("this QEMU has no device {d:?}"),
-            )),
-            Ok(_) => {}
-            Err(why) => errs.push(FieldError::new(hvf("disk_type"), val("disk_type"), why)),
-        }
-    }
-    if !spec.nics.is_empty() && !caps.has_device(nic_driver(hv.str("nic_type"))) {
-        errs.push(FieldError::new(
-            hvf("nic_type"),
-            val("nic_type"),
-            format!(
-                "this QEMU has no device {:?}",
-                nic_driver(hv.str("nic_type"))
-            ),
-        ));
-    }
-    let ctrl = match hv.str("scsi_controller_type") {
-        "lsi" => "lsi53c895a",
-        other => other,
-    };
-    if !caps.has_device(ctrl) && crate::cmdline::SCSI_DISK_TYPES.contains(&hv.str("disk_type")) {
-        errs.push(FieldError::new(
-            hvf("scsi_controller_type"),
-            val("scsi_controller_type"),
-            format!("this QEMU has no device {ctrl:?}"),
-        ));
-    }
-    let security = hv.str("security_model") != "none" || hv.bool("use_chroot");
-    if security
-        && !caps.options.run_with
-        && !(caps.options.runas || !hv.str("security_model").eq("user"))
-    {
-        errs.push(FieldError::new(
-            hvf("security_model"),
-            val("security_model"),
-            "this QEMU can neither -run-with nor -runas",
-        ));
-    }
-    errs
-}
-
 /// Everything: syntax, files, QEMU. `caps` is `None` when QEMU could not be probed (that error
 /// is then reported by the caller).
 pub fn all(spec: &InstanceSpec, node: &NodeConfig, caps: Option<&QemuCaps>) -> Vec<FieldError> {
     let hv = spec.effective_hvparams(node);
-    let mut errs = syntax(spec, &hv);
+    let mut errs = syntax(spec, &hv, host_cpus());
     errs.extend(files(spec, &hv));
     if let Some(c) = caps {
         errs.extend(qemu(spec, &hv, c));
@@ -324,7 +221,7 @@ pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Repor
     let mut instances = Vec::new();
     for (name, spec) in &config.instances {
         let hv = spec.effective_hvparams(&config.node);
-        let mut errs = syntax(spec, &hv);
+        let mut errs = syntax(spec, &hv, host_cpus());
         if !syntax_only {
             errs.extend(files(spec, &hv));
             if hv.str("security_model") == "pool" && config.node.uid_pool.is_empty() {
@@ -334,7 +231,7 @@ pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Repor
                     "needs node.uid_pool to be set",
                 ));
             }
-            match crate::probe::probe(Path::new(hv.str("kvm_path"))) {
+            match crate::host::probe::probe(Path::new(hv.str("kvm_path"))) {
                 Ok(caps) => errs.extend(qemu(spec, &hv, &caps)),
                 Err(e) => {
                     if Path::new(hv.str("kvm_path")).is_file() {

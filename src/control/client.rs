@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::api::{ApiError, ApiReply, ApiRequest};
-use crate::protocol;
+use crate::control::protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::api::{ApiError, ErrorCode};
-use crate::protocol;
+use crate::control::protocol;
 use crate::supervisor::SupervisorHandle;
 
 /// Who may talk to kvmd and how much.

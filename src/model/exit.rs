@@ -1,61 +1,56 @@
-//! The VM state machine's pure parts: the states operators see, which requests each state
-//! allows, and how a QEMU exit is classified (user shutdown, admin stop, crash).
+//! How a QEMU ended and what that means: the exit status, the record kept on disk, and the
+//! classifier (user shutdown, admin stop, crash, restart for `reboot_behavior = exit`).
 //!
-//! Invariant: no actix, no I/O, no clock; the VM actor feeds it facts.
+//! Invariant: pure; no actix, no I/O, no clock. The VM core feeds [`classify_exit`] facts.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::process::ExitStatus;
-use crate::runtime::ExitKind;
-
-/// What `info` reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VmState {
-    /// Defined, no QEMU (never started, or stopped by an operator).
-    Stopped,
-    Starting,
-    Running,
-    Paused,
-    Stopping,
-    /// The guest powered itself off.
-    UserDown,
-    /// QEMU died unexpectedly.
-    Crashed,
-    /// QEMU is alive but missed a QMP deadline.
-    Unresponsive,
+/// How a QEMU process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
 }
 
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Stopped => "stopped",
-            VmState::Starting => "starting",
-            VmState::Running => "running",
-            VmState::Paused => "paused",
-            VmState::Stopping => "stopping",
-            VmState::UserDown => "user-down",
-            VmState::Crashed => "crashed",
-            VmState::Unresponsive => "unresponsive",
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => write!(
+                f,
+                "killed by signal {sig} ({})",
+                nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("?")
+            ),
+            (Some(code), None) => write!(f, "exit status {code}"),
+            (None, None) => f.write_str("exit status unknown (not kvmd's child)"),
         }
     }
+}
 
-    /// A QEMU process exists (or is being started/stopped).
-    pub fn has_process(self) -> bool {
-        !matches!(
-            self,
-            VmState::Stopped | VmState::UserDown | VmState::Crashed
-        )
-    }
+/// How the last QEMU of an instance ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitKind {
+    /// Stopped by kvmd on request.
+    Stopped,
+    /// The guest powered itself off.
+    UserDown,
+    /// QEMU died without being asked to.
+    Crashed,
+}
 
-    /// The state after an exit of the given kind.
-    pub fn after_exit(kind: ExitKind) -> Self {
-        match kind {
-            ExitKind::Stopped => VmState::Stopped,
-            ExitKind::UserDown => VmState::UserDown,
-            ExitKind::Crashed => VmState::Crashed,
-        }
-    }
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub kind: ExitKind,
+    /// Human explanation, e.g. "guest powered off" or "killed by signal 9 (SIGKILL)".
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Last lines QEMU wrote to stderr.
+    pub stderr_tail: Vec<String>,
+    pub pid: u32,
+    pub at_ms: u64,
 }
 
 /// A QMP `SHUTDOWN` event's payload.
@@ -120,31 +115,6 @@ pub fn classify_exit(f: &ExitFacts) -> ExitVerdict {
             f.status
         )),
         None => ExitVerdict::Crashed(format!("QEMU died: {}", f.status)),
-    }
-}
-
-/// How a stop ended, as reported to the operator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StopEnd {
-    /// The guest powered off after the ACPI power button.
-    Acpi,
-    /// QEMU exited on SIGTERM.
-    Sigterm,
-    /// QEMU had to be killed.
-    Sigkill,
-    /// Nothing was running.
-    AlreadyStopped,
-}
-
-impl StopEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopEnd::Acpi => "acpi",
-            StopEnd::Sigterm => "sigterm",
-            StopEnd::Sigkill => "sigkill",
-            StopEnd::AlreadyStopped => "already-stopped",
-        }
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! Invariant: pure; the VM actor applies the plan with sched_setaffinity.
 
-use crate::hvparams::CpuSet;
+use crate::model::hvparams::CpuSet;
 
 /// One thread and the host CPUs it may use (`None` = all).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub fn plan(mask: &[CpuSet], main_pid: u32, vcpu_threads: &[(u32, u32)]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hvparams::parse_cpu_mask;
+    use crate::model::hvparams::parse_cpu_mask;
 
     #[test]
     fn whole_vm_mask_pins_the_main_thread_and_every_vcpu() {

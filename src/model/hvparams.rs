@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::check::FieldError;
+use crate::model::field_error::FieldError;
 
 /// The type of one hvparam.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

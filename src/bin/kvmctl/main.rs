@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kvmd::api::{ApiError, ApiReply, ApiRequest, VmInfo};
-use kvmd::client::Client;
-use kvmd::name::InstanceName;
+use kvmd::control::client::Client;
+use kvmd::model::name::InstanceName;
 
 /// Control kvmd: start, stop and inspect virtual machines.
 #[derive(Parser)]
@@ -92,7 +92,7 @@ fn socket_path(args: &Args) -> PathBuf {
     }
     kvmd::config::Config::load(&args.config)
         .map(|c| c.node.socket)
-        .unwrap_or_else(|_| kvmd::spec::NodeConfig::defaults().socket)
+        .unwrap_or_else(|_| kvmd::model::spec::NodeConfig::defaults().socket)
 }
 
 fn main() -> ExitCode {
@@ -137,7 +137,7 @@ fn validate(file: &Path, syntax_only: bool, json: bool) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let report = kvmd::validate::config_report(&config, syntax_only);
+    let report = kvmd::host::validate::config_report(&config, syntax_only);
     if json {
         let instances: serde_json::Map<String, serde_json::Value> = report
             .instances

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::api::{ApiError, ApiReply, ApiRequest, ErrorCode, VmInfo};
-use crate::check::FieldError;
-use crate::name::{InstanceName, NAME_RULE};
-use crate::runtime::ExitRecord;
-use crate::vmstate::{StopEnd, VmState};
+use crate::model::exit::ExitRecord;
+use crate::model::field_error::FieldError;
+use crate::model::name::{InstanceName, NAME_RULE};
+use crate::model::state::{StopEnd, VmState};
 
 /// Every request name, for `unknown_request` errors.
 pub const REQUESTS: &[&str] = &[
@@ -279,7 +279,7 @@ fn line(v: &Value) -> Vec<u8> {
 
 #[derive(Serialize, Deserialize)]
 struct WireExit {
-    kind: crate::runtime::ExitKind,
+    kind: crate::model::exit::ExitKind,
     reason: String,
     exit_code: Option<i32>,
     signal: Option<i32>,

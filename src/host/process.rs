@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::sys;
+use crate::host::sys;
+use crate::model::exit::ExitStatus;
 
 /// The fields of `/proc/PID/stat` kvmd uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,29 +119,6 @@ pub fn spawn_detached(argv: &[String], log: &Path, keep_fds: &[i32]) -> io::Resu
     let child = cmd.spawn()?;
     // Dropping std's Child neither kills nor reaps; `wait_exit` reaps it.
     Ok(child.id())
-}
-
-/// How a QEMU process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ExitStatus {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-}
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.code, self.signal) {
-            (_, Some(sig)) => write!(
-                f,
-                "killed by signal {sig} ({})",
-                nix::sys::signal::Signal::try_from(sig)
-                    .map(|s| s.as_str())
-                    .unwrap_or("?")
-            ),
-            (Some(code), None) => write!(f, "exit status {code}"),
-            (None, None) => f.write_str("exit status unknown (not kvmd's child)"),
-        }
-    }
 }
 
 /// A handle on a running QEMU: pid plus pidfd.

@@ -1,0 +1,6 @@
+//! The control socket: the server (`server`), the wire format (`protocol`, the only module that
+//! knows the control JSON) and a blocking client (`client`) for kvmctl, tests and benchmarks.
+
+pub mod client;
+pub mod protocol;
+pub mod server;

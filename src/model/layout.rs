@@ -1,0 +1,61 @@
+//! Where one instance's runtime state lives: the run dir layout, as paths.
+//!
+//! Invariant: pure path computation from a validated [`InstanceName`]; nothing here touches
+//! the file system.
+
+use std::path::{Path, PathBuf};
+
+use crate::model::name::InstanceName;
+
+/// Paths of one instance's runtime state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(run_dir: &Path, name: &InstanceName) -> Self {
+        Self {
+            dir: run_dir.join(name.as_str()),
+        }
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    /// HMP monitor for operators (`socat - UNIX-CONNECT:...`); kvmd itself uses QMP.
+    pub fn monitor(&self) -> PathBuf {
+        self.dir.join("monitor.sock")
+    }
+    /// Empty directory QEMU chroots into (`use_chroot`).
+    pub fn chroot(&self) -> PathBuf {
+        self.dir.join("chroot")
+    }
+    pub fn serial(&self) -> PathBuf {
+        self.dir.join("serial.sock")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+    pub fn qga(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    pub fn runtime(&self) -> PathBuf {
+        self.dir.join("runtime.json")
+    }
+    pub fn shutdown_marker(&self) -> PathBuf {
+        self.dir.join("shutdown")
+    }
+    pub fn exit_record(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    /// Present while kvmd is stopping the instance, so a restarted kvmd finishes the stop.
+    pub fn stopping_marker(&self) -> PathBuf {
+        self.dir.join("stopping")
+    }
+}

@@ -1,0 +1,78 @@
+//! The states operators see (`info`), and how a stop ended.
+//!
+//! Invariant: plain data; no actix, no I/O, no clock.
+
+use crate::model::exit::ExitKind;
+
+/// What `info` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Defined, no QEMU (never started, or stopped by an operator).
+    Stopped,
+    Starting,
+    Running,
+    Paused,
+    Stopping,
+    /// The guest powered itself off.
+    UserDown,
+    /// QEMU died unexpectedly.
+    Crashed,
+    /// QEMU is alive but missed a QMP deadline.
+    Unresponsive,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::UserDown => "user-down",
+            VmState::Crashed => "crashed",
+            VmState::Unresponsive => "unresponsive",
+        }
+    }
+
+    /// A QEMU process exists (or is being started/stopped).
+    pub fn has_process(self) -> bool {
+        !matches!(
+            self,
+            VmState::Stopped | VmState::UserDown | VmState::Crashed
+        )
+    }
+
+    /// The state after an exit of the given kind.
+    pub fn after_exit(kind: ExitKind) -> Self {
+        match kind {
+            ExitKind::Stopped => VmState::Stopped,
+            ExitKind::UserDown => VmState::UserDown,
+            ExitKind::Crashed => VmState::Crashed,
+        }
+    }
+}
+
+/// How a stop ended, as reported to the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopEnd {
+    /// The guest powered off after the ACPI power button.
+    Acpi,
+    /// QEMU exited on SIGTERM.
+    Sigterm,
+    /// QEMU had to be killed.
+    Sigkill,
+    /// Nothing was running.
+    AlreadyStopped,
+}
+
+impl StopEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopEnd::Acpi => "acpi",
+            StopEnd::Sigterm => "sigterm",
+            StopEnd::Sigkill => "sigkill",
+            StopEnd::AlreadyStopped => "already-stopped",
+        }
+    }
+}

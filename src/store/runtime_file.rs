@@ -1,0 +1,96 @@
+//! The on-disk formats of one instance directory: the runtime file (what a running QEMU was
+//! started with), the exit record, Ganeti's user-shutdown marker, and what recovery reads back.
+//!
+//! Invariant: this module decides file names' contents and formats; it does not decide VM
+//! states. Blocking; runs on the store thread.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::exit::{ExitKind, ExitRecord};
+use crate::model::hvparams::HvParams;
+use crate::model::layout::RunPaths;
+use crate::model::spec::InstanceSpec;
+use crate::store::files::{read_json, remove_file, write_atomic, write_json};
+
+/// Everything needed to re-adopt a running QEMU and to explain it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeFile {
+    pub version: u32,
+    pub spec: InstanceSpec,
+    pub hvparams: HvParams,
+    /// The exact argv QEMU was started with.
+    pub argv: Vec<String>,
+    pub pid: u32,
+    /// `/proc/PID/stat` start time: with `pid`, the identity checked on re-adoption.
+    pub start_ticks: u64,
+    /// Wall clock at start, ms since the epoch (for uptime).
+    pub started_at_ms: u64,
+    pub qemu_version: String,
+    /// Started with `--paused`.
+    pub paused_at_start: bool,
+    /// The concrete machine type (aliases resolved at start).
+    #[serde(default)]
+    pub machine: String,
+    /// PCI slots and SCSI ids of the disks and NICs (for hotplug).
+    #[serde(default)]
+    pub slots: crate::qemu::cmdline::SlotPlan,
+    /// Per NIC, the host tap device (`None` for user-mode NICs).
+    #[serde(default)]
+    pub taps: Vec<Option<String>>,
+    /// The uid taken from the pool (`security_model = pool`).
+    #[serde(default)]
+    pub pool_uid: Option<u32>,
+}
+
+/// Record an exit: the exit record, plus Ganeti's `shutdown` marker for a user shutdown (and
+/// its removal otherwise).
+pub fn record_exit(paths: &RunPaths, rec: &ExitRecord) -> io::Result<()> {
+    write_json(&paths.exit_record(), rec)?;
+    remove_file(&paths.stopping_marker())?;
+    if rec.kind == ExitKind::UserDown {
+        write_atomic(&paths.shutdown_marker(), b"")
+    } else {
+        remove_file(&paths.shutdown_marker())
+    }
+}
+
+/// What the run dir says about one instance. Each file is read on its own, so one damaged
+/// file does not hide the others.
+#[derive(Debug)]
+pub struct OnDisk {
+    /// `Err`: the file exists but cannot be read or parsed (not the same as missing).
+    pub runtime: Result<Option<RuntimeFile>, String>,
+    pub exit: Option<ExitRecord>,
+    /// The directory exists (the instance was started since boot and not cleaned up).
+    pub exists: bool,
+    /// kvmd was stopping this instance (the `stopping` marker).
+    pub stopping: bool,
+    /// The pid in QEMU's pidfile, if any.
+    pub pidfile_pid: Option<u32>,
+}
+
+pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
+    if !paths.dir.is_dir() {
+        return OnDisk {
+            runtime: Ok(None),
+            exit: None,
+            exists: false,
+            stopping: false,
+            pidfile_pid: None,
+        };
+    }
+    OnDisk {
+        runtime: read_json(&paths.runtime()).map_err(|e| e.to_string()),
+        exit: read_json(&paths.exit_record()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring an unreadable exit record");
+            None
+        }),
+        exists: true,
+        stopping: paths.stopping_marker().exists(),
+        pidfile_pid: std::fs::read_to_string(paths.pidfile())
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+    }
+}
