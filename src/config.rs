@@ -501,6 +501,7 @@ impl<'a> Obj<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::hvparams::key;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/kvmd/test.toml"), text)
@@ -522,7 +523,7 @@ mod tests {
         assert!(!spec.autostart);
         assert_eq!(c.node.accelerator, Accel::Kvm);
         let hv = spec.effective_hvparams(&c.node);
-        assert_eq!(hv.str("kvm_path"), "/usr/bin/qemu-system-x86_64");
+        assert_eq!(hv.str(key::KVM_PATH), "/usr/bin/qemu-system-x86_64");
     }
 
     #[test]
@@ -544,8 +545,8 @@ mod tests {
         .unwrap();
         let spec = c.instances.values().next().unwrap();
         let hv = spec.effective_hvparams(&c.node);
-        assert!(!hv.bool("acpi"));
-        assert_eq!(hv.int("serial_speed"), 9600);
+        assert!(!hv.bool(key::ACPI));
+        assert_eq!(hv.int(key::SERIAL_SPEED), 9600);
         assert_eq!(spec.accel(&hv, &c.node), Accel::Kvm);
     }
 

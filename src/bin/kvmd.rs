@@ -75,6 +75,7 @@ fn print_chain(e: &anyhow::Error) {
 /// `--print-argv`: one parity case → our argv, from recorded QEMU output.
 fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
+    use kvmd::model::hvparams::key;
     use kvmd::model::hvparams::{HvOverrides, HvValue};
     use kvmd::model::spec::{DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec};
     use kvmd::qemu::cmdline::{build_command_line, Host, Launch, NicBackend};
@@ -158,7 +159,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         autostart: false,
     };
     let paths = kvmd::model::layout::RunPaths::new(std::path::Path::new("/run/kvmd"), &spec.name);
-    let queues = hv.int("virtio_net_queues").max(1) as usize;
+    let queues = hv.int(key::VIRTIO_NET_QUEUES).max(1) as usize;
     let mut fd = 10;
     let mut next = |n: usize| -> Vec<i32> {
         let v: Vec<i32> = (fd..fd + n as i32).collect();
@@ -177,12 +178,12 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
             .map(|n| match n.mode {
                 NicMode::User => NicBackend::User,
                 _ => {
-                    let fds = next(if hv.str("nic_type") == "paravirtual" {
+                    let fds = next(if hv.str(key::NIC_TYPE) == "paravirtual" {
                         queues
                     } else {
                         1
                     });
-                    let vhost = if hv.bool("vhost_net") {
+                    let vhost = if hv.bool(key::VHOST_NET) {
                         next(fds.len())
                     } else {
                         Vec::new()
@@ -194,14 +195,14 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
                 }
             })
             .collect(),
-        vnc_address: v["host_interfaces"][hv.str("vnc_bind_address")]["4"][0]
+        vnc_address: v["host_interfaces"][hv.str(key::VNC_BIND_ADDRESS)]["4"][0]
             .as_str()
             .map(String::from),
-        spice_address: v["host_interfaces"][hv.str("spice_bind")]["4"][0]
+        spice_address: v["host_interfaces"][hv.str(key::SPICE_BIND)]["4"][0]
             .as_str()
             .map(String::from),
         chroot_dir: hv
-            .bool("use_chroot")
+            .bool(key::USE_CHROOT)
             .then(|| paths.chroot().display().to_string()),
         pool_user: None,
         spice_cert_dir: Some("/etc/kvmd/spice".into()),

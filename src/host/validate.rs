@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::model::field_error::FieldError;
+use crate::model::hvparams::kinds::Str;
 use crate::model::hvparams::HvParams;
+use crate::model::hvparams::{key, Key};
 use crate::model::spec::{InstanceSpec, NicMode, NodeConfig};
 use crate::qemu::caps::QemuCaps;
 use crate::qemu::checks::{qemu, syntax};
@@ -23,51 +25,50 @@ pub fn host_cpus() -> u32 {
 /// Checks that need the file system but not QEMU (run before probing it).
 pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let hvf = |k: &str| format!("hvparams.{k}");
-    let val = |k: &str| format!("{:?}", hv.str(k));
-    for key in [
-        "kvm_path",
-        "kernel_path",
-        "initrd_path",
-        "floppy_image_path",
-        "vnc_password_file",
-        "spice_password_file",
+    let val = |k: Key<Str>| format!("{:?}", hv.str(k));
+    for k in [
+        key::KVM_PATH,
+        key::KERNEL_PATH,
+        key::INITRD_PATH,
+        key::FLOPPY_IMAGE_PATH,
+        key::VNC_PASSWORD_FILE,
+        key::SPICE_PASSWORD_FILE,
     ] {
-        let p = hv.str(key);
+        let p = hv.str(k);
         if !p.is_empty() && !Path::new(p).is_file() {
             errs.push(FieldError::new(
-                hvf(key),
-                val(key),
+                k.field(),
+                val(k),
                 "must name an existing file",
             ));
         }
     }
-    for key in ["cdrom_image_path", "cdrom2_image_path"] {
-        let p = hv.str(key);
+    for k in [key::CDROM_IMAGE_PATH, key::CDROM2_IMAGE_PATH] {
+        let p = hv.str(k);
         let url = p.starts_with("http://") || p.starts_with("https://");
         if !p.is_empty() && !url && !(p.starts_with('/') && Path::new(p).is_file()) {
             errs.push(FieldError::new(
-                hvf(key),
-                val(key),
+                k.field(),
+                val(k),
                 "must name an existing file (absolute path) or an http(s) URL",
             ));
         }
     }
-    for key in ["vnc_x509_path", "mem_path"] {
-        let p = hv.str(key);
+    for k in [key::VNC_X509_PATH, key::MEM_PATH] {
+        let p = hv.str(k);
         if !p.is_empty() && !Path::new(p).is_dir() {
             errs.push(FieldError::new(
-                hvf(key),
-                val(key),
+                k.field(),
+                val(k),
                 "must name an existing directory",
             ));
         }
     }
-    let vnc = hv.str("vnc_bind_address");
+    let vnc = hv.str(key::VNC_BIND_ADDRESS);
     if vnc.starts_with('/') && !Path::new(vnc).is_dir() {
         errs.push(FieldError::new(
-            hvf("vnc_bind_address"),
-            val("vnc_bind_address"),
+            key::VNC_BIND_ADDRESS.field(),
+            val(key::VNC_BIND_ADDRESS),
             "a path must name an existing directory (the socket is DIR/NAME.vnc)",
         ));
     } else if !vnc.is_empty()
@@ -75,43 +76,43 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
         && vnc.parse::<IpAddr>().is_err()
         && interface_address(vnc, 4).is_none()
     {
-        errs.push(FieldError::new(hvf("vnc_bind_address"), val("vnc_bind_address"), "must be an IP address, an interface with an IPv4 address, or an absolute directory path"));
+        errs.push(FieldError::new(key::VNC_BIND_ADDRESS.field(), val(key::VNC_BIND_ADDRESS), "must be an IP address, an interface with an IPv4 address, or an absolute directory path"));
     }
-    let spice = hv.str("spice_bind");
+    let spice = hv.str(key::SPICE_BIND);
     if !spice.is_empty()
         && spice.parse::<IpAddr>().is_err()
-        && interface_address(spice, hv.int("spice_ip_version")).is_none()
+        && interface_address(spice, hv.int(key::SPICE_IP_VERSION)).is_none()
     {
         errs.push(FieldError::new(
-            hvf("spice_bind"),
-            val("spice_bind"),
+            key::SPICE_BIND.field(),
+            val(key::SPICE_BIND),
             "must be an IP address or an existing interface with an address",
         ));
     }
     if let Ok(ip) = spice.parse::<IpAddr>() {
-        let v = hv.int("spice_ip_version");
+        let v = hv.int(key::SPICE_IP_VERSION);
         if v == 4 && ip.is_ipv6() || v == 6 && ip.is_ipv4() {
             errs.push(FieldError::new(
-                hvf("spice_ip_version"),
+                key::SPICE_IP_VERSION.field(),
                 v.to_string(),
                 format!("does not match the address family of spice_bind {spice}"),
             ));
         }
     }
-    if hv.str("security_model") == "user" {
-        let user = hv.str("security_domain");
+    if hv.str(key::SECURITY_MODEL) == "user" {
+        let user = hv.str(key::SECURITY_DOMAIN);
         if !user.is_empty() && nix::unistd::User::from_name(user).ok().flatten().is_none() {
             errs.push(FieldError::new(
-                hvf("security_domain"),
-                val("security_domain"),
+                key::SECURITY_DOMAIN.field(),
+                val(key::SECURITY_DOMAIN),
                 "must name an existing user",
             ));
         }
     }
     let taps = spec.nics.iter().any(|n| n.mode != NicMode::User);
-    if taps && hv.bool("vhost_net") && !crate::host::net::vhost_available() {
+    if taps && hv.bool(key::VHOST_NET) && !crate::host::net::vhost_available() {
         errs.push(FieldError::new(
-            hvf("vhost_net"),
+            key::VHOST_NET.field(),
             "true",
             "needs /dev/vhost-net, which this host does not have (set vhost_net = false)",
         ));
@@ -224,20 +225,20 @@ pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Repor
         let mut errs = syntax(spec, &hv, host_cpus());
         if !syntax_only {
             errs.extend(files(spec, &hv));
-            if hv.str("security_model") == "pool" && config.node.uid_pool.is_empty() {
+            if hv.str(key::SECURITY_MODEL) == "pool" && config.node.uid_pool.is_empty() {
                 errs.push(FieldError::new(
                     "hvparams.security_model",
                     "\"pool\"",
                     "needs node.uid_pool to be set",
                 ));
             }
-            match crate::host::probe::probe(Path::new(hv.str("kvm_path"))) {
+            match crate::host::probe::probe(Path::new(hv.str(key::KVM_PATH))) {
                 Ok(caps) => errs.extend(qemu(spec, &hv, &caps)),
                 Err(e) => {
-                    if Path::new(hv.str("kvm_path")).is_file() {
+                    if Path::new(hv.str(key::KVM_PATH)).is_file() {
                         errs.push(FieldError::new(
                             "hvparams.kvm_path",
-                            format!("{:?}", hv.str("kvm_path")),
+                            format!("{:?}", hv.str(key::KVM_PATH)),
                             format!("cannot be probed: {e}"),
                         ));
                     }

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 use crate::model::field_error::FieldError;
 
@@ -140,104 +142,95 @@ pub const DISK_TYPES: &[&str] = &[
     "scsi-cd",
 ];
 
-macro_rules! p {
-    ($name:literal, Str, $d:expr, $rule:expr) => {
-        ParamDef {
+macro_rules! params {
+    ($($key:ident: $kind:ident $name:literal = $default:expr, $rule:expr;)*) => {
+        /// All 65 parameters, in Ganeti's documentation order.
+        pub const PARAMS: &[ParamDef] = &[$(ParamDef {
             name: $name,
-            kind: Kind::Str,
-            default: Default::Str($d),
+            kind: Kind::$kind,
+            default: Default::$kind($default),
             rule: $rule,
-        }
-    };
-    ($name:literal, Bool, $d:expr) => {
-        ParamDef {
-            name: $name,
-            kind: Kind::Bool,
-            default: Default::Bool($d),
-            rule: Rule::Any,
-        }
-    };
-    ($name:literal, Int, $d:expr, $rule:expr) => {
-        ParamDef {
-            name: $name,
-            kind: Kind::Int,
-            default: Default::Int($d),
-            rule: $rule,
+        },)*];
+
+        /// One typed key per parameter: `hv.str(key::KVM_PATH)`. A misspelt or mistyped
+        /// parameter does not compile.
+        pub mod key {
+            use super::{kinds, Key};
+            $(pub const $key: Key<kinds::$kind> = Key::new($name);)*
         }
     };
 }
 
 use Rule::*;
 
-/// All 65 parameters, in Ganeti's documentation order.
 #[rustfmt::skip]
-pub const PARAMS: &[ParamDef] = &[
-    p!("kvm_path", Str, "/usr/bin/kvm", AbsPath),
-    p!("kernel_path", Str, "/boot/vmlinuz-3-kvmU", OptAbsPath),
-    p!("initrd_path", Str, "", OptAbsPath),
-    p!("root_path", Str, "/dev/vda1", Any),
-    p!("kernel_args", Str, "ro", Any),
-    p!("acpi", Bool, true),
-    p!("serial_console", Bool, true),
-    p!("serial_speed", Int, 38400, IntOneOf(SERIAL_SPEEDS)),
-    p!("vnc_bind_address", Str, "", Any),
-    p!("vnc_tls", Bool, false),
-    p!("vnc_x509_path", Str, "", OptAbsPath),
-    p!("vnc_x509_verify", Bool, false),
-    p!("vnc_password_file", Str, "", OptAbsPath),
-    p!("spice_bind", Str, "", Any),
-    p!("spice_ip_version", Int, 0, IntOneOf(&[0, 4, 6])),
-    p!("spice_password_file", Str, "", OptAbsPath),
-    p!("spice_image_compression", Str, "", OptOneOf(&["auto_glz", "auto_lz", "glz", "lz", "off", "quic"])),
-    p!("spice_jpeg_wan_compression", Str, "", OptOneOf(&["auto", "never", "always"])),
-    p!("spice_zlib_glz_wan_compression", Str, "", OptOneOf(&["auto", "never", "always"])),
-    p!("spice_streaming_video", Str, "", OptOneOf(&["all", "filter", "off"])),
-    p!("spice_playback_compression", Bool, true),
-    p!("spice_use_tls", Bool, false),
-    p!("spice_tls_ciphers", Str, "HIGH:-DES:-3DES:-EXPORT:-DH", Any),
-    p!("spice_use_vdagent", Bool, true),
-    p!("floppy_image_path", Str, "", OptAbsPath),
-    p!("cdrom_image_path", Str, "", Any),
-    p!("cdrom2_image_path", Str, "", Any),
-    p!("boot_order", Str, "disk", OneOf(&["cdrom", "disk", "floppy", "network"])),
-    p!("nic_type", Str, "paravirtual", OneOf(NIC_TYPES)),
-    p!("disk_type", Str, "paravirtual", OneOf(DISK_TYPES)),
-    p!("cdrom_disk_type", Str, "", OptOneOf(DISK_TYPES)),
-    p!("scsi_controller_type", Str, "lsi", OneOf(&["lsi", "virtio-scsi-pci", "megasas", "dc390"])),
-    p!("kvm_pci_reservations", Int, 12, Range(0, 32)),
-    p!("disk_cache", Str, "default", OneOf(&["default", "none", "writeback", "writethrough"])),
-    p!("disk_aio", Str, "threads", OptOneOf(&["threads", "native", "io_uring"])),
-    p!("disk_discard", Str, "ignore", OptOneOf(&["ignore", "unmap"])),
-    p!("usb_mouse", Str, "", OptOneOf(&["mouse", "tablet"])),
-    p!("keymap", Str, "", Any),
-    p!("migration_port", Int, 8102, Range(1, 65534)),
-    p!("migration_bandwidth", Int, 32, Range(0, i64::MAX)),
-    p!("migration_downtime", Int, 30, Range(0, i64::MAX)),
-    p!("migration_mode", Str, "live", OneOf(&["live", "non-live"])),
-    p!("use_guest_agent", Bool, false),
-    p!("use_localtime", Bool, false),
-    p!("security_model", Str, "none", OneOf(&["none", "user", "pool"])),
-    p!("security_domain", Str, "", Any),
-    p!("kvm_flag", Str, "", OptOneOf(&["enabled", "disabled"])),
-    p!("vhost_net", Bool, true),
-    p!("virtio_net_queues", Int, 1, Range(1, 32)),
-    p!("vnet_hdr", Bool, true),
-    p!("use_chroot", Bool, false),
-    p!("user_shutdown", Bool, false),
-    p!("mem_path", Str, "", OptAbsPath),
-    p!("reboot_behavior", Str, "reboot", OneOf(&["reboot", "exit"])),
-    p!("cpu_mask", Str, "all", CpuMask),
-    p!("cpu_type", Str, "", Any),
-    p!("cpu_cores", Int, 0, Range(0, i64::MAX)),
-    p!("cpu_threads", Int, 0, Range(0, i64::MAX)),
-    p!("cpu_sockets", Int, 0, Range(0, i64::MAX)),
-    p!("soundhw", Str, "", Any),
-    p!("usb_devices", Str, "", Any),
-    p!("vga", Str, "", Any),
-    p!("kvm_extra", Str, "", Any),
-    p!("machine_version", Str, "", Any),
-    p!("migration_caps", Str, "", Any),
-];
+params! {
+    KVM_PATH: Str "kvm_path" = "/usr/bin/kvm", AbsPath;
+    KERNEL_PATH: Str "kernel_path" = "/boot/vmlinuz-3-kvmU", OptAbsPath;
+    INITRD_PATH: Str "initrd_path" = "", OptAbsPath;
+    ROOT_PATH: Str "root_path" = "/dev/vda1", Any;
+    KERNEL_ARGS: Str "kernel_args" = "ro", Any;
+    ACPI: Bool "acpi" = true, Any;
+    SERIAL_CONSOLE: Bool "serial_console" = true, Any;
+    SERIAL_SPEED: Int "serial_speed" = 38400, IntOneOf(SERIAL_SPEEDS);
+    VNC_BIND_ADDRESS: Str "vnc_bind_address" = "", Any;
+    VNC_TLS: Bool "vnc_tls" = false, Any;
+    VNC_X509_PATH: Str "vnc_x509_path" = "", OptAbsPath;
+    VNC_X509_VERIFY: Bool "vnc_x509_verify" = false, Any;
+    VNC_PASSWORD_FILE: Str "vnc_password_file" = "", OptAbsPath;
+    SPICE_BIND: Str "spice_bind" = "", Any;
+    SPICE_IP_VERSION: Int "spice_ip_version" = 0, IntOneOf(&[0, 4, 6]);
+    SPICE_PASSWORD_FILE: Str "spice_password_file" = "", OptAbsPath;
+    SPICE_IMAGE_COMPRESSION: Str "spice_image_compression" = "", OptOneOf(&["auto_glz", "auto_lz", "glz", "lz", "off", "quic"]);
+    SPICE_JPEG_WAN_COMPRESSION: Str "spice_jpeg_wan_compression" = "", OptOneOf(&["auto", "never", "always"]);
+    SPICE_ZLIB_GLZ_WAN_COMPRESSION: Str "spice_zlib_glz_wan_compression" = "", OptOneOf(&["auto", "never", "always"]);
+    SPICE_STREAMING_VIDEO: Str "spice_streaming_video" = "", OptOneOf(&["all", "filter", "off"]);
+    SPICE_PLAYBACK_COMPRESSION: Bool "spice_playback_compression" = true, Any;
+    SPICE_USE_TLS: Bool "spice_use_tls" = false, Any;
+    SPICE_TLS_CIPHERS: Str "spice_tls_ciphers" = "HIGH:-DES:-3DES:-EXPORT:-DH", Any;
+    SPICE_USE_VDAGENT: Bool "spice_use_vdagent" = true, Any;
+    FLOPPY_IMAGE_PATH: Str "floppy_image_path" = "", OptAbsPath;
+    CDROM_IMAGE_PATH: Str "cdrom_image_path" = "", Any;
+    CDROM2_IMAGE_PATH: Str "cdrom2_image_path" = "", Any;
+    BOOT_ORDER: Str "boot_order" = "disk", OneOf(&["cdrom", "disk", "floppy", "network"]);
+    NIC_TYPE: Str "nic_type" = "paravirtual", OneOf(NIC_TYPES);
+    DISK_TYPE: Str "disk_type" = "paravirtual", OneOf(DISK_TYPES);
+    CDROM_DISK_TYPE: Str "cdrom_disk_type" = "", OptOneOf(DISK_TYPES);
+    SCSI_CONTROLLER_TYPE: Str "scsi_controller_type" = "lsi", OneOf(&["lsi", "virtio-scsi-pci", "megasas", "dc390"]);
+    KVM_PCI_RESERVATIONS: Int "kvm_pci_reservations" = 12, Range(0, 32);
+    DISK_CACHE: Str "disk_cache" = "default", OneOf(&["default", "none", "writeback", "writethrough"]);
+    DISK_AIO: Str "disk_aio" = "threads", OptOneOf(&["threads", "native", "io_uring"]);
+    DISK_DISCARD: Str "disk_discard" = "ignore", OptOneOf(&["ignore", "unmap"]);
+    USB_MOUSE: Str "usb_mouse" = "", OptOneOf(&["mouse", "tablet"]);
+    KEYMAP: Str "keymap" = "", Any;
+    MIGRATION_PORT: Int "migration_port" = 8102, Range(1, 65534);
+    MIGRATION_BANDWIDTH: Int "migration_bandwidth" = 32, Range(0, i64::MAX);
+    MIGRATION_DOWNTIME: Int "migration_downtime" = 30, Range(0, i64::MAX);
+    MIGRATION_MODE: Str "migration_mode" = "live", OneOf(&["live", "non-live"]);
+    USE_GUEST_AGENT: Bool "use_guest_agent" = false, Any;
+    USE_LOCALTIME: Bool "use_localtime" = false, Any;
+    SECURITY_MODEL: Str "security_model" = "none", OneOf(&["none", "user", "pool"]);
+    SECURITY_DOMAIN: Str "security_domain" = "", Any;
+    KVM_FLAG: Str "kvm_flag" = "", OptOneOf(&["enabled", "disabled"]);
+    VHOST_NET: Bool "vhost_net" = true, Any;
+    VIRTIO_NET_QUEUES: Int "virtio_net_queues" = 1, Range(1, 32);
+    VNET_HDR: Bool "vnet_hdr" = true, Any;
+    USE_CHROOT: Bool "use_chroot" = false, Any;
+    USER_SHUTDOWN: Bool "user_shutdown" = false, Any;
+    MEM_PATH: Str "mem_path" = "", OptAbsPath;
+    REBOOT_BEHAVIOR: Str "reboot_behavior" = "reboot", OneOf(&["reboot", "exit"]);
+    CPU_MASK: Str "cpu_mask" = "all", CpuMask;
+    CPU_TYPE: Str "cpu_type" = "", Any;
+    CPU_CORES: Int "cpu_cores" = 0, Range(0, i64::MAX);
+    CPU_THREADS: Int "cpu_threads" = 0, Range(0, i64::MAX);
+    CPU_SOCKETS: Int "cpu_sockets" = 0, Range(0, i64::MAX);
+    SOUNDHW: Str "soundhw" = "", Any;
+    USB_DEVICES: Str "usb_devices" = "", Any;
+    VGA: Str "vga" = "", Any;
+    KVM_EXTRA: Str "kvm_extra" = "", Any;
+    MACHINE_VERSION: Str "machine_version" = "", Any;
+    MIGRATION_CAPS: Str "migration_caps" = "", Any;
+}
 
 /// Look a parameter up by name.
 pub fn def(name: &str) -> Option<&'static ParamDef> {
@@ -253,10 +246,73 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 /// type-checked against the table.
 pub type HvOverrides = BTreeMap<String, HvValue>;
 
-/// The full, merged set: always all 65 keys.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Marker types of typed keys.
+pub mod kinds {
+    /// A string parameter.
+    pub enum Str {}
+    /// A boolean parameter.
+    pub enum Bool {}
+    /// An integer parameter.
+    pub enum Int {}
+}
+
+/// A typed key of one parameter (see [`key`]).
+pub struct Key<K> {
+    name: &'static str,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Key<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K> Copy for Key<K> {}
+
+impl<K> fmt::Debug for Key<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl<K> Key<K> {
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            _kind: PhantomData,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// The field path of this parameter in an instance definition: `hvparams.NAME`.
+    pub fn field(self) -> String {
+        format!("hvparams.{}", self.name)
+    }
+}
+
+/// The full, merged set: always all 65 keys, each of its table type. Built by [`merged`] or
+/// read back from a runtime file, where a missing or mistyped key (a file of another kvmd
+/// version, say) takes its default: reading a parameter never fails.
+///
+/// [`merged`]: HvParams::merged
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
 pub struct HvParams(BTreeMap<String, HvValue>);
+
+impl<'de> serde::Deserialize<'de> for HvParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let stored = BTreeMap::<String, HvValue>::deserialize(d)?;
+        Ok(Self::completed(stored))
+    }
+}
+
+fn defaults() -> &'static HvParams {
+    static D: OnceLock<HvParams> = OnceLock::new();
+    D.get_or_init(|| HvParams::merged(&[]))
+}
 
 impl HvParams {
     /// Defaults, then each layer of overrides in order.
@@ -273,30 +329,60 @@ impl HvParams {
         Self(map)
     }
 
-    pub fn get(&self, name: &str) -> &HvValue {
+    /// A stored set made whole: unknown keys dropped, missing or mistyped ones defaulted.
+    pub fn completed(stored: BTreeMap<String, HvValue>) -> Self {
+        let map = PARAMS
+            .iter()
+            .map(|p| {
+                let v = match stored.get(p.name) {
+                    Some(v) if v.kind() == p.kind => v.clone(),
+                    _ => p.default.value(),
+                };
+                (p.name.to_string(), v)
+            })
+            .collect();
+        Self(map)
+    }
+
+    /// The keys of `stored` that [`completed`](Self::completed) would default or drop.
+    pub fn incomplete_keys(stored: &BTreeMap<String, HvValue>) -> Vec<String> {
+        let mut bad: Vec<String> = PARAMS
+            .iter()
+            .filter(|p| stored.get(p.name).map(HvValue::kind) != Some(p.kind))
+            .map(|p| p.name.to_string())
+            .collect();
+        bad.extend(stored.keys().filter(|k| def(k).is_none()).cloned());
+        bad
+    }
+
+    /// The value of a parameter.
+    pub fn value<K>(&self, key: Key<K>) -> &HvValue {
         self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("hvparam {name} is not in the table"))
+            .get(key.name)
+            .or_else(|| defaults().0.get(key.name))
+            .unwrap_or(&HvValue::Bool(false))
     }
 
-    pub fn str(&self, name: &str) -> &str {
-        match self.get(name) {
+    /// A parameter by name, for code that walks the table.
+    pub fn get_named(&self, name: &str) -> Option<&HvValue> {
+        self.0.get(name)
+    }
+
+    pub fn str(&self, key: Key<kinds::Str>) -> &str {
+        match self.value(key) {
             HvValue::Str(s) => s,
-            other => panic!("hvparam {name} is {other:?}, not a string"),
+            _ => "",
         }
     }
 
-    pub fn bool(&self, name: &str) -> bool {
-        match self.get(name) {
-            HvValue::Bool(b) => *b,
-            other => panic!("hvparam {name} is {other:?}, not a boolean"),
-        }
+    pub fn bool(&self, key: Key<kinds::Bool>) -> bool {
+        matches!(self.value(key), HvValue::Bool(true))
     }
 
-    pub fn int(&self, name: &str) -> i64 {
-        match self.get(name) {
+    pub fn int(&self, key: Key<kinds::Int>) -> i64 {
+        match self.value(key) {
             HvValue::Int(i) => *i,
-            other => panic!("hvparam {name} is {other:?}, not an integer"),
+            _ => 0,
         }
     }
 
@@ -430,21 +516,21 @@ pub fn check_syntax(hv: &HvParams) -> Vec<FieldError> {
         }
     }
     let s = |n| hv.str(n);
-    if s("boot_order") == "cdrom" && s("cdrom_image_path").is_empty() {
+    if s(key::BOOT_ORDER) == "cdrom" && s(key::CDROM_IMAGE_PATH).is_empty() {
         errs.push(FieldError::new(
             "cdrom_image_path",
             "\"\"",
             "must be set when boot_order is cdrom",
         ));
     }
-    if !s("kernel_path").is_empty() && s("root_path").is_empty() {
+    if !s(key::KERNEL_PATH).is_empty() && s(key::ROOT_PATH).is_empty() {
         errs.push(FieldError::new(
             "root_path",
             "\"\"",
             "must be set when kernel_path is set",
         ));
     }
-    match (s("security_model"), s("security_domain").is_empty()) {
+    match (s(key::SECURITY_MODEL), s(key::SECURITY_DOMAIN).is_empty()) {
         ("user", true) => errs.push(FieldError::new(
             "security_domain",
             "\"\"",
@@ -452,62 +538,62 @@ pub fn check_syntax(hv: &HvParams) -> Vec<FieldError> {
         )),
         ("none" | "pool", false) => errs.push(FieldError::new(
             "security_domain",
-            hv.get("security_domain").to_string(),
+            hv.value(key::SECURITY_DOMAIN).to_string(),
             "must be empty unless security_model is user",
         )),
         _ => {}
     }
-    if hv.bool("vnc_x509_verify") && s("vnc_x509_path").is_empty() {
+    if hv.bool(key::VNC_X509_VERIFY) && s(key::VNC_X509_PATH).is_empty() {
         errs.push(FieldError::new(
             "vnc_x509_verify",
             "true",
             "needs vnc_x509_path to be set",
         ));
     }
-    if s("disk_aio") == "native" && s("disk_cache") != "none" {
+    if s(key::DISK_AIO) == "native" && s(key::DISK_CACHE) != "none" {
         errs.push(
             FieldError::new(
                 "disk_cache",
-                hv.get("disk_cache").to_string(),
+                hv.value(key::DISK_CACHE).to_string(),
                 "must be none when disk_aio is native",
             )
             .with_allowed(["none"]),
         );
     }
-    if !s("vnc_bind_address").is_empty() && !s("spice_bind").is_empty() {
+    if !s(key::VNC_BIND_ADDRESS).is_empty() && !s(key::SPICE_BIND).is_empty() {
         errs.push(FieldError::new(
             "spice_bind",
-            hv.get("spice_bind").to_string(),
+            hv.value(key::SPICE_BIND).to_string(),
             "VNC and SPICE are exclusive: vnc_bind_address is set too",
         ));
     }
-    if s("spice_bind").is_empty() {
+    if s(key::SPICE_BIND).is_empty() {
         for dep in [
-            "spice_password_file",
-            "spice_image_compression",
-            "spice_jpeg_wan_compression",
-            "spice_zlib_glz_wan_compression",
-            "spice_streaming_video",
+            key::SPICE_PASSWORD_FILE,
+            key::SPICE_IMAGE_COMPRESSION,
+            key::SPICE_JPEG_WAN_COMPRESSION,
+            key::SPICE_ZLIB_GLZ_WAN_COMPRESSION,
+            key::SPICE_STREAMING_VIDEO,
         ] {
             if !s(dep).is_empty() {
                 errs.push(FieldError::new(
-                    dep,
-                    hv.get(dep).to_string(),
+                    dep.name(),
+                    hv.value(dep).to_string(),
                     "needs spice_bind to be set",
                 ));
             }
         }
-        if hv.bool("spice_use_tls") {
+        if hv.bool(key::SPICE_USE_TLS) {
             errs.push(FieldError::new(
                 "spice_use_tls",
                 "true",
                 "needs spice_bind to be set",
             ));
         }
-        if hv.int("spice_ip_version") != 0 {
+        if hv.int(key::SPICE_IP_VERSION) != 0 {
             errs.push(FieldError::new(
                 "spice_ip_version",
-                hv.get("spice_ip_version").to_string(),
+                hv.value(key::SPICE_IP_VERSION).to_string(),
                 "needs spice_bind to be set",
             ));
         }
@@ -537,8 +623,8 @@ mod tests {
     fn defaults_pass_their_own_rules_except_ganetis_kernel_path() {
         let hv = HvParams::merged(&[]);
         assert_eq!(check_syntax(&hv), vec![]);
-        assert!(hv.bool("vhost_net"));
-        assert_eq!(hv.str("disk_discard"), "ignore");
+        assert!(hv.bool(key::VHOST_NET));
+        assert_eq!(hv.str(key::DISK_DISCARD), "ignore");
     }
 
     #[test]
@@ -596,5 +682,30 @@ mod tests {
         let errs = check_syntax(&HvParams::merged(&[&o]));
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["security_domain", "disk_cache", "spice_bind"]);
+    }
+}
+
+#[cfg(test)]
+mod stored_tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_set_missing_or_mistyping_keys_reads_back_whole() {
+        let mut stored: BTreeMap<String, HvValue> = HvParams::merged(&[])
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        stored.remove("acpi");
+        stored.insert("serial_speed".into(), HvValue::Str("fast".into()));
+        stored.insert("from_the_future".into(), HvValue::Bool(true));
+        let mut bad = HvParams::incomplete_keys(&stored);
+        bad.sort();
+        assert_eq!(bad, ["acpi", "from_the_future", "serial_speed"]);
+        let text = serde_json::to_string(&stored).unwrap();
+        let hv: HvParams = serde_json::from_str(&text).unwrap();
+        assert!(hv.bool(key::ACPI), "missing: the default");
+        assert_eq!(hv.int(key::SERIAL_SPEED), 38400, "mistyped: the default");
+        assert!(hv.get_named("from_the_future").is_none());
+        assert_eq!(hv.iter().count(), 65);
     }
 }

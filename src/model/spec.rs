@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::hvparams::key;
 use crate::model::hvparams::{HvOverrides, HvParams};
 use crate::model::name::InstanceName;
 
@@ -160,7 +161,7 @@ impl InstanceSpec {
 
     /// The accelerator this instance runs with.
     pub fn accel(&self, hv: &HvParams, node: &NodeConfig) -> Accel {
-        match hv.str("kvm_flag") {
+        match hv.str(key::KVM_FLAG) {
             "enabled" => Accel::Kvm,
             "disabled" => Accel::Tcg,
             _ => node.accelerator,

@@ -7,7 +7,9 @@
 //! checks that look at the host live in `host::validate`.
 
 use crate::model::field_error::FieldError;
+use crate::model::hvparams::kinds::Str;
 use crate::model::hvparams::{self, HvParams};
+use crate::model::hvparams::{key, Key};
 use crate::model::pinning;
 use crate::model::spec::InstanceSpec;
 use crate::qemu::caps::QemuCaps;
@@ -19,11 +21,11 @@ pub fn syntax(spec: &InstanceSpec, hv: &HvParams, host_cpus: u32) -> Vec<FieldEr
         .into_iter()
         .map(|e| e.under("hvparams"))
         .collect();
-    if let Ok(mask) = hvparams::parse_cpu_mask(hv.str("cpu_mask")) {
+    if let Ok(mask) = hvparams::parse_cpu_mask(hv.str(key::CPU_MASK)) {
         if let Err(rule) = pinning::check_mask(&mask, spec.vcpus, host_cpus) {
             errs.push(FieldError::new(
                 "hvparams.cpu_mask",
-                format!("{:?}", hv.str("cpu_mask")),
+                format!("{:?}", hv.str(key::CPU_MASK)),
                 rule,
             ));
         }
@@ -34,14 +36,13 @@ pub fn syntax(spec: &InstanceSpec, hv: &HvParams, host_cpus: u32) -> Vec<FieldEr
 /// Checks against what this QEMU offers.
 pub fn qemu(spec: &InstanceSpec, hv: &HvParams, caps: &QemuCaps) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let hvf = |k: &str| format!("hvparams.{k}");
-    let val = |k: &str| format!("{:?}", hv.str(k));
-    let m = hv.str("machine_version");
+    let val = |k: Key<Str>| format!("{:?}", hv.str(k));
+    let m = hv.str(key::MACHINE_VERSION);
     if !m.is_empty() && caps.resolve_machine(m).is_none() {
         errs.push(
             FieldError::new(
-                hvf("machine_version"),
-                val("machine_version"),
+                key::MACHINE_VERSION.field(),
+                val(key::MACHINE_VERSION),
                 format!("is not a machine type of this QEMU ({})", caps.version_text),
             )
             .with_allowed(
@@ -52,17 +53,17 @@ pub fn qemu(spec: &InstanceSpec, hv: &HvParams, caps: &QemuCaps) -> Vec<FieldErr
             ),
         );
     }
-    if !hv.str("spice_bind").is_empty() && !caps.options.spice {
+    if !hv.str(key::SPICE_BIND).is_empty() && !caps.options.spice {
         errs.push(FieldError::new(
-            hvf("spice_bind"),
-            val("spice_bind"),
+            key::SPICE_BIND.field(),
+            val(key::SPICE_BIND),
             "this QEMU has no SPICE support",
         ));
     }
-    if hv.str("disk_aio") == "io_uring" && caps.version.0 < 5 {
+    if hv.str(key::DISK_AIO) == "io_uring" && caps.version.0 < 5 {
         errs.push(FieldError::new(
-            hvf("disk_aio"),
-            val("disk_aio"),
+            key::DISK_AIO.field(),
+            val(key::DISK_AIO),
             format!(
                 "io_uring needs QEMU 5 or newer; this is {}.{}",
                 caps.version.0, caps.version.1
@@ -70,47 +71,51 @@ pub fn qemu(spec: &InstanceSpec, hv: &HvParams, caps: &QemuCaps) -> Vec<FieldErr
         ));
     }
     if !spec.disks.is_empty() {
-        match disk_driver(hv.str("disk_type")) {
+        match disk_driver(hv.str(key::DISK_TYPE)) {
             Ok(d) if !caps.has_device(d) => errs.push(FieldError::new(
-                hvf("disk_type"),
-                val("disk_type"),
+                key::DISK_TYPE.field(),
+                val(key::DISK_TYPE),
                 format!("this QEMU has no device {d:?}"),
             )),
             Ok(_) => {}
-            Err(why) => errs.push(FieldError::new(hvf("disk_type"), val("disk_type"), why)),
+            Err(why) => errs.push(FieldError::new(
+                key::DISK_TYPE.field(),
+                val(key::DISK_TYPE),
+                why,
+            )),
         }
     }
-    if !spec.nics.is_empty() && !caps.has_device(nic_driver(hv.str("nic_type"))) {
+    if !spec.nics.is_empty() && !caps.has_device(nic_driver(hv.str(key::NIC_TYPE))) {
         errs.push(FieldError::new(
-            hvf("nic_type"),
-            val("nic_type"),
+            key::NIC_TYPE.field(),
+            val(key::NIC_TYPE),
             format!(
                 "this QEMU has no device {:?}",
-                nic_driver(hv.str("nic_type"))
+                nic_driver(hv.str(key::NIC_TYPE))
             ),
         ));
     }
-    let ctrl = match hv.str("scsi_controller_type") {
+    let ctrl = match hv.str(key::SCSI_CONTROLLER_TYPE) {
         "lsi" => "lsi53c895a",
         other => other,
     };
     if !caps.has_device(ctrl)
-        && crate::qemu::cmdline::SCSI_DISK_TYPES.contains(&hv.str("disk_type"))
+        && crate::qemu::cmdline::SCSI_DISK_TYPES.contains(&hv.str(key::DISK_TYPE))
     {
         errs.push(FieldError::new(
-            hvf("scsi_controller_type"),
-            val("scsi_controller_type"),
+            key::SCSI_CONTROLLER_TYPE.field(),
+            val(key::SCSI_CONTROLLER_TYPE),
             format!("this QEMU has no device {ctrl:?}"),
         ));
     }
-    let security = hv.str("security_model") != "none" || hv.bool("use_chroot");
+    let security = hv.str(key::SECURITY_MODEL) != "none" || hv.bool(key::USE_CHROOT);
     if security
         && !caps.options.run_with
-        && !(caps.options.runas || !hv.str("security_model").eq("user"))
+        && !(caps.options.runas || !hv.str(key::SECURITY_MODEL).eq("user"))
     {
         errs.push(FieldError::new(
-            hvf("security_model"),
-            val("security_model"),
+            key::SECURITY_MODEL.field(),
+            val(key::SECURITY_MODEL),
             "this QEMU can neither -run-with nor -runas",
         ));
     }

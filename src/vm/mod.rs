@@ -25,6 +25,7 @@ use crate::model::exit::{
     classify_exit, ExitFacts, ExitKind, ExitRecord, ExitStatus, ExitVerdict, ShutdownEvent,
 };
 use crate::model::field_error::FieldError;
+use crate::model::hvparams::key;
 use crate::model::hvparams::{self, HvParams};
 use crate::model::layout::RunPaths;
 use crate::model::name::InstanceName;
@@ -572,20 +573,20 @@ fn launch(
     let mut taps = Vec::new();
     let mut names = Vec::new();
     let fail = |msg: String| ApiError::new(ErrorCode::StartFailed, msg);
-    let queues = hv.int("virtio_net_queues").max(1) as usize;
-    let vhost = hv.bool("vhost_net") && crate::host::net::vhost_available();
+    let queues = hv.int(key::VIRTIO_NET_QUEUES).max(1) as usize;
+    let vhost = hv.bool(key::VHOST_NET) && crate::host::net::vhost_available();
     for (i, nic) in spec.nics.iter().enumerate() {
         if nic.mode == NicMode::User {
             host.nics.push(NicBackend::User);
             names.push(None);
             continue;
         }
-        let queues = if hv.str("nic_type") == "paravirtual" && caps.options.tap_fds {
+        let queues = if hv.str(key::NIC_TYPE) == "paravirtual" && caps.options.tap_fds {
             queues
         } else {
             1
         };
-        let tap = crate::host::net::create_tap(queues, hv.bool("vnet_hdr"), vhost)
+        let tap = crate::host::net::create_tap(queues, hv.bool(key::VNET_HDR), vhost)
             .map_err(|e| fail(format!("nic[{i}]: {}", chain(&e))))?;
         let ctx = crate::host::net::NicContext {
             instance: &spec.name,
@@ -660,7 +661,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     let checked = tokio::task::spawn_blocking(
         move || -> Result<(Arc<QemuCaps>, Host, Option<u32>), ApiError> {
             let mut errs = validate::files(&s2, &h2);
-            let caps = match crate::host::probe::probe(Path::new(h2.str("kvm_path"))) {
+            let caps = match crate::host::probe::probe(Path::new(h2.str(key::KVM_PATH))) {
                 Ok(c) => c,
                 Err(e) if errs.is_empty() => {
                     return Err(ApiError::new(
@@ -674,8 +675,8 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
             if !errs.is_empty() {
                 return Err(ApiError::invalid(errs));
             }
-            let resolve = |key: &str, family: i64| {
-                let v = h2.str(key);
+            let resolve = |k, family: i64| {
+                let v = h2.str(k);
                 (!v.is_empty() && !v.starts_with('/') && v.parse::<std::net::IpAddr>().is_err())
                     .then(|| validate::interface_address(v, family))
                     .flatten()
@@ -689,17 +690,17 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
                     })
                     .collect(),
                 nics: Vec::new(),
-                vnc_address: resolve("vnc_bind_address", 4),
-                spice_address: resolve("spice_bind", h2.int("spice_ip_version")),
+                vnc_address: resolve(key::VNC_BIND_ADDRESS, 4),
+                spice_address: resolve(key::SPICE_BIND, h2.int(key::SPICE_IP_VERSION)),
                 chroot_dir: h2
-                    .bool("use_chroot")
+                    .bool(key::USE_CHROOT)
                     .then(|| p2.chroot().display().to_string()),
                 pool_user: None,
                 spice_cert_dir: Some(n2.spice_cert_dir.display().to_string()),
             };
             let mut host = host;
             let mut pool_uid = None;
-            if h2.str("security_model") == "pool" {
+            if h2.str(key::SECURITY_MODEL) == "pool" {
                 let (uid, user) =
                     crate::host::uidpool::take(&n2.uid_pool, &s2.name).map_err(|why| {
                         ApiError::invalid(vec![FieldError::new(
@@ -725,7 +726,7 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
         }
     };
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "checked");
-    let (p, chroot) = (paths.clone(), hv.bool("use_chroot"));
+    let (p, chroot) = (paths.clone(), hv.bool(key::USE_CHROOT));
     let fresh = store
         .run(move || {
             runtime::fresh_dir(&p)?;
@@ -889,7 +890,7 @@ async fn bring_up(
     pin_vcpus(
         &qmp,
         runtime.pid,
-        runtime.hvparams.str("cpu_mask"),
+        runtime.hvparams.str(key::CPU_MASK),
         node.qmp_timeout,
     )
     .await
@@ -911,8 +912,8 @@ fn host_cpus() -> u32 {
 /// Set the VNC/SPICE passwords from their files (first line) before the guest runs.
 async fn set_passwords(qmp: &Qmp, hv: &HvParams, timeout: Duration) -> Result<(), String> {
     for (file_key, bind_key, protocol) in [
-        ("vnc_password_file", "vnc_bind_address", "vnc"),
-        ("spice_password_file", "spice_bind", "spice"),
+        (key::VNC_PASSWORD_FILE, key::VNC_BIND_ADDRESS, "vnc"),
+        (key::SPICE_PASSWORD_FILE, key::SPICE_BIND, "spice"),
     ] {
         let path = hv.str(file_key).to_string();
         if path.is_empty() || hv.str(bind_key).is_empty() {
@@ -922,7 +923,7 @@ async fn set_passwords(qmp: &Qmp, hv: &HvParams, timeout: Duration) -> Result<()
         let password = tokio::task::spawn_blocking(move || std::fs::read_to_string(&p))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("Cannot read {file_key} {path}: {e}"))?;
+            .map_err(|e| format!("Cannot read {} {path}: {e}", file_key.name()))?;
         let password = password.lines().next().unwrap_or("").to_string();
         qmp.execute(
             "set_password",
@@ -1349,7 +1350,7 @@ impl VmActor {
             && run
                 .runtime
                 .as_ref()
-                .map_or(true, |r| r.hvparams.bool("acpi"));
+                .map_or(true, |r| r.hvparams.bool(key::ACPI));
         let plan = StopPlan {
             process: run.process.clone(),
             qmp: run.qmp.clone(),
@@ -1836,7 +1837,7 @@ impl VmActor {
         let reboot_exits = run
             .runtime
             .as_ref()
-            .is_some_and(|r| r.hvparams.str("reboot_behavior") == "exit");
+            .is_some_and(|r| r.hvparams.str(key::REBOOT_BEHAVIOR) == "exit");
         let verdict = classify_exit(&ExitFacts {
             stop_requested: self.stop_requested,
             shutdown: self.shutdown_event.take(),

@@ -17,7 +17,9 @@
 //! run: everything from the host arrives in [`Launch`] and [`QemuCaps`].
 
 use crate::model::field_error::FieldError;
+use crate::model::hvparams::kinds::Str;
 use crate::model::hvparams::HvParams;
+use crate::model::hvparams::{key, Key};
 use crate::model::layout::RunPaths;
 use crate::model::spec::{Accel, DiskFormat, InstanceSpec, NicMode};
 use crate::qemu::caps::QemuCaps;
@@ -154,15 +156,15 @@ pub fn plan_slots(
     let bus = if q35 { "pcie.0" } else { "pci.0" };
     // q35 keeps slot 0x1f for its ICH9 functions.
     let last: u8 = if q35 { 30 } else { 31 };
-    let mut next = hv.int("kvm_pci_reservations") as u8;
+    let mut next = hv.int(key::KVM_PCI_RESERVATIONS) as u8;
     let mut pci = |what: &str| -> Result<Slot, FieldError> {
         if next > last {
             return Err(FieldError::new(
                 "kvm_pci_reservations",
-                hv.int("kvm_pci_reservations").to_string(),
+                hv.int(key::KVM_PCI_RESERVATIONS).to_string(),
                 format!(
                     "leaves no PCI slot for {what} (slots {}..{last} are for disks and NICs)",
-                    hv.int("kvm_pci_reservations")
+                    hv.int(key::KVM_PCI_RESERVATIONS)
                 ),
             ));
         }
@@ -172,7 +174,7 @@ pub fn plan_slots(
             slot: next - 1,
         })
     };
-    let disk_type = hv.str("disk_type");
+    let disk_type = hv.str(key::DISK_TYPE);
     let mut scsi_id = 0u8;
     let mut plan = SlotPlan::default();
     for i in 0..spec.disks.len() {
@@ -186,7 +188,7 @@ pub fn plan_slots(
         });
     }
     for i in 0..spec.nics.len() {
-        plan.nics.push(if hv.str("nic_type") == "ne2k_isa" {
+        plan.nics.push(if hv.str(key::NIC_TYPE) == "ne2k_isa" {
             Slot::Auto
         } else {
             pci(&format!("nic[{i}]"))?
@@ -203,15 +205,15 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     macro_rules! push {
         ($($x:expr),+ $(,)?) => {{ $( a.push(String::from($x)); )+ }};
     }
-    let s = |k: &str| hv.str(k).to_string();
-    let kernel = s("kernel_path");
+    let s = |k: Key<Str>| hv.str(k).to_string();
+    let kernel = s(key::KERNEL_PATH);
     let boot = if kernel.is_empty() {
-        s("boot_order")
+        s(key::BOOT_ORDER)
     } else {
         String::new()
     };
 
-    let machine = match hv.str("machine_version") {
+    let machine = match hv.str(key::MACHINE_VERSION) {
         "" => caps.default_machine.clone().unwrap_or_else(|| "pc".into()),
         m => caps.resolve_machine(m).unwrap_or_else(|| m.to_string()),
     };
@@ -222,16 +224,16 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
             SlotPlan::default()
         }
     };
-    let disk_type = s("disk_type");
-    let cdrom_type = match hv.str("cdrom_disk_type") {
+    let disk_type = s(key::DISK_TYPE);
+    let cdrom_type = match hv.str(key::CDROM_DISK_TYPE) {
         "" => disk_type.clone(),
         t => t.to_string(),
     };
     let uses_scsi = SCSI_DISK_TYPES.contains(&disk_type.as_str()) && !spec.disks.is_empty()
-        || cdrom_type == "scsi-cd" && !s("cdrom_image_path").is_empty();
+        || cdrom_type == "scsi-cd" && !s(key::CDROM_IMAGE_PATH).is_empty();
 
     // --- persistent part (Ganeti's _GenerateKVMRuntime) ---
-    push!(s("kvm_path"));
+    push!(s(key::KVM_PATH));
     push!(
         "-name",
         if caps.version.0 >= 11 {
@@ -242,13 +244,13 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     );
     push!("-m", spec.memory.to_string());
     let mut smp = spec.vcpus.to_string();
-    for (key, opt) in [
-        ("cpu_cores", "cores"),
-        ("cpu_threads", "threads"),
-        ("cpu_sockets", "sockets"),
+    for (k, opt) in [
+        (key::CPU_CORES, "cores"),
+        (key::CPU_THREADS, "threads"),
+        (key::CPU_SOCKETS, "sockets"),
     ] {
-        if hv.int(key) > 0 {
-            smp.push_str(&format!(",{opt}={}", hv.int(key)));
+        if hv.int(k) > 0 {
+            smp.push_str(&format!(",{opt}={}", hv.int(k)));
         }
     }
     push!("-smp", smp);
@@ -256,14 +258,14 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     if uses_scsi {
         push!(
             "-device",
-            format!("{},id=scsi", hv.str("scsi_controller_type"))
+            format!("{},id=scsi", hv.str(key::SCSI_CONTROLLER_TYPE))
         );
     }
     push!("-device", "virtio-balloon-pci,id=balloon0");
-    if hv.str("reboot_behavior") == "exit" {
+    if hv.str(key::REBOOT_BEHAVIOR) == "exit" {
         push!("-no-reboot");
     }
-    let acpi_off = !hv.bool("acpi");
+    let acpi_off = !hv.bool(key::ACPI);
     if acpi_off && caps.options.no_acpi {
         push!("-no-acpi");
     }
@@ -274,11 +276,11 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     push!("-machine", machine_opt);
 
     // cdroms and floppy
-    for (key, id, bootable) in [
-        ("cdrom_image_path", "cdrom1", boot == "cdrom"),
-        ("cdrom2_image_path", "cdrom2", false),
+    for (k, id, bootable) in [
+        (key::CDROM_IMAGE_PATH, "cdrom1", boot == "cdrom"),
+        (key::CDROM2_IMAGE_PATH, "cdrom2", false),
     ] {
-        let image = s(key);
+        let image = s(k);
         if image.is_empty() {
             continue;
         }
@@ -321,7 +323,7 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
             )
         );
     }
-    let floppy = s("floppy_image_path");
+    let floppy = s(key::FLOPPY_IMAGE_PATH);
     if !floppy.is_empty() {
         push!(
             "-blockdev",
@@ -340,17 +342,21 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     }
     if !kernel.is_empty() {
         push!("-kernel", kernel.clone());
-        if !s("initrd_path").is_empty() {
-            push!("-initrd", s("initrd_path"));
+        if !s(key::INITRD_PATH).is_empty() {
+            push!("-initrd", s(key::INITRD_PATH));
         }
-        let mut append = format!("root={} {}", hv.str("root_path"), hv.str("kernel_args"));
-        if hv.bool("serial_console") {
-            append.push_str(&format!(" console=ttyS0,{}", hv.int("serial_speed")));
+        let mut append = format!(
+            "root={} {}",
+            hv.str(key::ROOT_PATH),
+            hv.str(key::KERNEL_ARGS)
+        );
+        if hv.bool(key::SERIAL_CONSOLE) {
+            append.push_str(&format!(" console=ttyS0,{}", hv.int(key::SERIAL_SPEED)));
         }
         push!("-append", append.trim());
     }
-    if !s("mem_path").is_empty() {
-        push!("-mem-path", s("mem_path"), "-mem-prealloc");
+    if !s(key::MEM_PATH).is_empty() {
+        push!("-mem-path", s(key::MEM_PATH), "-mem-prealloc");
     }
     push!(
         "-monitor",
@@ -359,7 +365,7 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
             qemu_escape(&l.paths.monitor().display().to_string())
         )
     );
-    if hv.bool("serial_console") {
+    if hv.bool(key::SERIAL_CONSOLE) {
         push!(
             "-chardev",
             format!(
@@ -373,9 +379,9 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     } else {
         push!("-serial", "none");
     }
-    let vnc = s("vnc_bind_address");
-    let spice = s("spice_bind");
-    let mouse = match (hv.str("usb_mouse"), vnc.is_empty()) {
+    let vnc = s(key::VNC_BIND_ADDRESS);
+    let spice = s(key::SPICE_BIND);
+    let mouse = match (hv.str(key::USB_MOUSE), vnc.is_empty()) {
         ("", false) => "tablet".to_string(),
         (m, _) => m.to_string(),
     };
@@ -392,7 +398,7 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     } else {
         push!("-display", "none");
     }
-    let sound = s("soundhw");
+    let sound = s(key::SOUNDHW);
     if !sound.is_empty() {
         if caps.options.soundhw {
             push!("-soundhw", sound);
@@ -404,19 +410,19 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
             );
         }
     }
-    if hv.bool("use_localtime") {
+    if hv.bool(key::USE_LOCALTIME) {
         push!("-rtc", "base=localtime");
     }
-    if !s("cpu_type").is_empty() {
-        push!("-cpu", s("cpu_type"));
+    if !s(key::CPU_TYPE).is_empty() {
+        push!("-cpu", s(key::CPU_TYPE));
     }
-    match (hv.str("vga"), spice.is_empty()) {
+    match (hv.str(key::VGA), spice.is_empty()) {
         ("", false) => push!("-vga", "qxl"),
         ("", true) => {}
         (v, _) => push!("-vga", v),
     }
     for dev in hv
-        .str("usb_devices")
+        .str(key::USB_DEVICES)
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
@@ -424,7 +430,7 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
         push!("-usbdevice", dev);
     }
     push!("-uuid", spec.uuid.clone());
-    if hv.bool("use_guest_agent") {
+    if hv.bool(key::USE_GUEST_AGENT) {
         push!(
             "-chardev",
             format!(
@@ -437,18 +443,18 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
             "virtserialport,bus=qga0-serial.0,chardev=qga0,name=org.qemu.guest_agent.0"
         );
     }
-    match shell_split(hv.str("kvm_extra")) {
+    match shell_split(hv.str(key::KVM_EXTRA)) {
         Ok(extra) => a.extend(extra),
         Err(why) => errs.push(FieldError::new(
             "kvm_extra",
-            format!("{:?}", hv.str("kvm_extra")),
+            format!("{:?}", hv.str(key::KVM_EXTRA)),
             why,
         )),
     }
 
     // --- execute-time part (Ganeti's _ExecuteKVMRuntime) ---
-    if !s("keymap").is_empty() {
-        push!("-k", s("keymap"));
+    if !s(key::KEYMAP).is_empty() {
+        push!("-k", s(key::KEYMAP));
     }
     nic_args(l, &slots, boot == "network", &mut a, &mut errs);
     push!(
@@ -505,15 +511,15 @@ fn vnc_args(l: &Launch<'_>, bind: &str, a: &mut Vec<String>, errs: &mut Vec<Fiel
     } else {
         format!("{addr}:{display}")
     };
-    if hv.bool("vnc_tls") {
-        let x509 = hv.str("vnc_x509_path");
+    if hv.bool(key::VNC_TLS) {
+        let x509 = hv.str(key::VNC_X509_PATH);
         let obj = if x509.is_empty() {
             "tls-creds-anon,id=vnctls0,endpoint=server".to_string()
         } else {
             format!(
                 "tls-creds-x509,id=vnctls0,endpoint=server,dir={},verify-peer={}",
                 qemu_escape(x509),
-                if hv.bool("vnc_x509_verify") {
+                if hv.bool(key::VNC_X509_VERIFY) {
                     "yes"
                 } else {
                     "no"
@@ -523,7 +529,7 @@ fn vnc_args(l: &Launch<'_>, bind: &str, a: &mut Vec<String>, errs: &mut Vec<Fiel
         a.extend(["-object".into(), obj]);
         arg.push_str(",tls-creds=vnctls0");
     }
-    if !hv.str("vnc_password_file").is_empty() {
+    if !hv.str(key::VNC_PASSWORD_FILE).is_empty() {
         arg.push_str(",password=on");
     }
     a.extend(["-vnc".into(), arg]);
@@ -534,7 +540,7 @@ fn spice_args(l: &Launch<'_>, a: &mut Vec<String>, errs: &mut Vec<FieldError>) {
     if !l.caps.options.spice {
         errs.push(FieldError::new(
             "spice_bind",
-            format!("{:?}", hv.str("spice_bind")),
+            format!("{:?}", hv.str(key::SPICE_BIND)),
             "this QEMU has no SPICE support (-spice is not in its --help)",
         ));
         return;
@@ -543,7 +549,7 @@ fn spice_args(l: &Launch<'_>, a: &mut Vec<String>, errs: &mut Vec<FieldError>) {
         .host
         .spice_address
         .clone()
-        .unwrap_or_else(|| hv.str("spice_bind").to_string());
+        .unwrap_or_else(|| hv.str(key::SPICE_BIND).to_string());
     let Some(port) = l.spec.network_port else {
         errs.push(FieldError::new(
             "network_port",
@@ -553,41 +559,44 @@ fn spice_args(l: &Launch<'_>, a: &mut Vec<String>, errs: &mut Vec<FieldError>) {
         return;
     };
     let mut o = format!("addr={addr}");
-    if hv.bool("spice_use_tls") {
+    if hv.bool(key::SPICE_USE_TLS) {
         let dir = l
             .host
             .spice_cert_dir
             .clone()
             .unwrap_or_else(|| "/etc/kvmd/spice".into());
         o.push_str(&format!(",tls-port={port},x509-cacert-file={dir}/spice-ca.pem,x509-key-file={dir}/spice.pem,x509-cert-file={dir}/spice.pem"));
-        if !hv.str("spice_tls_ciphers").is_empty() {
-            o.push_str(&format!(",tls-ciphers={}", hv.str("spice_tls_ciphers")));
+        if !hv.str(key::SPICE_TLS_CIPHERS).is_empty() {
+            o.push_str(&format!(",tls-ciphers={}", hv.str(key::SPICE_TLS_CIPHERS)));
         }
     } else {
         o.push_str(&format!(",port={port}"));
     }
-    match hv.int("spice_ip_version") {
+    match hv.int(key::SPICE_IP_VERSION) {
         4 => o.push_str(",ipv4=on"),
         6 => o.push_str(",ipv6=on"),
         _ => {}
     }
-    if hv.str("spice_password_file").is_empty() {
+    if hv.str(key::SPICE_PASSWORD_FILE).is_empty() {
         o.push_str(",disable-ticketing=on");
     }
-    for (key, opt) in [
-        ("spice_image_compression", "image-compression"),
-        ("spice_jpeg_wan_compression", "jpeg-wan-compression"),
-        ("spice_zlib_glz_wan_compression", "zlib-glz-wan-compression"),
-        ("spice_streaming_video", "streaming-video"),
+    for (k, opt) in [
+        (key::SPICE_IMAGE_COMPRESSION, "image-compression"),
+        (key::SPICE_JPEG_WAN_COMPRESSION, "jpeg-wan-compression"),
+        (
+            key::SPICE_ZLIB_GLZ_WAN_COMPRESSION,
+            "zlib-glz-wan-compression",
+        ),
+        (key::SPICE_STREAMING_VIDEO, "streaming-video"),
     ] {
-        if !hv.str(key).is_empty() {
-            o.push_str(&format!(",{opt}={}", hv.str(key)));
+        if !hv.str(k).is_empty() {
+            o.push_str(&format!(",{opt}={}", hv.str(k)));
         }
     }
-    if !hv.bool("spice_playback_compression") {
+    if !hv.bool(key::SPICE_PLAYBACK_COMPRESSION) {
         o.push_str(",playback-compression=off");
     }
-    if hv.bool("spice_use_vdagent") {
+    if hv.bool(key::SPICE_USE_VDAGENT) {
         a.extend([
             "-device".into(),
             "virtio-serial-pci,id=spice".into(),
@@ -614,15 +623,15 @@ fn nic_args(
         a.extend(["-net".into(), "none".into()]);
         return;
     }
-    let driver = nic_driver(hv.str("nic_type"));
+    let driver = nic_driver(hv.str(key::NIC_TYPE));
     if !caps.has_device(driver) {
         errs.push(FieldError::new(
             "nic_type",
-            format!("{:?}", hv.str("nic_type")),
+            format!("{:?}", hv.str(key::NIC_TYPE)),
             format!("this QEMU has no device {driver:?}"),
         ));
     }
-    let queues = hv.int("virtio_net_queues");
+    let queues = hv.int(key::VIRTIO_NET_QUEUES);
     for (i, nic) in spec.nics.iter().enumerate() {
         let id = format!("nic{i}");
         let netdev = match l.host.nics.get(i) {
@@ -681,12 +690,12 @@ fn disk_args(
     if spec.disks.is_empty() {
         return;
     }
-    let driver = match disk_driver(hv.str("disk_type")) {
+    let driver = match disk_driver(hv.str(key::DISK_TYPE)) {
         Ok(d) => d,
         Err(why) => {
             errs.push(FieldError::new(
                 "disk_type",
-                format!("{:?}", hv.str("disk_type")),
+                format!("{:?}", hv.str(key::DISK_TYPE)),
                 why,
             ));
             return;
@@ -695,16 +704,16 @@ fn disk_args(
     if !caps.has_device(driver) {
         errs.push(FieldError::new(
             "disk_type",
-            format!("{:?}", hv.str("disk_type")),
+            format!("{:?}", hv.str(key::DISK_TYPE)),
             format!("this QEMU has no device {driver:?}"),
         ));
     }
-    let (write_cache, direct, no_flush) = cache_settings(hv.str("disk_cache"));
-    let aio = match hv.str("disk_aio") {
+    let (write_cache, direct, no_flush) = cache_settings(hv.str(key::DISK_CACHE));
+    let aio = match hv.str(key::DISK_AIO) {
         "" => "threads",
         other => other,
     };
-    let discard = match hv.str("disk_discard") {
+    let discard = match hv.str(key::DISK_DISCARD) {
         "" => "ignore",
         other => other,
     };
@@ -746,16 +755,20 @@ fn disk_args(
 
 fn security_args(l: &Launch<'_>, a: &mut Vec<String>, errs: &mut Vec<FieldError>) {
     let (hv, caps) = (l.hv, l.caps);
-    let chroot = l.host.chroot_dir.clone().filter(|_| hv.bool("use_chroot"));
-    if hv.bool("use_chroot") && chroot.is_none() {
+    let chroot = l
+        .host
+        .chroot_dir
+        .clone()
+        .filter(|_| hv.bool(key::USE_CHROOT));
+    if hv.bool(key::USE_CHROOT) && chroot.is_none() {
         errs.push(FieldError::new(
             "use_chroot",
             "true",
             "needs a chroot directory (internal: none was prepared)",
         ));
     }
-    let user = match hv.str("security_model") {
-        "user" => Some(hv.str("security_domain").to_string()),
+    let user = match hv.str(key::SECURITY_MODEL) {
+        "user" => Some(hv.str(key::SECURITY_DOMAIN).to_string()),
         "pool" => match &l.host.pool_user {
             Some(u) => Some(u.clone()),
             None => {
@@ -787,7 +800,7 @@ fn security_args(l: &Launch<'_>, a: &mut Vec<String>, errs: &mut Vec<FieldError>
         if !caps.options.runas {
             errs.push(FieldError::new(
                 "security_model",
-                format!("{:?}", hv.str("security_model")),
+                format!("{:?}", hv.str(key::SECURITY_MODEL)),
                 "this QEMU has neither -run-with nor -runas",
             ));
         }
