@@ -156,6 +156,42 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
             }),
             None => Vec::new(),
         },
+        hook_timeout: o
+            .int("hook_timeout_ms", 100, 3_600_000, errs)
+            .map(|v| Duration::from_millis(v as u64))
+            .unwrap_or(d.hook_timeout),
+        probe_timeout: o
+            .int("probe_timeout_ms", 100, 600_000, errs)
+            .map(|v| Duration::from_millis(v as u64))
+            .unwrap_or(d.probe_timeout),
+        startup_timeout: o
+            .int("startup_timeout_ms", 100, 3_600_000, errs)
+            .map(|v| Duration::from_millis(v as u64))
+            .unwrap_or(d.startup_timeout),
+        health_interval: o
+            .int("health_interval_ms", 100, 3_600_000, errs)
+            .map(|v| Duration::from_millis(v as u64))
+            .unwrap_or(d.health_interval),
+        serial_log_max_bytes: o
+            .int("serial_log_max_bytes", 4096, 1 << 40, errs)
+            .map(|v| v as u64)
+            .unwrap_or(d.serial_log_max_bytes),
+        serial_log_keep_bytes: o
+            .int("serial_log_keep_bytes", 0, 1 << 40, errs)
+            .map(|v| v as u64)
+            .unwrap_or(d.serial_log_keep_bytes),
+        max_connections: o
+            .int("max_connections", 1, 65_536, errs)
+            .map(|v| v as usize)
+            .unwrap_or(d.max_connections),
+        max_connections_per_peer: o
+            .int("max_connections_per_peer", 1, 65_536, errs)
+            .map(|v| v as usize)
+            .unwrap_or(d.max_connections_per_peer),
+        event_history: o
+            .int("event_history", 16, 1 << 20, errs)
+            .map(|v| v as usize)
+            .unwrap_or(d.event_history),
     };
     if node.hvparams.contains_key("kvm_path") && o.had("qemu") {
         errs.push(FieldError::new(

@@ -1,34 +1,39 @@
-//! The operations kvmd offers and their results, as domain types. `protocol` maps them to and
-//! from the control socket's JSON; the supervisor and VM actors produce them.
+//! The control surface as domain types: the requests kvmd takes, the replies it gives, jobs,
+//! events and errors. `control::protocol` maps them to and from the socket's JSON; the
+//! supervisor and the VM actors produce them.
 //!
 //! Invariant: no JSON here, and no actix.
 
-use std::fmt;
+mod error;
+
+pub use error::{ApiError, ErrorCode};
 
 use crate::model::exit::ExitRecord;
-use crate::model::field_error::FieldError;
+use crate::model::job::{JobId, Operation};
 use crate::model::name::InstanceName;
 use crate::model::state::{StopEnd, VmState};
 
 /// One operation asked of kvmd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiRequest {
+    /// kvmd answers with its version.
     Ping,
     /// Running instances (those with a QEMU process).
     List,
     /// One instance, or all (`name = None`).
-    Info {
-        name: Option<InstanceName>,
-    },
+    Info { name: Option<InstanceName> },
+    /// `wait`: reply when the start has finished; otherwise at once, with the job.
     Start {
         name: InstanceName,
         paused: bool,
+        wait: bool,
     },
-    /// `timeout = None` uses the node's stop timeout.
+    /// `timeout_s = None` uses the node's stop timeout.
     Stop {
         name: InstanceName,
         timeout_s: Option<u64>,
         force: bool,
+        wait: bool,
     },
     /// Soft: stop (ACPI) and start again with the current definition. Hard: QMP system_reset.
     Reboot {
@@ -36,19 +41,32 @@ pub enum ApiRequest {
         hard: bool,
         /// How long the stop half may wait for the guest (default: the node's stop timeout).
         timeout_s: Option<u64>,
+        wait: bool,
     },
     /// Freeze a running guest (QMP stop).
-    Pause {
-        name: InstanceName,
-    },
+    Pause { name: InstanceName },
     /// Let a paused guest run (QMP cont), e.g. after `start --paused`.
-    Resume {
-        name: InstanceName,
-    },
-    Cleanup {
-        name: InstanceName,
-    },
+    Resume { name: InstanceName },
+    /// Remove a stopped instance's runtime files.
+    Cleanup { name: InstanceName },
+    /// Re-read the config file.
     Reload,
+    /// Jobs running and recently ended, oldest first (of one instance, or all).
+    Jobs { name: Option<InstanceName> },
+    /// One job: by id, or an instance's current (else latest) job.
+    Job { target: JobRef },
+    /// Cancel a running job (start, stop, reboot).
+    Cancel { id: JobId },
+    /// Switch this connection into an event stream: events after `since` (a sequence number)
+    /// that are still kept, then, with `follow`, new ones as they happen.
+    Subscribe { since: Option<u64>, follow: bool },
+}
+
+/// How a `job` request names its job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobRef {
+    Id(JobId),
+    Instance(InstanceName),
 }
 
 /// Everything `info` shows about one instance.
@@ -69,16 +87,103 @@ pub struct VmInfo {
     pub in_config: bool,
     /// The definition changed since QEMU started; applies at next start.
     pub pending_changes: bool,
-    /// The operation in progress (`start`, `stop`, `reboot`).
-    pub operation: Option<&'static str>,
+    /// The job in progress, if any.
+    pub job: Option<JobSummary>,
     pub last_exit: Option<ExitRecord>,
+}
+
+/// The job an instance is busy with, as `info` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub kind: Operation,
+    pub phase: String,
+}
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 4] = [
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+}
+
+/// Progress of a job that has any: `done` of `total` `unit`s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    pub unit: String,
+}
+
+/// One job, running or ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub instance: InstanceName,
+    pub kind: Operation,
+    pub state: JobState,
+    /// What it is doing now (`launching`, `acpi`, `sigterm`, ...) or did last.
+    pub phase: String,
+    pub progress: Option<Progress>,
+    pub started_at_ms: u64,
+    /// When the job (or its current phase, for a stop) gives up, if it has a deadline.
+    pub deadline_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    /// Taken over by a restarted kvmd (the job began before it started).
+    pub resumed: bool,
+    /// How it ended; `None` while running.
+    pub outcome: Option<JobOutcome>,
+}
+
+/// What an ended job produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Succeeded; a stop also says how QEMU went away.
+    Done {
+        stop: Option<StopResult>,
+    },
+    Failed(ApiError),
+    Cancelled {
+        reason: String,
+    },
+}
+
+/// How a stop ended and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopResult {
+    pub ended: StopEnd,
+    pub elapsed_ms: u64,
 }
 
 /// What a successful operation returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiReply {
     Pong {
-        version: &'static str,
+        version: String,
     },
     List(Vec<VmInfo>),
     Info(Vec<VmInfo>),
@@ -101,124 +206,101 @@ pub enum ApiReply {
         /// `[node]` settings differ from the running ones: they apply when kvmd restarts.
         node_changed: bool,
     },
+    /// An operation asked with `wait = false` was accepted: this is its job.
+    Accepted(JobInfo),
+    Jobs(Vec<JobInfo>),
+    Job(JobInfo),
+    /// A cancel was accepted; the job ends (rolled back where needed) shortly.
+    Cancelling(JobInfo),
+    /// The connection is now an event stream. `last_seq` is the newest event kvmd has.
+    Subscribed {
+        last_seq: u64,
+    },
 }
 
-/// Stable, machine-readable error codes (documented in docs/protocol.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    RequestTooLarge,
-    UnknownRequest,
-    InvalidParameter,
-    NotFound,
-    AlreadyRunning,
-    NotRunning,
-    Busy,
-    StartFailed,
-    QmpError,
-    Unresponsive,
-    ConfigError,
-    PermissionDenied,
-    ShuttingDown,
-    Internal,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
-        ErrorCode::BadRequest,
-        ErrorCode::RequestTooLarge,
-        ErrorCode::UnknownRequest,
-        ErrorCode::InvalidParameter,
-        ErrorCode::NotFound,
-        ErrorCode::AlreadyRunning,
-        ErrorCode::NotRunning,
-        ErrorCode::Busy,
-        ErrorCode::StartFailed,
-        ErrorCode::QmpError,
-        ErrorCode::Unresponsive,
-        ErrorCode::ConfigError,
-        ErrorCode::PermissionDenied,
-        ErrorCode::ShuttingDown,
-        ErrorCode::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::RequestTooLarge => "request_too_large",
-            ErrorCode::UnknownRequest => "unknown_request",
-            ErrorCode::InvalidParameter => "invalid_parameter",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::AlreadyRunning => "already_running",
-            ErrorCode::NotRunning => "not_running",
-            ErrorCode::Busy => "busy",
-            ErrorCode::StartFailed => "start_failed",
-            ErrorCode::QmpError => "qmp_error",
-            ErrorCode::Unresponsive => "unresponsive",
-            ErrorCode::ConfigError => "config_error",
-            ErrorCode::PermissionDenied => "permission_denied",
-            ErrorCode::ShuttingDown => "shutting_down",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
-
-/// A failed operation: code, message, and for bad input every rejected field.
+/// One event: every state change, job start/progress/end, notable QMP event, and the
+/// daemon's own. Sequence numbers grow across kvmd restarts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiError {
-    pub code: ErrorCode,
-    pub message: String,
-    /// Rejected fields (field, value, rule, allowed values). The first is also shown flat.
-    pub fields: Vec<FieldError>,
-    /// Extra lines: QEMU's stderr for a failed start, the error chain otherwise.
-    pub details: Vec<String>,
+pub struct Event {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub instance: Option<InstanceName>,
+    pub kind: EventKind,
 }
 
-impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            fields: Vec::new(),
-            details: Vec::new(),
-        }
-    }
-
-    pub fn invalid(fields: Vec<FieldError>) -> Self {
-        let message = match fields.as_slice() {
-            [one] => format!("Invalid {}: {}", one.field, one.rule),
-            many => format!(
-                "{} invalid parameters: {}",
-                many.len(),
-                crate::model::field_error::FieldErrors(many.to_vec())
-            ),
-        };
-        Self {
-            code: ErrorCode::InvalidParameter,
-            message,
-            fields,
-            details: Vec::new(),
-        }
-    }
-
-    pub fn with_details(mut self, details: Vec<String>) -> Self {
-        self.details = details;
-        self
-    }
-
-    pub fn not_found(name: &InstanceName) -> Self {
-        Self::new(ErrorCode::NotFound, format!("No instance named {name}"))
-    }
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The state operators see changed.
+    State {
+        state: VmState,
+        previous: VmState,
+    },
+    JobStarted(JobInfo),
+    /// A job moved to a new phase (or made progress).
+    JobProgress(JobInfo),
+    JobEnded(JobInfo),
+    /// QEMU exited, and how that was classified.
+    Exited(ExitRecord),
+    /// A QMP event worth telling operators about.
+    Qemu(QemuEvent),
+    /// kvmd itself: started, stopping, config reloaded.
+    Daemon(DaemonEvent),
 }
 
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.code.as_str())
-    }
+/// Notable QMP events, as operators see them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QemuEvent {
+    Shutdown {
+        guest: bool,
+        reason: String,
+    },
+    Reset {
+        guest: bool,
+        reason: String,
+    },
+    Powerdown,
+    GuestPanicked {
+        action: String,
+    },
+    BlockIoError {
+        device: String,
+        operation: String,
+        action: String,
+        reason: String,
+    },
+    /// kvmd missed a QMP deadline of this QEMU: it is unresponsive.
+    Unresponsive {
+        command: String,
+    },
+    /// It answers again.
+    Responsive,
 }
 
-impl std::error::Error for ApiError {}
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DaemonEvent {
+    Started {
+        version: String,
+    },
+    Stopping,
+    Reloaded {
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+    },
+}
+
+/// What a subscribed connection carries after [`ApiReply::Subscribed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamItem {
+    Event(Event),
+    /// Events `from..=to` are no longer kept (the subscriber was slow, or asked for events
+    /// older than kvmd's history): they are lost to this subscriber, and it is told so.
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    /// Replay done (only without `follow`): no more items.
+    End {
+        last_seq: u64,
+    },
+}

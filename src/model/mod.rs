@@ -7,6 +7,7 @@
 pub mod exit;
 pub mod field_error;
 pub mod hvparams;
+pub mod job;
 pub mod layout;
 pub mod name;
 pub mod pinning;

@@ -64,6 +64,27 @@ pub struct NodeConfig {
     pub spice_cert_dir: PathBuf,
     /// Uids for `security_model = pool` (Ganeti's cluster uid pool), as inclusive ranges.
     pub uid_pool: Vec<(u32, u32)>,
+    /// Deadline of each operator hook and external program (`nic_script`, `ip`, `ovs-vsctl`):
+    /// a hook still running then is killed (with its process group) and the step fails.
+    pub hook_timeout: Duration,
+    /// Deadline of probing a QEMU binary (`--version`, `--help`, the QMP cross-check).
+    pub probe_timeout: Duration,
+    /// How long a new QEMU may take to greet on QMP and accept `qmp_capabilities` (memory
+    /// preallocation with `mem_path` happens before that). Separate from `qmp_timeout`.
+    pub startup_timeout: Duration,
+    /// How often a running VM's QMP is asked `query-status`. A command that misses its
+    /// deadline marks the VM unresponsive at once, whatever this interval.
+    pub health_interval: Duration,
+    /// `serial.log` is rotated when it grows past this many bytes...
+    pub serial_log_max_bytes: u64,
+    /// ...keeping this many of its last bytes in `serial.log.1`.
+    pub serial_log_keep_bytes: u64,
+    /// Control connections served at once (beyond that, new ones are refused at once).
+    pub max_connections: usize,
+    /// Control connections one peer uid may hold at once (root is exempt).
+    pub max_connections_per_peer: usize,
+    /// Events kept for `kvmctl events --since`; older ones are reported as a gap.
+    pub event_history: usize,
 }
 
 impl NodeConfig {
@@ -84,6 +105,15 @@ impl NodeConfig {
             nic_script: None,
             spice_cert_dir: PathBuf::from("/etc/kvmd/spice"),
             uid_pool: Vec::new(),
+            hook_timeout: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(20),
+            startup_timeout: Duration::from_secs(60),
+            health_interval: Duration::from_secs(2),
+            serial_log_max_bytes: 1 << 20,
+            serial_log_keep_bytes: 256 << 10,
+            max_connections: 256,
+            max_connections_per_peer: 32,
+            event_history: 4096,
         }
     }
 }
