@@ -131,6 +131,7 @@ fn main() {
             name: name("vm00"),
             timeout_s: None,
             force: true,
+            wait: true,
         })
         .unwrap();
         took
@@ -170,6 +171,7 @@ fn main() {
                 .call(ApiRequest::Start {
                     name: name(&n),
                     paused: true,
+                    wait: true,
                 })
                 .unwrap()
             {
@@ -208,6 +210,7 @@ fn main() {
             name: name(&format!("vm{i:02}")),
             timeout_s: None,
             force: true,
+            wait: true,
         })
         .unwrap();
     }

@@ -21,6 +21,7 @@ fn kill9_of_kvmd_leaves_vms_running_and_a_restart_readopts_them() {
         .call(ApiRequest::Start {
             name: name("a2"),
             paused: true,
+            wait: true,
         })
         .unwrap()
     {
@@ -51,6 +52,7 @@ fn kill9_of_kvmd_leaves_vms_running_and_a_restart_readopts_them() {
             name: name("a1"),
             timeout_s: Some(30),
             force: false,
+            wait: true,
         })
         .unwrap()
     {
@@ -64,6 +66,7 @@ fn kill9_of_kvmd_leaves_vms_running_and_a_restart_readopts_them() {
             name: name("a2"),
             timeout_s: None,
             force: true,
+            wait: true,
         })
         .unwrap()
     {
@@ -257,6 +260,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
         .call(ApiRequest::Start {
             name: name("nokernel"),
             paused: false,
+            wait: true,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidParameter);
@@ -270,6 +274,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
         .call(ApiRequest::Start {
             name: name("badqemu"),
             paused: false,
+            wait: true,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::StartFailed);
@@ -407,13 +412,14 @@ fn pause_resume_and_a_refused_reboot_leave_the_vm_usable() {
             name: name("gone"),
             hard: false,
             timeout_s: Some(5),
+            wait: true,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
     let i = d.info("gone");
     assert_eq!(
-        (i.state.as_str(), i.pid, i.operation, i.in_config),
-        ("running", Some(pid), None, false)
+        (i.state.as_str(), i.pid, i.job.is_some(), i.in_config),
+        ("running", Some(pid), false, false)
     );
     assert_eq!(i.memory_mib, 192, "the running definition is still shown");
     match d
@@ -421,6 +427,7 @@ fn pause_resume_and_a_refused_reboot_leave_the_vm_usable() {
             name: name("gone"),
             timeout_s: None,
             force: true,
+            wait: true,
         })
         .unwrap()
     {
@@ -457,6 +464,7 @@ fn the_last_exit_survives_a_start_a_restart_and_a_failed_start() {
         name: name("h"),
         timeout_s: None,
         force: true,
+        wait: true,
     })
     .unwrap();
     // Now make starts fail: the VM stays exactly as it was.
@@ -475,6 +483,7 @@ fn the_last_exit_survives_a_start_a_restart_and_a_failed_start() {
         .call(ApiRequest::Start {
             name: name("h"),
             paused: false,
+            wait: true,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::StartFailed);
@@ -502,6 +511,7 @@ fn a_hard_reset_under_reboot_behavior_exit_restarts_the_vm() {
         name: name("hx"),
         hard: true,
         timeout_s: None,
+        wait: true,
     })
     .unwrap();
     let info = wait_for("a new QEMU", Duration::from_secs(30), || {
@@ -527,6 +537,7 @@ fn a_stop_interrupted_by_a_kvmd_crash_ends_as_an_admin_stop() {
             name: name("s"),
             timeout_s: Some(30),
             force: false,
+            wait: true,
         });
     });
     wait_for("the stopping marker", Duration::from_secs(5), || {
@@ -578,6 +589,7 @@ fn a_damaged_runtime_file_does_not_hide_a_running_vm() {
         .call(ApiRequest::Start {
             name: name("dmg"),
             paused: false,
+            wait: true,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::AlreadyRunning, "no second QEMU");
@@ -586,6 +598,7 @@ fn a_damaged_runtime_file_does_not_hide_a_running_vm() {
             name: name("dmg"),
             timeout_s: None,
             force: true,
+            wait: true,
         })
         .unwrap()
     {

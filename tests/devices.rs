@@ -140,6 +140,7 @@ fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environmen
         name: name("net"),
         timeout_s: Some(30),
         force: false,
+        wait: true,
     })
     .unwrap();
     wait_for("the tap to go", Duration::from_secs(5), || {
@@ -172,6 +173,7 @@ fn a_routed_tap_nic_gets_a_host_route_that_goes_with_the_vm() {
         name: name("rt"),
         timeout_s: None,
         force: true,
+        wait: true,
     })
     .unwrap();
     let route = route_to("10.78.0.2");
@@ -235,6 +237,7 @@ fn security_model_user_with_chroot_runs_qemu_as_that_user_inside_the_chroot() {
             name: name("sec"),
             timeout_s: Some(30),
             force: false,
+            wait: true,
         })
         .unwrap()
     {
@@ -297,6 +300,7 @@ fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
         .call(ApiRequest::Start {
             name: name("p2"),
             paused: false,
+            wait: true,
         })
         .unwrap_err();
     assert_eq!(e.fields[0].field, "hvparams.security_model");
@@ -308,13 +312,15 @@ fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
     assert!(d
         .call(ApiRequest::Start {
             name: name("p2"),
-            paused: false
+            paused: false,
+            wait: true
         })
         .is_err());
     d.call(ApiRequest::Stop {
         name: name("p1"),
         timeout_s: None,
         force: true,
+        wait: true,
     })
     .unwrap();
     let pid2 = d.start_vm("p2").pid.unwrap();

@@ -34,6 +34,7 @@ fn start_runs_the_guest_and_acpi_stop_powers_it_off() {
             name: name("a"),
             timeout_s: Some(30),
             force: false,
+            wait: true,
         })
         .unwrap()
     {
@@ -56,6 +57,7 @@ fn start_runs_the_guest_and_acpi_stop_powers_it_off() {
             name: name("a"),
             timeout_s: None,
             force: false,
+            wait: true,
         })
         .unwrap()
     {
@@ -74,6 +76,7 @@ fn forced_stop_kills_at_once_and_cleanup_removes_the_runtime_files() {
             name: name("f"),
             timeout_s: None,
             force: true,
+            wait: true,
         })
         .unwrap()
     {
@@ -101,6 +104,7 @@ fn stop_escalates_to_sigterm_when_the_guest_ignores_the_power_button() {
             name: name("p"),
             timeout_s: Some(5),
             force: false,
+            wait: true,
         })
         .unwrap()
     {
@@ -122,6 +126,7 @@ fn stop_escalates_to_sigterm_when_the_guest_ignores_the_power_button() {
         .call(ApiRequest::Start {
             name: name("q"),
             paused: true,
+            wait: true,
         })
         .unwrap()
     {
@@ -134,6 +139,7 @@ fn stop_escalates_to_sigterm_when_the_guest_ignores_the_power_button() {
             name: name("q"),
             timeout_s: Some(30),
             force: false,
+            wait: true,
         })
         .unwrap()
     {
@@ -152,6 +158,7 @@ fn stop_without_acpi_uses_sigterm() {
             name: name("n"),
             timeout_s: Some(20),
             force: false,
+            wait: true,
         })
         .unwrap()
     {
@@ -171,6 +178,7 @@ fn soft_reboot_restarts_qemu_and_hard_reboot_resets_in_place() {
             name: name("r"),
             hard: false,
             timeout_s: None,
+            wait: true,
         })
         .unwrap()
     {
@@ -188,6 +196,7 @@ fn soft_reboot_restarts_qemu_and_hard_reboot_resets_in_place() {
             name: name("r"),
             hard: true,
             timeout_s: None,
+            wait: true,
         })
         .unwrap()
     {
@@ -333,6 +342,7 @@ fn cpu_mask_pins_every_vcpu_thread_before_the_guest_runs() {
         .call(ApiRequest::Start {
             name: name("pin3"),
             paused: false,
+            wait: true,
         })
         .unwrap_err();
     assert_eq!(e.fields[0].field, "hvparams.cpu_mask");

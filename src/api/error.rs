@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::model::field_error::{FieldError, FieldErrors};
+
 use crate::model::name::InstanceName;
 
 /// Stable, machine-readable error codes (documented in docs/protocol.md).
@@ -111,7 +112,7 @@ impl ApiError {
             many => format!(
                 "{} invalid parameters: {}",
                 many.len(),
-                crate::model::field_error::FieldErrors(many.to_vec())
+                FieldErrors(many.to_vec())
             ),
         };
         Self {

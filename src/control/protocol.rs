@@ -205,7 +205,11 @@ fn parse_fields(request: &str, map: Map<String, Value>) -> Result<ApiRequest, Ap
         "info" => f.opt_name().map(|name| ApiRequest::Info { name }),
         "start" => {
             let (n, paused) = (f.name(), f.bool("paused"));
-            n.map(|name| ApiRequest::Start { name, paused })
+            n.map(|name| ApiRequest::Start {
+                name,
+                paused,
+                wait: true,
+            })
         }
         "stop" => {
             let (n, timeout_s, force) = (f.name(), f.opt_u64("timeout", 86_400), f.bool("force"));
@@ -213,6 +217,7 @@ fn parse_fields(request: &str, map: Map<String, Value>) -> Result<ApiRequest, Ap
                 name,
                 timeout_s,
                 force,
+                wait: true,
             })
         }
         "reboot" => {
@@ -228,6 +233,7 @@ fn parse_fields(request: &str, map: Map<String, Value>) -> Result<ApiRequest, Ap
                 name,
                 hard,
                 timeout_s,
+                wait: true,
             })
         }
         "pause" => f.name().map(|name| ApiRequest::Pause { name }),
@@ -245,13 +251,14 @@ pub fn encode_request(id: u64, req: &ApiRequest) -> Vec<u8> {
         ApiRequest::List => json!({"request": "list"}),
         ApiRequest::Info { name: None } => json!({"request": "info"}),
         ApiRequest::Info { name: Some(n) } => json!({"request": "info", "name": n.as_str()}),
-        ApiRequest::Start { name, paused } => {
+        ApiRequest::Start { name, paused, .. } => {
             json!({"request": "start", "name": name.as_str(), "paused": paused})
         }
         ApiRequest::Stop {
             name,
             timeout_s,
             force,
+            ..
         } => {
             json!({"request": "stop", "name": name.as_str(), "timeout": timeout_s, "force": force})
         }
@@ -259,6 +266,7 @@ pub fn encode_request(id: u64, req: &ApiRequest) -> Vec<u8> {
             name,
             hard,
             timeout_s,
+            ..
         } => {
             json!({"request": "reboot", "name": name.as_str(), "hard": hard, "timeout": timeout_s})
         }
@@ -266,6 +274,7 @@ pub fn encode_request(id: u64, req: &ApiRequest) -> Vec<u8> {
         ApiRequest::Resume { name } => json!({"request": "resume", "name": name.as_str()}),
         ApiRequest::Cleanup { name } => json!({"request": "cleanup", "name": name.as_str()}),
         ApiRequest::Reload => json!({"request": "reload"}),
+        _ => json!({"request": "unsupported"}),
     };
     v["id"] = json!(id);
     line(&v)
@@ -320,7 +329,7 @@ fn vm_to_wire(i: &VmInfo) -> WireVm {
         autostart: i.autostart,
         in_config: i.in_config,
         pending_changes: i.pending_changes,
-        operation: i.operation.map(str::to_string),
+        operation: i.job.as_ref().map(|j| j.kind.as_str().to_string()),
         last_exit: i.last_exit.as_ref().map(|e| WireExit {
             kind: e.kind,
             reason: e.reason.clone(),
@@ -345,7 +354,6 @@ const STATES: [VmState; 8] = [
 ];
 
 fn vm_from_wire(w: WireVm) -> Result<VmInfo, String> {
-    const OPS: [&str; 4] = ["start", "stop", "reboot", "recovery"];
     Ok(VmInfo {
         name: InstanceName::parse(&w.name).map_err(|e| e.to_string())?,
         state: STATES
@@ -362,7 +370,14 @@ fn vm_from_wire(w: WireVm) -> Result<VmInfo, String> {
         autostart: w.autostart,
         in_config: w.in_config,
         pending_changes: w.pending_changes,
-        operation: w.operation.and_then(|o| OPS.into_iter().find(|x| *x == o)),
+        job: w
+            .operation
+            .and_then(|o| crate::model::job::Operation::parse(&o))
+            .map(|kind| crate::api::JobSummary {
+                id: crate::model::job::JobId(0),
+                kind,
+                phase: kind.as_str().to_string(),
+            }),
         last_exit: w.last_exit.map(|e| ExitRecord {
             kind: e.kind,
             reason: e.reason,
@@ -402,6 +417,7 @@ fn reply_result(r: &ApiReply) -> Value {
         } => {
             json!({"reloaded": {"added": added, "removed": removed, "changed": changed, "node_changed": node_changed}})
         }
+        _ => json!({}),
     }
 }
 
@@ -519,7 +535,13 @@ pub fn decode_reply(line: &[u8], req: &ApiRequest) -> Result<DecodedReply, Strin
             .unwrap_or_default()
     };
     let reply = match req {
-        ApiRequest::Ping => ApiReply::Pong { version: "remote" },
+        ApiRequest::Ping => ApiReply::Pong {
+            version: r
+                .get("version")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        },
         ApiRequest::List => ApiReply::List(vms(r.get("instances"))?),
         ApiRequest::Info { .. } => ApiReply::Info(vms(r.get("instances"))?),
         ApiRequest::Start { .. } => ApiReply::Started(vm(r.get("started").ok_or("no started")?)?),
@@ -556,6 +578,7 @@ pub fn decode_reply(line: &[u8], req: &ApiRequest) -> Result<DecodedReply, Strin
                     .unwrap_or(false),
             }
         }
+        _ => return Err("unsupported request".into()),
     };
     Ok(DecodedReply {
         id,
@@ -582,7 +605,8 @@ mod tests {
             ApiRequest::Stop {
                 name: InstanceName::parse("web1").unwrap(),
                 timeout_s: Some(30),
-                force: true
+                force: true,
+                wait: true
             }
         );
         assert_eq!(
@@ -643,21 +667,25 @@ mod tests {
             ApiRequest::Start {
                 name: n(),
                 paused: true,
+                wait: true,
             },
             ApiRequest::Stop {
                 name: n(),
                 timeout_s: None,
                 force: false,
+                wait: true,
             },
             ApiRequest::Reboot {
                 name: n(),
                 hard: false,
                 timeout_s: Some(9),
+                wait: true,
             },
             ApiRequest::Reboot {
                 name: n(),
                 hard: true,
                 timeout_s: None,
+                wait: true,
             },
             ApiRequest::Pause { name: n() },
             ApiRequest::Resume { name: n() },

@@ -75,7 +75,11 @@ impl Supervisor {
             autostart: spec.as_ref().is_some_and(|s| s.autostart),
             in_config: spec.is_some(),
             pending_changes: false,
-            operation: Some("recovery"),
+            job: Some(crate::api::JobSummary {
+                id: crate::model::job::JobId(0),
+                kind: crate::model::job::Operation::Recovery,
+                phase: "recovery".into(),
+            }),
             last_exit: None,
         };
         let actor = VmActor::new(
@@ -100,7 +104,12 @@ impl Supervisor {
         let n = self
             .vms
             .values()
-            .filter(|e| e.info.operation == Some("recovery"))
+            .filter(|e| {
+                e.info
+                    .job
+                    .as_ref()
+                    .is_some_and(|j| j.kind == crate::model::job::Operation::Recovery)
+            })
             .count();
         self.recovering
             .send_if_modified(|c| std::mem::replace(c, n) != n);
@@ -176,7 +185,7 @@ impl Handler<VmUpdated> for Supervisor {
             && !self.config.instances.contains_key(&info.name)
             && !info.state.has_process()
             && info.last_exit.is_none()
-            && info.operation.is_none();
+            && info.job.is_none();
         if retire {
             if let Some(e) = self.vms.remove(&info.name) {
                 info!(name = %info.name, "instance no longer in the config and cleaned up: forgotten");
@@ -292,7 +301,7 @@ impl Supervisor {
         let stop_timeout = |t: Option<u64>| t.map_or(self.node.stop_timeout, Duration::from_secs);
         match req {
             ApiRequest::Ping => ready(Ok(ApiReply::Pong {
-                version: env!("CARGO_PKG_VERSION"),
+                version: env!("CARGO_PKG_VERSION").to_string(),
             })),
             ApiRequest::List => ready(Ok(ApiReply::List(
                 self.vms
@@ -308,7 +317,7 @@ impl Supervisor {
                 Some(e) => Ok(ApiReply::Info(vec![live(e.info.clone())])),
                 None => Err(ApiError::not_found(&n)),
             }),
-            ApiRequest::Start { name, paused } => {
+            ApiRequest::Start { name, paused, .. } => {
                 self.vm(&name, VmRequest::Start { paused }, |o| {
                     ApiReply::Started(info_of(o))
                 })
@@ -317,6 +326,7 @@ impl Supervisor {
                 name,
                 timeout_s,
                 force,
+                ..
             } => {
                 let req = VmRequest::Stop {
                     timeout: stop_timeout(timeout_s),
@@ -343,6 +353,7 @@ impl Supervisor {
                 name,
                 hard,
                 timeout_s,
+                ..
             } => self.vm(
                 &name,
                 VmRequest::Reboot {
@@ -363,6 +374,13 @@ impl Supervisor {
                     name: n,
                 })
             }
+            ApiRequest::Jobs { .. }
+            | ApiRequest::Job { .. }
+            | ApiRequest::Cancel { .. }
+            | ApiRequest::Subscribe { .. } => ready(Err(ApiError::new(
+                ErrorCode::UnknownRequest,
+                "not yet served by this build",
+            ))),
             ApiRequest::Reload => {
                 let (path, me) = (self.config.path.clone(), ctx.address());
                 Box::pin(async move {

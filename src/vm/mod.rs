@@ -331,7 +331,12 @@ impl VmActor {
                 (Some(rt), Some(s)) => rt.spec != *s,
                 _ => false,
             },
-            operation: self.op,
+            job: self.op.map(|op| crate::api::JobSummary {
+                id: crate::model::job::JobId(self.op_seq),
+                kind: crate::model::job::Operation::parse(op)
+                    .unwrap_or(crate::model::job::Operation::Start),
+                phase: op.to_string(),
+            }),
             last_exit: self.last_exit.clone(),
         }
     }

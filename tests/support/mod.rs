@@ -197,6 +197,7 @@ impl Daemon {
         match self.call(ApiRequest::Start {
             name: name(n),
             paused: false,
+            wait: true,
         }) {
             Ok(ApiReply::Started(i)) => i,
             other => panic!("start {n}: {other:?}\n{}", self.log()),

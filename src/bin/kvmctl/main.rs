@@ -191,6 +191,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         Cmd::Start { name: n, paused } => ApiRequest::Start {
             name: name(n)?,
             paused: *paused,
+            wait: true,
         },
         Cmd::Stop {
             name: n,
@@ -200,6 +201,7 @@ fn run(args: &Args) -> Result<ExitCode> {
             name: name(n)?,
             timeout_s: *timeout,
             force: *force,
+            wait: true,
         },
         Cmd::Reboot {
             name: n,
@@ -209,6 +211,7 @@ fn run(args: &Args) -> Result<ExitCode> {
             name: name(n)?,
             hard: *hard,
             timeout_s: *timeout,
+            wait: true,
         },
         Cmd::Pause { name: n } => ApiRequest::Pause { name: name(n)? },
         Cmd::Resume { name: n } => ApiRequest::Resume { name: name(n)? },
@@ -286,8 +289,8 @@ fn table(vms: &[VmInfo]) {
 fn details(v: &VmInfo) {
     println!("{}", v.name);
     println!("  state:        {}", v.state.as_str());
-    if let Some(op) = v.operation {
-        println!("  operation:    {op} in progress");
+    if let Some(job) = &v.job {
+        println!("  job:          {} {} ({})", job.kind, job.id, job.phase);
     }
     println!(
         "  pid:          {}",
@@ -362,6 +365,11 @@ fn print_reply(r: &ApiReply, socket: &Path) {
         ),
         ApiReply::CleanedUp { name } => println!("{name}: runtime files removed"),
         ApiReply::Paused(v) | ApiReply::Resumed(v) => println!("{}: {}", v.name, v.state.as_str()),
+        ApiReply::Accepted(_)
+        | ApiReply::Jobs(_)
+        | ApiReply::Job(_)
+        | ApiReply::Cancelling(_)
+        | ApiReply::Subscribed { .. } => println!("(not yet shown by this build)"),
         ApiReply::Reloaded {
             added,
             removed,
