@@ -88,6 +88,84 @@ impl fmt::Display for Operation {
     }
 }
 
+/// One step that undoes part of an operation (a compensation), recorded as the operation goes
+/// and run in reverse when it fails, is cancelled, or is found unfinished by a restarted kvmd.
+/// Plain data, so it can be persisted with the job: start uses it now; hotplug and incoming
+/// migration add their own steps (device_del, blockdev-del, quitting the incoming QEMU).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Undo {
+    /// Remove the run's files from the instance directory (the exit history stays).
+    DropRunFiles,
+    /// Run the down side of NIC `index` (its hook with `ACTION=down`); the tap itself goes
+    /// with the last fd.
+    NicDown { index: usize, tap: String },
+    /// Give the pool uid back (`security_model = pool`).
+    ReleaseUid,
+    /// Kill the QEMU this operation spawned (identified by pid and start time).
+    KillQemu { pid: u32, start_ticks: u64 },
+}
+
+/// The undo steps of one operation, run last-in first-out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UndoStack(Vec<Undo>);
+
+impl UndoStack {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn push(&mut self, step: Undo) {
+        self.0.push(step);
+    }
+
+    /// The steps in the order they were recorded.
+    pub fn steps(&self) -> &[Undo] {
+        &self.0
+    }
+
+    /// The steps to run, last recorded first; the stack is left empty.
+    pub fn take_reversed(&mut self) -> Vec<Undo> {
+        let mut steps = std::mem::take(&mut self.0);
+        steps.reverse();
+        steps
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<Undo>> for UndoStack {
+    fn from(steps: Vec<Undo>) -> Self {
+        Self(steps)
+    }
+}
+
+/// Where a persisted job was when it was last written: enough for a restarted kvmd to finish
+/// it (a stop keeps its deadline) or roll it back (a start runs its undo steps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistedJob {
+    pub id: JobId,
+    pub kind: Operation,
+    /// The phase name (as `JobInfo::phase` shows it).
+    pub phase: String,
+    pub started_at_ms: u64,
+    /// The operation's own deadline (a stop's ACPI deadline), wall clock.
+    pub deadline_ms: Option<u64>,
+    /// The current phase's deadline (SIGTERM grace), wall clock.
+    pub phase_deadline_ms: Option<u64>,
+    /// Start: leave the guest paused.
+    pub paused: bool,
+    /// Stop: kill at once.
+    pub force: bool,
+    /// Stop or reboot: the stop timeout asked for, in milliseconds.
+    pub timeout_ms: u64,
+    /// Reboot: the stop half is done and the start half began.
+    pub restarting: bool,
+    /// What undoes the operation so far.
+    pub undo: Vec<Undo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +176,24 @@ mod tests {
         let b = JobId::new(1_700_000_000_000, 2);
         let c = JobId::new(1_700_000_000_001, 0);
         assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn undo_steps_run_last_recorded_first() {
+        let mut u = UndoStack::new();
+        u.push(Undo::DropRunFiles);
+        u.push(Undo::NicDown {
+            index: 0,
+            tap: "tap0".into(),
+        });
+        u.push(Undo::KillQemu {
+            pid: 7,
+            start_ticks: 1,
+        });
+        let order: Vec<_> = u.take_reversed();
+        assert!(matches!(order[0], Undo::KillQemu { .. }));
+        assert_eq!(order[2], Undo::DropRunFiles);
+        assert!(u.is_empty());
     }
 
     #[test]

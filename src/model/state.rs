@@ -22,6 +22,21 @@ pub enum VmState {
 }
 
 impl VmState {
+    pub const ALL: [VmState; 8] = [
+        VmState::Stopped,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Stopping,
+        VmState::UserDown,
+        VmState::Crashed,
+        VmState::Unresponsive,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Stopped => "stopped",
@@ -64,6 +79,10 @@ pub enum StopEnd {
     Sigkill,
     /// Nothing was running.
     AlreadyStopped,
+    /// A start was under way: it was cancelled and rolled back.
+    StartCancelled,
+    /// QEMU went away while kvmd was not running (a stop interrupted by a kvmd restart).
+    Unobserved,
 }
 
 impl StopEnd {
@@ -73,6 +92,21 @@ impl StopEnd {
             StopEnd::Sigterm => "sigterm",
             StopEnd::Sigkill => "sigkill",
             StopEnd::AlreadyStopped => "already-stopped",
+            StopEnd::StartCancelled => "start-cancelled",
+            StopEnd::Unobserved => "unobserved",
         }
+    }
+
+    pub const ALL: [StopEnd; 6] = [
+        StopEnd::Acpi,
+        StopEnd::Sigterm,
+        StopEnd::Sigkill,
+        StopEnd::AlreadyStopped,
+        StopEnd::StartCancelled,
+        StopEnd::Unobserved,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
     }
 }

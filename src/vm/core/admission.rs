@@ -1,0 +1,315 @@
+//! The admission table: which request is allowed in which state and during which job, and
+//! what a refusal says. [`rule`] is the table, a pure function of the request, the running
+//! job and a few facts about the VM; [`Core::admit`] carries the rule out.
+
+use super::{
+    Answer, Core, Deferred, Effect, Job, Now, Outcome, QmpAction, Request, StopPhase, Task,
+    TaskControl, Ticket,
+};
+use crate::api::{ApiError, ErrorCode};
+use crate::model::job::Operation;
+use crate::model::state::VmState;
+
+/// What the operator asked, as far as admission cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Start,
+    Stop,
+    /// `stop --force`.
+    Kill,
+    Reboot,
+    Reset,
+    Pause,
+    Resume,
+    Cleanup,
+}
+
+/// The running job, as far as admission cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub kind: Operation,
+    /// A stop that kills at once.
+    pub force: bool,
+}
+
+/// What admission looks at besides the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// A QEMU exists (maybe on its way out).
+    pub has_qemu: bool,
+    /// That QEMU exited and its exit is being classified.
+    pub exiting: bool,
+    pub state: VmState,
+    /// A pidfd watches that QEMU (false: adopted, but kvmd cannot see it exit yet).
+    pub watched: bool,
+}
+
+/// What the table says to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// Begin a job for it.
+    Begin,
+    /// Refuse, with this code and reason.
+    Refuse(ErrorCode, &'static str),
+    /// It asks for what the running job already does: answer when that job ends.
+    Join,
+    /// A forced stop joining a running stop: skip to SIGKILL, then join.
+    Escalate,
+    /// Cancel the running job (rolling it back), then take the request up.
+    CancelThenDefer,
+    /// Take it up when the running job has ended.
+    Defer,
+    /// A stop with nothing to stop.
+    AlreadyStopped,
+}
+
+/// The admission table.
+pub fn rule(ask: Ask, job: Option<Running>, vm: Facts) -> Rule {
+    use Ask::*;
+    use Operation as Op;
+    let up = matches!(vm.state, VmState::Running | VmState::Paused);
+    match (ask, job.map(|j| (j.kind, j.force))) {
+        // Right after kvmd starts: wait until the instance knows whether its QEMU runs.
+        (_, Some((Op::Recovery, _))) => Rule::Defer,
+
+        (Start, Some(_)) => Rule::Refuse(ErrorCode::Busy, "another job is in progress"),
+        (Start, None) if vm.has_qemu && vm.exiting => Rule::Defer,
+        (Start, None) if vm.has_qemu => Rule::Refuse(ErrorCode::AlreadyRunning, "it is running"),
+        (Start, None) => Rule::Begin,
+
+        // A stop during a start cancels the start (rolled back: no QEMU is left).
+        (Stop | Kill, Some((Op::Start, _))) => Rule::CancelThenDefer,
+        (Kill, Some((Op::Reboot, _))) => Rule::CancelThenDefer,
+        (Stop, Some((Op::Stop, _))) => Rule::Join,
+        (Kill, Some((Op::Stop, false))) => Rule::Escalate,
+        (Kill, Some((Op::Stop, true))) => Rule::Join,
+        // Behind a pause, resume, reset, cleanup or reboot: after it (a stop after a pause
+        // sees a paused guest and does not press a button nobody hears).
+        (Stop | Kill, Some(_)) => Rule::Defer,
+        (Stop | Kill, None) if vm.has_qemu && !vm.watched => Rule::Refuse(
+            ErrorCode::Unresponsive,
+            "kvmd cannot watch its QEMU yet (no pidfd); it keeps trying",
+        ),
+        (Stop | Kill, None) if vm.has_qemu => Rule::Begin,
+        (Stop | Kill, None) => Rule::AlreadyStopped,
+
+        (Reboot | Reset | Pause | Resume, Some(_)) => {
+            Rule::Refuse(ErrorCode::Busy, "another job is in progress")
+        }
+        (Reboot | Reset, None) if vm.has_qemu && up && !vm.exiting => Rule::Begin,
+        (Reboot, None) => {
+            Rule::Refuse(ErrorCode::NotRunning, "a reboot needs it running or paused")
+        }
+        (Reset, None) => Rule::Refuse(
+            ErrorCode::NotRunning,
+            "a hard reboot needs it running or paused",
+        ),
+        (Pause, None) if vm.has_qemu && vm.state == VmState::Running => Rule::Begin,
+        (Pause, None) => Rule::Refuse(ErrorCode::NotRunning, "pause needs it running"),
+        (Resume, None) if vm.has_qemu && vm.state == VmState::Paused => Rule::Begin,
+        (Resume, None) => Rule::Refuse(ErrorCode::NotRunning, "resume needs it paused"),
+
+        // `stop && cleanup`, or a cleanup sent right after a power-off: after the exit.
+        (Cleanup, Some((Op::Stop, _))) => Rule::Defer,
+        (Cleanup, Some(_)) => Rule::Refuse(ErrorCode::Busy, "another job is in progress"),
+        (Cleanup, None) if vm.has_qemu && vm.exiting => Rule::Defer,
+        (Cleanup, None) if vm.has_qemu => {
+            Rule::Refuse(ErrorCode::AlreadyRunning, "cannot clean up: it is running")
+        }
+        (Cleanup, None) => Rule::Begin,
+    }
+}
+
+fn ask_of(r: &Request) -> Option<Ask> {
+    Some(match r {
+        Request::Start { .. } => Ask::Start,
+        Request::Stop { force: false, .. } => Ask::Stop,
+        Request::Stop { force: true, .. } => Ask::Kill,
+        Request::Reboot { .. } => Ask::Reboot,
+        Request::Reset => Ask::Reset,
+        Request::Pause => Ask::Pause,
+        Request::Resume => Ask::Resume,
+        Request::Cleanup => Ask::Cleanup,
+        Request::Cancel { .. } => return None,
+    })
+}
+
+impl Core {
+    fn facts(&self) -> Facts {
+        Facts {
+            has_qemu: self.has_qemu(),
+            // Exited, or said it shuts down (QEMU exits after a SHUTDOWN event).
+            exiting: self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.exited.is_some() || r.shutdown.is_some()),
+            state: self.state,
+            watched: self.run.as_ref().map_or(true, |r| r.watched),
+        }
+    }
+
+    fn running(&self) -> Option<Running> {
+        self.job.as_ref().map(|j| Running {
+            kind: j.kind,
+            force: j.force,
+        })
+    }
+
+    fn refusal(&self, code: ErrorCode, why: &str) -> ApiError {
+        let detail = match (code, &self.job) {
+            (ErrorCode::Busy, Some(j)) => format!("{} job {} is in progress", j.kind, j.id),
+            (ErrorCode::AlreadyRunning, _) => match self.run.as_ref().and_then(|r| r.pid) {
+                Some(pid) => format!("{why} (pid {pid})"),
+                None => why.to_string(),
+            },
+            _ => format!("{why}; it is {}", self.state().as_str()),
+        };
+        let verb = match code {
+            ErrorCode::Busy => "is busy",
+            ErrorCode::AlreadyRunning => "is already running",
+            _ => "cannot do that",
+        };
+        let message = match code {
+            ErrorCode::NotRunning => format!("{} is not running: {detail}", self.name),
+            ErrorCode::AlreadyRunning if why.starts_with("cannot") => {
+                format!("{}: {detail}", self.name)
+            }
+            _ => format!("{} {verb}: {detail}", self.name),
+        };
+        ApiError::new(code, message)
+    }
+
+    fn answer(ticket: Ticket, r: Result<Answer, ApiError>, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Answer(ticket, Outcome::Now(r)));
+    }
+
+    /// Decide on one request (a new one, or a deferred one whose turn came).
+    pub(super) fn admit(
+        &mut self,
+        ticket: Ticket,
+        request: Request,
+        now: Now,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(ask) = ask_of(&request) else { return };
+        match rule(ask, self.running(), self.facts()) {
+            Rule::Refuse(code, why) => Self::answer(ticket, Err(self.refusal(code, why)), fx),
+            Rule::AlreadyStopped if self.start_cancelled_by_stop => {
+                Self::answer(ticket, Ok(Answer::StartCancelled), fx)
+            }
+            Rule::AlreadyStopped => Self::answer(ticket, Ok(Answer::AlreadyStopped), fx),
+            Rule::Defer => self.defer(ticket, request, fx),
+            Rule::CancelThenDefer => {
+                if let Some(id) = self.job_id() {
+                    let _ = self.cancel(id, "cancelled by a stop", fx);
+                    if self
+                        .job
+                        .as_ref()
+                        .is_some_and(|j| j.kind == Operation::Start)
+                    {
+                        self.start_cancelled_by_stop = true;
+                    }
+                }
+                self.defer(ticket, request, fx);
+            }
+            Rule::Join | Rule::Escalate => {
+                let escalate = matches!(rule(ask, self.running(), self.facts()), Rule::Escalate);
+                if let Some(job) = self.job.as_mut() {
+                    if escalate && !job.force {
+                        job.force = true;
+                        fx.push(Effect::Control(job.id, TaskControl::Escalate));
+                    }
+                    job.tickets.push(ticket);
+                    let job = job.clone();
+                    let info = self.describe(&job, None, None);
+                    fx.push(Effect::Answer(ticket, Outcome::Accepted(info)));
+                }
+            }
+            Rule::Begin => self.begin_request(ticket, request, now, fx),
+        }
+    }
+
+    fn defer(&mut self, ticket: Ticket, request: Request, fx: &mut Vec<Effect>) {
+        if self.deferred.len() >= self.settings.max_deferred {
+            let e = ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "{} is busy: {} requests already wait for the running job",
+                    self.name,
+                    self.deferred.len()
+                ),
+            );
+            Self::answer(ticket, Err(e), fx);
+            return;
+        }
+        self.deferred.push_back(Deferred { ticket, request });
+    }
+
+    fn begin_request(&mut self, ticket: Ticket, request: Request, now: Now, fx: &mut Vec<Effect>) {
+        let gen = self.gen;
+        match request {
+            Request::Start { paused, check } => {
+                if let Some(e) = self.startable(check) {
+                    return Self::answer(ticket, Err(e), fx);
+                }
+                self.begin_start(Some(ticket), paused, now, fx);
+            }
+            Request::Stop { timeout, force } => {
+                let mut job = self.new_job(now, Operation::Stop, StopPhase::Acpi.as_str());
+                job.force = force;
+                job.timeout = timeout.unwrap_or(self.settings.stop_timeout);
+                job.deadline_ms = Some(now.ms + super::ms(job.timeout));
+                if force {
+                    job.phase = StopPhase::Sigkill.as_str().into();
+                }
+                self.begin(job, Some(ticket), fx);
+                self.launch_stop(now, StopPhase::Acpi, None, fx);
+            }
+            Request::Reboot { timeout, check } => {
+                if let Some(e) = self.startable(check) {
+                    return Self::answer(ticket, Err(e), fx);
+                }
+                let mut job = self.new_job(now, Operation::Reboot, StopPhase::Acpi.as_str());
+                job.timeout = timeout.unwrap_or(self.settings.stop_timeout);
+                job.deadline_ms = Some(now.ms + super::ms(job.timeout));
+                self.begin(job, Some(ticket), fx);
+                self.launch_stop(now, StopPhase::Acpi, None, fx);
+            }
+            Request::Reset | Request::Pause | Request::Resume => {
+                let (kind, action) = match request {
+                    Request::Reset => (Operation::Reset, QmpAction::Reset),
+                    Request::Pause => (Operation::Pause, QmpAction::Pause),
+                    _ => (Operation::Resume, QmpAction::Resume),
+                };
+                let job: Job = self.new_job(now, kind, "qmp");
+                let id = job.id;
+                self.begin(job, Some(ticket), fx);
+                fx.push(Effect::Spawn(Task::Qmp {
+                    job: id,
+                    gen,
+                    action,
+                }));
+            }
+            Request::Cleanup => {
+                // From now on, a late exit record of the last QEMU cannot bring history back.
+                self.epoch += 1;
+                let job = self.new_job(now, Operation::Cleanup, "removing files");
+                let id = job.id;
+                self.begin(job, Some(ticket), fx);
+                fx.push(Effect::Spawn(Task::Cleanup { job: id }));
+            }
+            Request::Cancel { .. } => {}
+        }
+    }
+
+    /// Why a start (or a reboot's start half) cannot happen, if it cannot.
+    fn startable(&self, check: Option<ApiError>) -> Option<ApiError> {
+        if self.spec.is_none() {
+            return Some(ApiError::new(
+                ErrorCode::NotFound,
+                format!("{} is not defined in the config any more", self.name),
+            ));
+        }
+        check
+    }
+}

@@ -1,0 +1,351 @@
+//! The vocabulary between the core and the actor: requests, inputs (facts), effects (what
+//! to do), tasks (work run off the actor) and the values they carry.
+//!
+//! Invariant: plain data; no actix, no tokio, no I/O.
+
+use std::time::Duration;
+
+use crate::api::{ApiError, EventKind, JobInfo, Progress};
+use crate::model::exit::{ExitRecord, ExitStatus};
+use crate::model::job::{JobId, PersistedJob, Undo};
+use crate::model::spec::InstanceSpec;
+use crate::model::state::StopEnd;
+
+use super::RecoveryFacts;
+
+/// Timing rules of the core (from the node config; constants where Ganeti has none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Default time a stop waits for the guest after the ACPI button.
+    pub stop_timeout: Duration,
+    /// After SIGTERM, how long before SIGKILL.
+    pub sigterm_grace: Duration,
+    /// After an exit, how long to wait for QMP's last events before classifying it anyway.
+    pub exit_settle: Duration,
+    /// Requests queued behind a running job, at most.
+    pub max_deferred: usize,
+}
+
+impl Settings {
+    pub fn new(stop_timeout: Duration) -> Self {
+        Self {
+            stop_timeout,
+            sigterm_grace: Duration::from_secs(10),
+            exit_settle: Duration::from_millis(500),
+            max_deferred: 8,
+        }
+    }
+}
+
+/// The time and a fresh job id, given with every call (the core has no clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Wall clock, milliseconds since the epoch.
+    pub ms: u64,
+    /// The id a job begun by this call takes.
+    pub id: JobId,
+}
+
+/// Identifies one waiting request; the answer comes back in [`Effect::Answer`].
+pub type Ticket = u64;
+
+/// What the operator asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `check`: the definition's problems (syntax, cpu mask), found by the caller.
+    Start {
+        paused: bool,
+        check: Option<ApiError>,
+    },
+    /// `timeout`: the grace for the guest (default: the node's stop timeout).
+    Stop {
+        timeout: Option<Duration>,
+        force: bool,
+    },
+    /// A soft reboot: stop, then start with the current definition.
+    Reboot {
+        timeout: Option<Duration>,
+        check: Option<ApiError>,
+    },
+    /// A hard reboot: QMP `system_reset`.
+    Reset,
+    Pause,
+    Resume,
+    Cleanup,
+    Cancel {
+        id: JobId,
+    },
+}
+
+/// How a request is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered at once.
+    Now(Result<Answer, ApiError>),
+    /// The job that serves the request began (callers that do not wait are answered here).
+    Accepted(JobInfo),
+    /// The job that serves the request ended.
+    Ended(JobInfo),
+}
+
+/// An immediate answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A stop of an instance without QEMU.
+    AlreadyStopped,
+    /// A cancel was accepted; the job ends shortly.
+    Cancelling(JobInfo),
+    /// A stop that cancelled a start: the start was rolled back, no QEMU is left.
+    StartCancelled,
+}
+
+/// A QMP event, as far as the core cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestEvent {
+    Shutdown {
+        guest: bool,
+        reason: String,
+    },
+    Reset {
+        guest: bool,
+        reason: String,
+    },
+    Stop,
+    Resume,
+    Powerdown,
+    Panicked {
+        action: String,
+    },
+    BlockIoError {
+        device: String,
+        operation: String,
+        action: String,
+        reason: String,
+    },
+}
+
+/// QEMU's run state as `query-status` reports it, as far as the core cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Started with `-S` and never resumed.
+    Prelaunch,
+    Other(String),
+}
+
+/// What the core knows of a running QEMU beyond its pid: from the runtime file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    pub spec: InstanceSpec,
+    pub started_at_ms: u64,
+    pub qemu_version: String,
+    /// The guest has ACPI (a stop presses the power button).
+    pub acpi: bool,
+    /// `reboot_behavior = exit`: a guest reboot ends QEMU and kvmd starts it again.
+    pub reboot_exits: bool,
+    /// Per NIC, its tap (for the down hooks).
+    pub taps: Vec<Option<String>>,
+    pub pool_uid: Option<u32>,
+}
+
+/// Work the actor runs off the actor, reporting back with inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Launch (or, with `resume`, finish launching) QEMU for generation `gen`.
+    Start {
+        job: JobId,
+        gen: u64,
+        spec: Box<InstanceSpec>,
+        paused: bool,
+        /// A restarted kvmd finishing a start whose QEMU is already up: configure and resume.
+        resume: bool,
+    },
+    /// Make QEMU of generation `gen` go away: ACPI (when `acpi`) until `deadline_ms`, then
+    /// SIGTERM, then SIGKILL. `from` is where to begin (a resumed stop may be past ACPI).
+    Stop {
+        job: JobId,
+        gen: u64,
+        acpi: bool,
+        from: StopPhase,
+        /// End of the ACPI phase (wall clock).
+        deadline_ms: u64,
+        /// End of the SIGTERM grace, when resuming in that phase (wall clock).
+        kill_at_ms: Option<u64>,
+    },
+    /// One QMP command.
+    Qmp {
+        job: JobId,
+        gen: u64,
+        action: QmpAction,
+    },
+    /// Remove the instance directory.
+    Cleanup { job: JobId },
+}
+
+/// Where a stop is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopPhase {
+    Acpi,
+    Sigterm,
+    Sigkill,
+}
+
+impl StopPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopPhase::Acpi => "acpi",
+            StopPhase::Sigterm => "sigterm",
+            StopPhase::Sigkill => "sigkill",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QmpAction {
+    Pause,
+    Resume,
+    Reset,
+}
+
+/// Messages to a running task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskControl {
+    /// Stop and undo what was done (start), or stop pressing the button (stop).
+    Cancel,
+    /// Skip ahead to SIGKILL (a forced stop joined a running one).
+    Escalate,
+    /// The guest's vCPUs stopped: pressing the power button is pointless, go to SIGTERM.
+    GuestPaused,
+}
+
+/// What the actor must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Answer a waiting request.
+    Answer(Ticket, Outcome),
+    /// What `info` shows changed: publish it to the supervisor.
+    Publish,
+    /// Tell subscribers.
+    Event(EventKind),
+    /// A job began, moved on or ended (the supervisor's job table).
+    JobUpdated(JobInfo),
+    /// Write the job file (long jobs only), so a restarted kvmd finishes or undoes it.
+    PersistJob(PersistedJob),
+    /// Remove the job file.
+    ClearJob,
+    Spawn(Task),
+    Control(JobId, TaskControl),
+    /// Send [`Input::ExitSettled`] after `after`.
+    ArmExitSettle {
+        gen: u64,
+        after: Duration,
+    },
+    /// Write the exit record (and Ganeti's user-shutdown marker); run the NIC down hooks of
+    /// `taps` off the store; then send [`Input::ExitRecorded`].
+    RecordExit {
+        gen: u64,
+        epoch: u64,
+        record: ExitRecord,
+        taps: Vec<Option<String>>,
+        spec: Option<Box<InstanceSpec>>,
+    },
+    /// Run undo steps of an unfinished job found at recovery, then send [`Input::UndoDone`].
+    Undo {
+        job: JobId,
+        steps: Vec<Undo>,
+        spec: Option<Box<InstanceSpec>>,
+    },
+    /// Give this instance's pool uid back.
+    ReleaseUid,
+    /// Hold this pool uid for this instance (an adopted QEMU runs as it).
+    HoldUid(u32),
+    /// The adopted QEMU of `gen` could not be watched (no pidfd): look at the run dir again
+    /// later and send a fresh [`Input::Recovered`].
+    Rewatch {
+        gen: u64,
+    },
+}
+
+/// What the actor reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// What recovery found in the run dir.
+    Recovered(RecoveryFacts),
+    /// New definition from a config reload (`None`: removed). Applies at the next start;
+    /// `autostart` starts a never-started instance now.
+    SetSpec {
+        spec: Option<Box<InstanceSpec>>,
+        autostart: bool,
+    },
+    Spawned {
+        gen: u64,
+        pid: u32,
+    },
+    /// A QMP connection (numbered per generation) is up.
+    QmpUp {
+        gen: u64,
+        conn: u64,
+    },
+    /// That connection's event stream ended (every event QEMU sent on it was delivered).
+    QmpClosed {
+        gen: u64,
+        conn: u64,
+    },
+    Guest {
+        gen: u64,
+        event: GuestEvent,
+    },
+    /// A QMP command missed its deadline.
+    QmpTimedOut {
+        gen: u64,
+        command: String,
+    },
+    /// A health check's `query-status`.
+    Health {
+        gen: u64,
+        status: Result<RunState, String>,
+    },
+    Exited {
+        gen: u64,
+        status: ExitStatus,
+    },
+    ExitSettled {
+        gen: u64,
+    },
+    ExitRecorded {
+        gen: u64,
+        epoch: u64,
+        stderr_tail: Vec<String>,
+    },
+    /// A task moved to another phase; `undo` replaces the job's undo steps when given.
+    Phase {
+        job: JobId,
+        phase: String,
+        deadline_ms: Option<u64>,
+        progress: Option<Progress>,
+        undo: Option<Vec<Undo>>,
+    },
+    StartDone {
+        job: JobId,
+        gen: u64,
+        result: Result<RunInfo, ApiError>,
+    },
+    StopDone {
+        job: JobId,
+        gen: u64,
+        result: Result<StopEnd, ApiError>,
+    },
+    QmpDone {
+        job: JobId,
+        gen: u64,
+        result: Result<(), ApiError>,
+    },
+    CleanupDone {
+        job: JobId,
+        result: Result<(), ApiError>,
+    },
+    UndoDone {
+        job: JobId,
+    },
+}
