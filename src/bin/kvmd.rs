@@ -75,10 +75,9 @@ fn print_chain(e: &anyhow::Error) {
 /// `--print-argv`: one parity case → our argv, from recorded QEMU output.
 fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    use kvmd::model::hvparams::key;
     use kvmd::model::hvparams::{HvOverrides, HvValue};
     use kvmd::model::spec::{DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec};
-    use kvmd::qemu::cmdline::{build_command_line, Host, Launch, NicBackend};
+    use kvmd::qemu::cmdline::{build_command_line, Launch};
     use serde_json::Value;
 
     let v: Value = serde_json::from_str(
@@ -159,55 +158,48 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         autostart: false,
     };
     let paths = kvmd::model::layout::RunPaths::new(std::path::Path::new("/run/kvmd"), &spec.name);
-    let queues = hv.int(key::VIRTIO_NET_QUEUES).max(1) as usize;
+    // The same plan a real start makes; only the gathering differs (from the case file).
+    let node = kvmd::model::spec::NodeConfig::defaults();
+    let facts = kvmd::qemu::host_facts::NodeFacts {
+        vhost_available: true,
+        spice_cert_dir: node.spice_cert_dir.clone(),
+    };
+    let plan = kvmd::qemu::host_facts::plan(&spec, &hv, &caps, &facts, &paths, false);
     let mut fd = 10;
     let mut next = |n: usize| -> Vec<i32> {
         let v: Vec<i32> = (fd..fd + n as i32).collect();
         fd += n as i32;
         v
     };
-    let host = Host {
+    let taps = plan
+        .taps
+        .iter()
+        .map(|t| {
+            t.map(|t| kvmd::qemu::host_facts::TapFds {
+                fds: next(t.queues),
+                vhost_fds: if t.vhost { next(t.queues) } else { Vec::new() },
+            })
+        })
+        .collect();
+    let address = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| v["host_interfaces"][n]["4"][0].as_str())
+            .map(String::from)
+    };
+    let gathered = kvmd::qemu::host_facts::Gathered {
         block_devices: spec
             .disks
             .iter()
             .map(|d| d.path.starts_with("/dev/"))
             .collect(),
-        nics: spec
-            .nics
-            .iter()
-            .map(|n| match n.mode {
-                NicMode::User => NicBackend::User,
-                _ => {
-                    let fds = next(if hv.str(key::NIC_TYPE) == "paravirtual" {
-                        queues
-                    } else {
-                        1
-                    });
-                    let vhost = if hv.bool(key::VHOST_NET) {
-                        next(fds.len())
-                    } else {
-                        Vec::new()
-                    };
-                    NicBackend::Tap {
-                        fds,
-                        vhost_fds: vhost,
-                    }
-                }
-            })
-            .collect(),
-        vnc_address: v["host_interfaces"][hv.str(key::VNC_BIND_ADDRESS)]["4"][0]
-            .as_str()
-            .map(String::from),
-        spice_address: v["host_interfaces"][hv.str(key::SPICE_BIND)]["4"][0]
-            .as_str()
-            .map(String::from),
-        chroot_dir: hv
-            .bool(key::USE_CHROOT)
-            .then(|| paths.chroot().display().to_string()),
+        taps,
+        vnc_address: address(&plan.vnc_interface),
+        spice_address: address(&plan.spice_interface.as_ref().map(|(n, _)| n.clone())),
         pool_user: None,
-        spice_cert_dir: Some("/etc/kvmd/spice".into()),
+        qmp_fd: Some(next(1)[0]),
     };
-    let accel = spec.accel(&hv, &kvmd::model::spec::NodeConfig::defaults());
+    let host = kvmd::qemu::host_facts::host(&plan, gathered);
+    let accel = spec.accel(&hv, &node);
     let cl = build_command_line(&Launch {
         spec: &spec,
         hv: &hv,

@@ -7,3 +7,4 @@
 pub mod caps;
 pub mod checks;
 pub mod cmdline;
+pub mod host_facts;

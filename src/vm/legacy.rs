@@ -702,6 +702,8 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
                     .then(|| p2.chroot().display().to_string()),
                 pool_user: None,
                 spice_cert_dir: Some(n2.spice_cert_dir.display().to_string()),
+                qmp_fd: None,
+                stopped_at_start: true,
             };
             let mut host = host;
             let mut pool_uid = None;
