@@ -31,6 +31,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod events;
 pub mod host;
 pub mod model;
 pub mod qemu;

@@ -54,7 +54,16 @@ impl RunPaths {
     pub fn exit_record(&self) -> PathBuf {
         self.dir.join("exit.json")
     }
-    /// Present while kvmd is stopping the instance, so a restarted kvmd finishes the stop.
+    /// The long job in flight (`store::job_file`).
+    pub fn job(&self) -> PathBuf {
+        self.dir.join("job.json")
+    }
+    /// `serial.log` rotated once: the last bytes before the latest rotation.
+    pub fn serial_log_old(&self) -> PathBuf {
+        self.dir.join("serial.log.1")
+    }
+    /// Left by kvmd versions before persisted jobs while stopping an instance; read at
+    /// recovery only.
     pub fn stopping_marker(&self) -> PathBuf {
         self.dir.join("stopping")
     }

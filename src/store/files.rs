@@ -77,6 +77,8 @@ pub fn remove_dir(paths: &RunPaths) -> io::Result<()> {
 
 /// Files that outlive a QEMU: how the last one ended.
 const HISTORY: [&str; 2] = ["exit.json", "shutdown"];
+/// The job in flight: not the run's to remove (the job clears it when it ends).
+const JOB: &str = "job.json";
 
 /// Remove everything of a QEMU run except the exit history; `keep_dir`: leave the (possibly
 /// empty) directory in place, otherwise remove it when nothing is left.
@@ -91,6 +93,8 @@ fn clear_run_files(paths: &RunPaths, keep_dir: bool) -> io::Result<()> {
         let entry = entry?;
         if HISTORY.iter().any(|h| entry.file_name() == *h) {
             kept += 1;
+        } else if entry.file_name() == JOB {
+            // kept, but does not keep the directory
         } else if entry.file_type()?.is_dir() {
             fs::remove_dir_all(entry.path())?;
         } else {

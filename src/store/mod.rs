@@ -20,9 +20,21 @@
 //! external programs), so nothing an operator wrote can stall another VM's files.
 
 pub mod files;
+pub mod job_file;
 pub mod runtime_file;
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// A store job that could not give its result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The job panicked (a bug): the thread caught it and goes on with the next job.
+    #[error("A store job panicked: {0}")]
+    Panicked(String),
+    /// The store thread is gone (kvmd is exiting).
+    #[error("The store thread is gone")]
+    Gone,
+}
 
 /// The persistence thread: runs file-system jobs one at a time, in order, off the actors'
 /// threads. Cheap to clone.
@@ -45,8 +57,8 @@ impl Store {
         Self { tx }
     }
 
-    /// Wait (blocking) until every job queued so far has run. Used at exit, so no exit record
-    /// is lost.
+    /// Wait (blocking, at most 10 s) until every job queued so far has run. Used at exit, so
+    /// no exit record is lost.
     pub fn flush(&self) {
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         if self
@@ -61,19 +73,41 @@ impl Store {
     }
 
     /// Queue `f` on the store thread now, and return a future of its result. Jobs run in the
-    /// order this method was called.
-    pub fn run<T, F>(&self, f: F) -> impl std::future::Future<Output = T>
+    /// order this method was called. A job that panics yields [`StoreError::Panicked`]; the
+    /// thread goes on with the next one.
+    pub fn run<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T, StoreError>>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .expect("store thread is alive");
-        async move { rx.await.expect("store job finished") }
+        let queued = self.tx.send(Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what.escape_debug(), "a store job panicked");
+                StoreError::Panicked(what)
+            });
+            let _ = tx.send(r);
+        }));
+        async move {
+            if queued.is_err() {
+                return Err(StoreError::Gone);
+            }
+            rx.await.map_err(|_| StoreError::Gone)?
+        }
+    }
+
+    /// Queue `f` and do not wait for it (it still runs in order with the others).
+    pub fn spawn<F>(&self, f: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let fut = self.run(f);
+        drop(fut);
     }
 }
 
@@ -144,6 +178,20 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_store_job_returns_an_error_and_the_store_goes_on() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = Store::start();
+        rt.block_on(async {
+            let bad = store.run(|| -> u32 { panic!("boom") });
+            let good = store.run(|| 7);
+            assert!(matches!(bad.await, Err(StoreError::Panicked(m)) if m == "boom"));
+            assert_eq!(good.await.unwrap(), 7);
+        });
+    }
+
+    #[test]
     fn store_runs_jobs_in_order() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -157,7 +205,7 @@ mod tests {
                 futs.push(store.run(move || log.lock().unwrap().push(i)));
             }
             for f in futs {
-                f.await;
+                f.await.unwrap();
             }
         });
         assert_eq!(*log.lock().unwrap(), (0..50).collect::<Vec<_>>());

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::exit::{ExitKind, ExitRecord};
 use crate::model::hvparams::HvParams;
+use crate::model::job::PersistedJob;
 use crate::model::layout::RunPaths;
 use crate::model::spec::InstanceSpec;
 use crate::store::files::{read_json, remove_file, write_atomic, write_json};
@@ -69,6 +70,8 @@ pub struct OnDisk {
     pub stopping: bool,
     /// The pid in QEMU's pidfile, if any.
     pub pidfile_pid: Option<u32>,
+    /// The long job the previous kvmd did not finish, if any.
+    pub job: Option<PersistedJob>,
 }
 
 pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
@@ -79,6 +82,7 @@ pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
             exists: false,
             stopping: false,
             pidfile_pid: None,
+            job: None,
         };
     }
     OnDisk {
@@ -92,5 +96,9 @@ pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
         pidfile_pid: std::fs::read_to_string(paths.pidfile())
             .ok()
             .and_then(|s| s.trim().parse().ok()),
+        job: crate::store::job_file::read(paths).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring an unreadable job file");
+            None
+        }),
     }
 }

@@ -1,0 +1,720 @@
+//! The VM actor: a thin shell around the pure [`Core`]. It owns what the core cannot — the
+//! QEMU process handle and its exit watch, the QMP connection, the waiting clients, the task
+//! control channels — feeds the core requests and facts, and carries out the effects the core
+//! answers with.
+//!
+//! Long work runs as tasks (`start`, `stop`, `recover`, `undo`) that report back through a
+//! [`Reporter`], so the mailbox keeps flowing during an ACPI stop: events, exits and `info`
+//! are never queued behind QEMU.
+//!
+//! Invariant: no VM policy here (every decision is the core's); dropping or stopping this
+//! actor never touches QEMU. VMs outlive kvmd.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::api::{ApiError, ErrorCode, JobInfo, VmInfo};
+use crate::events::EventBus;
+use crate::host::clock::now_ms;
+use crate::host::process::QemuProcess;
+use crate::model::exit::ExitStatus;
+use crate::model::hvparams::HvParams;
+use crate::model::job::JobId;
+use crate::model::layout::RunPaths;
+use crate::model::name::InstanceName;
+use crate::model::spec::{InstanceSpec, NodeConfig};
+use crate::qmp::{Notice, Qmp};
+use crate::store::Store;
+use crate::vm::core::{
+    Answer, Core, Effect, Input, Now, Outcome, QmpAction, RecoveryFacts, Request, Settings, Task,
+    TaskControl, Ticket,
+};
+
+use super::handle::{JobIds, VmAnswer, VmAsk, VmNotice, VmReply};
+use super::{recover, start, stop, undo, watch as watching};
+
+/// The per-VM log span. A root span, so that work started from inside another VM's span
+/// does not nest `vm{..}:vm{..}`.
+pub(super) fn vm_span(name: &InstanceName) -> tracing::Span {
+    tracing::info_span!(parent: None, "vm", name = %name)
+}
+
+/// An operator's request.
+#[derive(Message)]
+#[rtype(result = "Result<VmAnswer, ApiError>")]
+pub(super) struct Ask {
+    pub ask: VmAsk,
+    pub wait: bool,
+}
+
+/// The supervisor managing the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) enum Manage {
+    SetSpec {
+        spec: Option<Box<InstanceSpec>>,
+        autostart: bool,
+    },
+    Retire,
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<JobInfo>")]
+pub(super) struct GetJob;
+
+/// What a VM tells its supervisor, as an actix message.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct VmNotify(pub VmNotice);
+
+/// What tasks report.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) enum Internal {
+    /// A fact for the core.
+    Input(Input),
+    /// A request whose checks ran off the actor.
+    Request { ticket: Ticket, request: Request },
+    /// A QEMU of generation `gen` was spawned: its handle and exit watch.
+    Process {
+        gen: u64,
+        process: Arc<QemuProcess>,
+        exit: watch::Receiver<Option<ExitStatus>>,
+    },
+    /// A QMP connection to the QEMU of `gen` is up.
+    Qmp {
+        gen: u64,
+        qmp: Qmp,
+        notices: mpsc::Receiver<Notice>,
+    },
+    Recovered(Box<recover::Found>),
+}
+
+/// The typed sender tasks report through.
+#[derive(Clone)]
+pub(super) struct Reporter(Recipient<Internal>);
+
+impl Reporter {
+    pub fn input(&self, input: Input) {
+        self.0.do_send(Internal::Input(input));
+    }
+
+    pub fn process(
+        &self,
+        gen: u64,
+        process: Arc<QemuProcess>,
+        exit: watch::Receiver<Option<ExitStatus>>,
+    ) {
+        self.0.do_send(Internal::Process { gen, process, exit });
+    }
+
+    pub fn qmp(&self, gen: u64, qmp: Qmp, notices: mpsc::Receiver<Notice>) {
+        self.0.do_send(Internal::Qmp { gen, qmp, notices });
+    }
+
+    fn request(&self, ticket: Ticket, request: Request) {
+        self.0.do_send(Internal::Request { ticket, request });
+    }
+
+    fn recovered(&self, found: recover::Found) {
+        self.0.do_send(Internal::Recovered(Box::new(found)));
+    }
+}
+
+/// The OS resources of the current QEMU.
+#[derive(Default)]
+struct Resources {
+    gen: u64,
+    process: Option<Arc<QemuProcess>>,
+    exit: Option<watch::Receiver<Option<ExitStatus>>>,
+    qmp: Option<Qmp>,
+    /// Numbers QMP connections of this generation.
+    conn: u64,
+}
+
+struct Waiter {
+    wait: bool,
+    tx: oneshot::Sender<Result<VmAnswer, ApiError>>,
+}
+
+pub struct VmActor {
+    core: Core,
+    name: InstanceName,
+    paths: RunPaths,
+    node: Arc<NodeConfig>,
+    store: Store,
+    bus: EventBus,
+    supervisor: Recipient<VmNotify>,
+    ids: JobIds,
+    res: Resources,
+    waiters: HashMap<Ticket, Waiter>,
+    next_ticket: Ticket,
+    controls: HashMap<JobId, mpsc::UnboundedSender<TaskControl>>,
+    health_in_flight: bool,
+    published: Option<VmInfo>,
+    span: tracing::Span,
+}
+
+/// What the actor needs to exist.
+pub struct VmSetup {
+    pub name: InstanceName,
+    pub spec: Option<InstanceSpec>,
+    pub node: Arc<NodeConfig>,
+    pub store: Store,
+    pub bus: EventBus,
+    pub supervisor: Recipient<VmNotify>,
+    pub ids: JobIds,
+    /// Start at recovery if the config says so (once per boot of the run dir).
+    pub autostart: bool,
+}
+
+impl VmActor {
+    pub fn new(s: VmSetup) -> Self {
+        let now = Now {
+            ms: now_ms(),
+            id: s.ids.next(),
+        };
+        let core = Core::new(
+            s.name.clone(),
+            s.spec,
+            Settings::new(s.node.stop_timeout),
+            s.autostart,
+            now,
+        );
+        Self {
+            core,
+            paths: RunPaths::new(&s.node.run_dir, &s.name),
+            span: vm_span(&s.name),
+            name: s.name,
+            node: s.node,
+            store: s.store,
+            bus: s.bus,
+            supervisor: s.supervisor,
+            ids: s.ids,
+            res: Resources::default(),
+            waiters: HashMap::new(),
+            next_ticket: 0,
+            controls: HashMap::new(),
+            health_in_flight: false,
+            published: None,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            ms: now_ms(),
+            id: self.ids.next(),
+        }
+    }
+
+    fn reporter(ctx: &mut Context<Self>) -> Reporter {
+        Reporter(ctx.address().recipient())
+    }
+
+    /// The definition's problems a start would refuse (the pure syntax checks).
+    fn syntax_check(&self) -> Option<ApiError> {
+        let spec = self.core.spec()?;
+        let hv = spec.effective_hvparams(&self.node);
+        let errs = crate::qemu::checks::syntax(spec, &hv, crate::host::validate::host_cpus());
+        (!errs.is_empty()).then(|| ApiError::invalid(errs))
+    }
+
+    fn feed_request(&mut self, ticket: Ticket, request: Request, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let fx = self.core.request(ticket, request, now);
+        self.apply(fx, ctx);
+    }
+
+    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let fx = self.core.input(input, now);
+        self.apply(fx, ctx);
+    }
+
+    /// Carry out the core's effects, in order.
+    fn apply(&mut self, fx: Vec<Effect>, ctx: &mut Context<Self>) {
+        let mut publish = false;
+        for e in fx {
+            match e {
+                Effect::Answer(ticket, outcome) => self.answer(ticket, outcome),
+                Effect::Publish => publish = true,
+                Effect::Event(kind) => {
+                    self.bus.publish(Some(self.name.clone()), kind);
+                }
+                Effect::JobUpdated(job) => {
+                    if job.outcome.is_some() {
+                        self.controls.remove(&job.id);
+                        log_job_end(&self.span, &job);
+                    }
+                    self.supervisor.do_send(VmNotify(VmNotice::Job(job)));
+                }
+                Effect::PersistJob(job) => {
+                    let paths = self.paths.clone();
+                    let span = self.span.clone();
+                    self.store.spawn(move || {
+                        if let Err(e) = crate::store::job_file::write(&paths, &job) {
+                            warn!(parent: &span, error = %e, "cannot write the job file");
+                        }
+                    });
+                }
+                Effect::ClearJob => {
+                    let paths = self.paths.clone();
+                    self.store.spawn(move || {
+                        let _ = crate::store::job_file::clear(&paths);
+                    });
+                }
+                Effect::Spawn(task) => self.spawn(task, ctx),
+                Effect::Control(job, c) => {
+                    if let Some(tx) = self.controls.get(&job) {
+                        let _ = tx.send(c);
+                    }
+                }
+                Effect::ArmExitSettle { gen, after } => {
+                    ctx.notify_later(Internal::Input(Input::ExitSettled { gen }), after);
+                }
+                Effect::RecordExit {
+                    gen,
+                    epoch,
+                    record,
+                    taps,
+                    spec,
+                } => {
+                    self.res = Resources::default();
+                    watching::record_exit(
+                        watching::ExitJob {
+                            gen,
+                            epoch,
+                            record,
+                            taps,
+                            spec: spec.map(|s| *s),
+                            paths: self.paths.clone(),
+                            store: self.store.clone(),
+                            node: self.node.clone(),
+                            report: Self::reporter(ctx),
+                        },
+                        self.span.clone(),
+                    );
+                }
+                Effect::Undo { job, steps, spec } => {
+                    let process = self.res.process.clone();
+                    let exit = self.res.exit.clone();
+                    let ctx2 = undo::UndoCtx {
+                        name: self.name.clone(),
+                        paths: self.paths.clone(),
+                        store: self.store.clone(),
+                        node: self.node.clone(),
+                        spec: spec.map(|s| *s),
+                        process,
+                        exit,
+                    };
+                    let report = Self::reporter(ctx);
+                    actix::spawn(
+                        async move {
+                            undo::run(&ctx2, steps).await;
+                            report.input(Input::UndoDone { job });
+                        }
+                        .instrument(self.span.clone()),
+                    );
+                }
+                Effect::ReleaseUid => crate::host::uidpool::release(&self.name),
+                Effect::HoldUid(uid) => crate::host::uidpool::hold(uid, &self.name),
+                Effect::Rewatch { gen } => {
+                    warn!(parent: &self.span, gen, "cannot watch the adopted QEMU; looking again");
+                    let after = self.node.health_interval;
+                    ctx.run_later(after, |act, ctx| act.recover(ctx));
+                }
+            }
+        }
+        if publish {
+            self.publish();
+        }
+    }
+
+    fn answer(&mut self, ticket: Ticket, outcome: Outcome) {
+        let reply = match outcome {
+            Outcome::Accepted(job) => {
+                if self.waiters.get(&ticket).is_some_and(|w| w.wait) {
+                    return;
+                }
+                Ok(VmReply::Job(job))
+            }
+            Outcome::Ended(job) => Ok(VmReply::Job(job)),
+            Outcome::Now(Ok(Answer::AlreadyStopped)) => Ok(VmReply::AlreadyStopped),
+            Outcome::Now(Ok(Answer::StartCancelled)) => Ok(VmReply::StartCancelled),
+            Outcome::Now(Ok(Answer::Cancelling(job))) => Ok(VmReply::Cancelling(job)),
+            Outcome::Now(Err(e)) => Err(e),
+        };
+        if let Some(w) = self.waiters.remove(&ticket) {
+            let info = self.core.info();
+            let _ = w.tx.send(reply.map(|reply| VmAnswer { reply, info }));
+        }
+    }
+
+    fn publish(&mut self) {
+        let info = self.core.info();
+        if self.published.as_ref() != Some(&info) {
+            self.published = Some(info.clone());
+            self.supervisor.do_send(VmNotify(VmNotice::Updated(info)));
+        }
+        if self.core.retirable() {
+            self.supervisor
+                .do_send(VmNotify(VmNotice::Retirable(self.name.clone())));
+        }
+    }
+
+    fn control_channel(&mut self, job: JobId) -> mpsc::UnboundedReceiver<TaskControl> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.controls.insert(job, tx);
+        rx
+    }
+
+    fn spawn(&mut self, task: Task, ctx: &mut Context<Self>) {
+        let report = Self::reporter(ctx);
+        let span = self.span.clone();
+        match task {
+            Task::Start {
+                job,
+                gen,
+                spec,
+                paused,
+                resume,
+            } => {
+                let control = self.control_channel(job);
+                let existing = (self.res.gen == gen)
+                    .then(|| (self.res.process.clone(), self.res.exit.clone(), self.res.qmp.clone()));
+                let s = start::StartCtx {
+                    job,
+                    gen,
+                    spec: *spec,
+                    paused,
+                    resume,
+                    existing,
+                    node: self.node.clone(),
+                    paths: self.paths.clone(),
+                    store: self.store.clone(),
+                    report,
+                    control,
+                };
+                actix::spawn(start::run(s).instrument(span));
+            }
+            Task::Stop {
+                job,
+                gen,
+                acpi,
+                from,
+                deadline_ms,
+                kill_at_ms,
+            } => {
+                let control = self.control_channel(job);
+                let (Some(process), Some(exit), true) =
+                    (self.res.process.clone(), self.res.exit.clone(), self.res.gen == gen)
+                else {
+                    report.input(Input::StopDone {
+                        job,
+                        gen,
+                        result: Err(super::error::VmError::NoProcess.to_api()),
+                    });
+                    return;
+                };
+                let s = stop::StopCtx {
+                    job,
+                    gen,
+                    acpi,
+                    from,
+                    deadline_ms,
+                    kill_at_ms,
+                    resend: self.node.acpi_resend_interval,
+                    sigterm_grace: Duration::from_secs(10),
+                    sigkill_wait: Duration::from_secs(30),
+                    process,
+                    exit,
+                    qmp: self.res.qmp.clone().filter(|q| !q.is_closed()),
+                    control,
+                    report,
+                };
+                actix::spawn(stop::run(s).instrument(span));
+            }
+            Task::Qmp { job, gen, action } => {
+                let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                actix::spawn(
+                    async move {
+                        let result = match qmp {
+                            None => Err(ApiError::new(
+                                ErrorCode::Unresponsive,
+                                "No QMP connection to this VM's QEMU",
+                            )),
+                            Some(q) => match action {
+                                QmpAction::Pause => q.stop().await,
+                                QmpAction::Resume => q.cont().await,
+                                QmpAction::Reset => q.system_reset().await,
+                            }
+                            .map_err(|e| super::error::VmError::Qmp(e).to_api()),
+                        };
+                        report.input(Input::QmpDone { job, gen, result });
+                    }
+                    .instrument(span),
+                );
+            }
+            Task::Cleanup { job } => {
+                let paths = self.paths.clone();
+                let done = self
+                    .store
+                    .run(move || crate::store::files::remove_dir(&paths));
+                actix::spawn(async move {
+                    let result = match done.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(ApiError::new(
+                            ErrorCode::Internal,
+                            format!("Cannot remove runtime files: {e}"),
+                        )),
+                        Err(e) => Err(super::error::VmError::Store(e).to_api()),
+                    };
+                    report.input(Input::CleanupDone { job, result });
+                });
+            }
+        }
+    }
+
+    /// Look at the run dir (again): adopt a running QEMU or learn how it ended.
+    fn recover(&mut self, ctx: &mut Context<Self>) {
+        let report = Self::reporter(ctx);
+        let gen = self.core.gen().max(self.res.gen) + 1;
+        let r = recover::RecoverCtx {
+            gen,
+            paths: self.paths.clone(),
+            store: self.store.clone(),
+            node: self.node.clone(),
+        };
+        actix::spawn(
+            async move {
+                let found = recover::gather(r).await;
+                report.recovered(found);
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    fn on_qmp(
+        &mut self,
+        gen: u64,
+        qmp: Qmp,
+        notices: mpsc::Receiver<Notice>,
+        ctx: &mut Context<Self>,
+    ) {
+        if gen != self.res.gen {
+            let q = qmp.clone();
+            actix::spawn(async move { q.close().await });
+            return;
+        }
+        self.res.conn += 1;
+        let conn = self.res.conn;
+        if let Some(old) = self.res.qmp.replace(qmp) {
+            actix::spawn(async move { old.close().await });
+        }
+        watching::forward_notices(gen, conn, notices, Self::reporter(ctx), self.span.clone());
+        self.feed(Input::QmpUp { gen, conn }, ctx);
+    }
+
+    fn health(&mut self, ctx: &mut Context<Self>) {
+        if self.health_in_flight {
+            return;
+        }
+        let Some(gen) = self.core.health_due().filter(|g| *g == self.res.gen) else {
+            return;
+        };
+        self.health_in_flight = true;
+        let h = watching::HealthCtx {
+            gen,
+            qmp: self.res.qmp.clone().filter(|q| !q.is_closed()),
+            exit: self.res.exit.clone(),
+            path: self.paths.qmp(),
+            timeout: self.node.qmp_timeout,
+            report: Self::reporter(ctx),
+        };
+        ctx.spawn(
+            watching::health(h)
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(|_, act, _| act.health_in_flight = false),
+        );
+    }
+
+    fn rotate_serial_log(&mut self) {
+        if !self.core.has_qemu() {
+            return;
+        }
+        let (log, max, keep) = (
+            self.paths.serial_log(),
+            self.node.serial_log_max_bytes,
+            self.node.serial_log_keep_bytes,
+        );
+        let span = self.span.clone();
+        self.store.spawn(move || {
+            match crate::store::serial_log::rotate_if_needed(&log, max, keep) {
+                Ok(Some(dropped)) => debug!(parent: &span, dropped, "serial.log rotated"),
+                Ok(None) => {}
+                Err(e) => debug!(parent: &span, error = %e, "cannot rotate serial.log"),
+            }
+        });
+    }
+}
+
+fn log_job_end(span: &tracing::Span, job: &JobInfo) {
+    use crate::api::JobOutcome;
+    match &job.outcome {
+        Some(JobOutcome::Failed(e)) => {
+            warn!(parent: span, job = %job.id, kind = %job.kind, error = %e.message.escape_debug(), "job failed")
+        }
+        Some(JobOutcome::Cancelled { reason }) => {
+            info!(parent: span, job = %job.id, kind = %job.kind, %reason, "job cancelled")
+        }
+        _ => info!(parent: span, job = %job.id, kind = %job.kind, "job done"),
+    }
+}
+
+impl Actor for VmActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.publish();
+        self.recover(ctx);
+        ctx.run_interval(self.node.health_interval, |act, ctx| act.health(ctx));
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.rotate_serial_log());
+    }
+}
+
+impl Handler<Ask> for VmActor {
+    type Result = ResponseFuture<Result<VmAnswer, ApiError>>;
+
+    fn handle(&mut self, Ask { ask, wait }: Ask, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.waiters.insert(ticket, Waiter { wait, tx });
+        let request = match ask {
+            VmAsk::Start { paused } => Some(Request::Start {
+                paused,
+                check: self.syntax_check(),
+            }),
+            VmAsk::Stop { timeout, force } => Some(Request::Stop { timeout, force }),
+            VmAsk::Reboot { timeout } => {
+                // The node checks too (kernel, disks, bridges...), off the actor: a reboot
+                // that could not start again stops nothing.
+                let check = self.syntax_check();
+                let spec = self.core.spec().cloned();
+                let node = self.node.clone();
+                let report = Self::reporter(ctx);
+                actix::spawn(async move {
+                    let check = match (check, spec) {
+                        (Some(e), _) => Some(e),
+                        (None, None) => None,
+                        (None, Some(spec)) => tokio::task::spawn_blocking(move || {
+                            let hv: HvParams = spec.effective_hvparams(&node);
+                            let errs = crate::host::validate::files(&spec, &hv);
+                            (!errs.is_empty()).then(|| ApiError::invalid(errs))
+                        })
+                        .await
+                        .unwrap_or(None),
+                    };
+                    report.request(ticket, Request::Reboot { timeout, check });
+                });
+                None
+            }
+            VmAsk::Reset => Some(Request::Reset),
+            VmAsk::Pause => Some(Request::Pause),
+            VmAsk::Resume => Some(Request::Resume),
+            VmAsk::Cleanup => Some(Request::Cleanup),
+            VmAsk::Cancel { id } => Some(Request::Cancel { id }),
+        };
+        if let Some(r) = request {
+            self.feed_request(ticket, r, ctx);
+        }
+        Box::pin(async move {
+            rx.await.map_err(|_| {
+                ApiError::new(ErrorCode::Internal, "The VM actor went away before answering")
+            })?
+        })
+    }
+}
+
+impl Handler<Manage> for VmActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Manage, ctx: &mut Context<Self>) {
+        match m {
+            Manage::SetSpec { spec, autostart } => {
+                self.feed(Input::SetSpec { spec, autostart }, ctx)
+            }
+            Manage::Retire => ctx.stop(),
+        }
+    }
+}
+
+impl Handler<GetJob> for VmActor {
+    type Result = Option<JobInfo>;
+
+    fn handle(&mut self, _: GetJob, _: &mut Context<Self>) -> Self::Result {
+        self.core.job_info()
+    }
+}
+
+impl Handler<Internal> for VmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Internal, ctx: &mut Context<Self>) {
+        match msg {
+            Internal::Input(input) => self.feed(input, ctx),
+            Internal::Request { ticket, request } => self.feed_request(ticket, request, ctx),
+            Internal::Process { gen, process, exit } => {
+                if gen <= self.res.gen && self.res.process.is_some() {
+                    return; // stale
+                }
+                self.res = Resources {
+                    gen,
+                    process: Some(process),
+                    exit: Some(exit.clone()),
+                    qmp: None,
+                    conn: 0,
+                };
+                watching::forward_exit(gen, exit, Self::reporter(ctx));
+            }
+            Internal::Qmp { gen, qmp, notices } => self.on_qmp(gen, qmp, notices, ctx),
+            Internal::Recovered(found) => {
+                let recover::Found { facts, adopted } = *found;
+                let gen = facts.gen;
+                if let Some(a) = adopted {
+                    self.res = Resources {
+                        gen,
+                        process: Some(a.process),
+                        exit: Some(a.exit.clone()),
+                        qmp: None,
+                        conn: 0,
+                    };
+                    let conn_given = a.qmp.is_some();
+                    self.feed(Input::Recovered(facts_with_conn(facts, conn_given)), ctx);
+                    if let Some((qmp, notices)) = a.qmp {
+                        self.res.conn = 1;
+                        self.res.qmp = Some(qmp);
+                        watching::forward_notices(gen, 1, notices, Self::reporter(ctx), self.span.clone());
+                    }
+                    watching::forward_exit(gen, a.exit, Self::reporter(ctx));
+                } else {
+                    self.feed(Input::Recovered(facts), ctx);
+                }
+            }
+        }
+    }
+}
+
+/// The adopted QEMU's QMP connection is number 1 of its generation.
+fn facts_with_conn(mut facts: RecoveryFacts, connected: bool) -> RecoveryFacts {
+    if let crate::vm::core::FoundQemu::Adopted { conn, .. } = &mut facts.qemu {
+        *conn = connected.then_some(1);
+    }
+    facts
+}

@@ -1,0 +1,118 @@
+//! How the rest of kvmd talks to a VM actor without importing actix: [`VmHandle`] with named
+//! async methods, what they answer ([`VmAnswer`]), and what a VM tells its supervisor
+//! ([`VmNotice`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::api::{ApiError, ErrorCode, JobInfo, VmInfo};
+use crate::model::job::JobId;
+use crate::model::spec::InstanceSpec;
+
+use super::actor::{Ask, GetJob, Manage, VmActor};
+
+/// What an operator asks of one VM (the supervisor's view of the core's requests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmAsk {
+    Start { paused: bool },
+    Stop { timeout: Option<Duration>, force: bool },
+    Reboot { timeout: Option<Duration> },
+    Reset,
+    Pause,
+    Resume,
+    Cleanup,
+    Cancel { id: JobId },
+}
+
+/// How a VM answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmReply {
+    /// The job that served the request: ended (or just begun, for a caller that does not
+    /// wait).
+    Job(JobInfo),
+    /// A stop with nothing to stop.
+    AlreadyStopped,
+    /// A stop that cancelled a start (rolled back).
+    StartCancelled,
+    /// A cancel was accepted.
+    Cancelling(JobInfo),
+}
+
+/// A reply and the VM's state right after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmAnswer {
+    pub reply: VmReply,
+    pub info: VmInfo,
+}
+
+/// What a VM tells its supervisor.
+#[derive(Clone, Debug)]
+pub enum VmNotice {
+    /// What `info` shows changed.
+    Updated(VmInfo),
+    /// A job began, moved on or ended.
+    Job(JobInfo),
+    /// The VM left the config, has no QEMU, no job and no files: it may be forgotten.
+    Retirable(crate::model::name::InstanceName),
+}
+
+/// Job ids for the whole daemon: unique across restarts, increasing.
+#[derive(Clone, Debug)]
+pub struct JobIds(Arc<AtomicU64>);
+
+impl JobIds {
+    /// Ids start at `now_ms << 12`, above every id of an earlier kvmd.
+    pub fn starting_at(now_ms: u64) -> Self {
+        JobIds(Arc::new(AtomicU64::new(JobId::new(now_ms, 0).0)))
+    }
+
+    pub fn next(&self) -> JobId {
+        JobId(self.0.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A cheap, cloneable handle on one VM actor.
+#[derive(Clone)]
+pub struct VmHandle {
+    pub(super) addr: Addr<VmActor>,
+}
+
+fn gone(e: MailboxError) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("VM actor unavailable ({e}); it is being rebuilt, retry"),
+    )
+}
+
+impl VmHandle {
+    /// Ask; with `wait`, the answer comes when the job has ended.
+    pub async fn ask(&self, ask: VmAsk, wait: bool) -> Result<VmAnswer, ApiError> {
+        self.addr.send(Ask { ask, wait }).await.map_err(gone)?
+    }
+
+    /// A new definition from a config reload (`None`: removed from the config).
+    pub fn set_spec(&self, spec: Option<InstanceSpec>, autostart: bool) {
+        self.addr.do_send(Manage::SetSpec {
+            spec: spec.map(Box::new),
+            autostart,
+        });
+    }
+
+    /// Stop the actor (the instance was forgotten). QEMU is never touched.
+    pub fn retire(&self) {
+        self.addr.do_send(Manage::Retire);
+    }
+
+    /// The mailbox is open (a panicked actor's mailbox closes).
+    pub fn alive(&self) -> bool {
+        self.addr.connected()
+    }
+
+    /// The running job, if any.
+    pub async fn job(&self) -> Option<JobInfo> {
+        self.addr.send(GetJob).await.ok().flatten()
+    }
+}
