@@ -95,6 +95,9 @@ impl Qmp {
     /// Connect to `path`, retrying until `opts.connect_deadline` while the socket does not
     /// exist yet (`alive` is asked between retries, so a QEMU that died during start is
     /// noticed at once), then greet and negotiate capabilities as [`Qmp::from_stream`] does.
+    ///
+    /// Read the returned receiver while running commands (from another task): when it is
+    /// full, a lifecycle event holds up the read loop, and with it every reply.
     pub async fn connect_with(
         path: &Path,
         opts: &ConnectOptions,

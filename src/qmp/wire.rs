@@ -6,8 +6,8 @@
 //! becomes `Other`. Reply decoding is strict: a reply that does not have the documented shape
 //! is an error naming what is wrong, never a guessed value.
 //!
-//! Invariant: the only place serde_json looks inside a QMP message; pure — no I/O, no tokio,
-//! and no panic on anything QEMU sends.
+//! Invariant: the only place serde_json looks inside a QMP message; pure — no I/O (beyond
+//! debug and warning logs of bounded excerpts), no tokio, and no panic on anything QEMU sends.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
