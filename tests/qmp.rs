@@ -1,16 +1,24 @@
-//! Our QMP client against real QEMU (greeting, commands, errors, fd passing) and, for faults a
-//! real QEMU will not produce on demand, against a fake server: hangs, garbage, split and
-//! merged lines, stray ids, disconnects, a bad greeting.
+//! Our QMP client against real QEMU (greeting, typed commands, errors, fd passing, a listening
+//! socket handed to QEMU by fd) and, for faults a real QEMU will not produce on demand,
+//! against a fake server: hangs, late replies, slow start-up, garbage, split and merged lines,
+//! stray ids, event floods, disconnects, a bad greeting.
+//!
+//! Invariant: no lucky sleeps — every wait is bounded by a generous deadline or waits for the
+//! thing itself; every QEMU is killed when its test ends.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kvmd::qmp::{Qmp, QmpError};
-use serde_json::json;
+use kvmd::qmp::{
+    ConnectOptions, Display, Notice, Qmp, QmpError, QmpEvent, RunState, NOTICE_CAPACITY,
+};
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
+use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(2);
 
@@ -21,6 +29,18 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+fn opts(startup: Duration, command: Duration) -> ConnectOptions {
+    ConnectOptions {
+        connect_deadline: Instant::now() + Duration::from_secs(10),
+        startup_timeout: startup,
+        command_timeout: command,
+    }
+}
+
+/// Held while spawning, so that a child of one test never inherits the listening socket
+/// another test made inheritable for its own QEMU.
+static SPAWNING: Mutex<()> = Mutex::new(());
+
 struct Qemu(Child);
 impl Drop for Qemu {
     fn drop(&mut self) {
@@ -29,19 +49,13 @@ impl Drop for Qemu {
     }
 }
 
-fn qemu_none(sock: &Path) -> Qemu {
+/// `qemu-system-x86_64 -machine none -S` with no devices, plus `extra`.
+fn qemu(extra: &[&str]) -> Qemu {
+    let _spawning = SPAWNING.lock().unwrap();
     Qemu(
         Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "none",
-                "-S",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-qmp",
-            ])
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .args(["-machine", "none", "-S", "-nodefaults", "-display", "none"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -50,16 +64,33 @@ fn qemu_none(sock: &Path) -> Qemu {
     )
 }
 
+fn qmp_arg(sock: &Path) -> String {
+    format!("unix:{},server=on,wait=off", sock.display())
+}
+
+/// The next notice, within a generous deadline.
+async fn next(notices: &mut mpsc::Receiver<Notice>) -> Option<Notice> {
+    tokio::time::timeout(Duration::from_secs(10), notices.recv())
+        .await
+        .expect("a notice or the end of the channel within 10 s")
+}
+
+async fn next_event(notices: &mut mpsc::Receiver<Notice>) -> QmpEvent {
+    match next(notices).await {
+        Some(Notice::Event { event, .. }) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
 #[test]
 fn real_qemu_greets_answers_and_accepts_a_passed_fd() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("qmp.sock");
-    let _q = qemu_none(&sock);
+    let _q = qemu(&["-qmp", &qmp_arg(&sock)]);
     rt().block_on(async {
-        let (qmp, _events) =
-            Qmp::connect(&sock, Instant::now() + Duration::from_secs(10), T, || true)
-                .await
-                .unwrap();
+        let (qmp, _notices) = Qmp::connect_with(&sock, &opts(T, T), || true)
+            .await
+            .unwrap();
         let text = String::from_utf8(
             Command::new("qemu-system-x86_64")
                 .arg("--version")
@@ -73,15 +104,26 @@ fn real_qemu_greets_answers_and_accepts_a_passed_fd() {
             (qmp.greeting.major, qmp.greeting.minor, qmp.greeting.micro),
             (maj, min, mic)
         );
-        let st = qmp.execute("query-status", None, T).await.unwrap();
-        assert_eq!(st["status"], "prelaunch");
-        match qmp.execute("no-such-command", None, T).await.unwrap_err() {
-            QmpError::Command { class, .. } => assert_eq!(class, "CommandNotFound"),
+        assert_eq!(
+            qmp.query_status().await.unwrap().run_state,
+            RunState::Prelaunch
+        );
+        match qmp
+            .execute_raw("no-such-command", None, T)
+            .await
+            .unwrap_err()
+        {
+            QmpError::Command { command, class, .. } => {
+                assert_eq!(
+                    (command.as_str(), class.as_str()),
+                    ("no-such-command", "CommandNotFound")
+                )
+            }
             other => panic!("{other:?}"),
         }
         // getfd only succeeds when a descriptor really arrived with SCM_RIGHTS.
         let e = qmp
-            .execute("getfd", Some(json!({"fdname": "nofd"})), T)
+            .execute_raw("getfd", Some(json!({"fdname": "nofd"})), T)
             .await
             .unwrap_err();
         assert!(
@@ -89,21 +131,151 @@ fn real_qemu_greets_answers_and_accepts_a_passed_fd() {
             "{e}"
         );
         let (r, _w) = nix::unistd::pipe().unwrap();
-        qmp.execute_with_fd("getfd", Some(json!({"fdname": "pipe0"})), r.as_fd(), T)
-            .await
-            .unwrap();
-        qmp.execute("closefd", Some(json!({"fdname": "pipe0"})), T)
-            .await
-            .unwrap();
+        qmp.getfd("pipe0", r.as_fd()).await.unwrap();
+        qmp.closefd("pipe0").await.unwrap();
+        // Closed already: QEMU no longer knows the name.
+        assert!(matches!(
+            qmp.closefd("pipe0").await.unwrap_err(),
+            QmpError::Command { .. }
+        ));
     });
 }
 
-/// A fake QMP server: greets, answers qmp_capabilities, then hands each later command line to
-/// `script`, which returns the raw bytes to send back (possibly nothing, possibly garbage).
-async fn fake(
+#[test]
+fn real_qemu_answers_every_typed_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qmp.sock");
+    let _q = qemu(&["-vnc", "none,password=on", "-qmp", &qmp_arg(&sock)]);
+    rt().block_on(async {
+        let (qmp, mut notices) = Qmp::connect_with(&sock, &opts(T, T), || true)
+            .await
+            .unwrap();
+        assert_eq!(qmp.query_version().await.unwrap(), qmp.greeting);
+        let machines = qmp.query_machines().await.unwrap();
+        assert_eq!(machines.iter().filter(|m| m.is_default).count(), 1);
+        assert!(machines.iter().any(|m| m.name == "none"));
+        assert!(machines.iter().any(|m| m.alias.as_deref() == Some("pc")));
+        let concrete = qmp.qom_list_types("device", false).await.unwrap();
+        assert!(concrete.iter().any(|t| t == "virtio-net-pci"));
+        assert!(!concrete.iter().any(|t| t == "pci-device"), "abstract");
+        let all = qmp.qom_list_types("device", true).await.unwrap();
+        assert!(all.iter().any(|t| t == "pci-device"));
+        assert!(
+            qmp.query_cpus_fast().await.unwrap().is_empty(),
+            "-machine none"
+        );
+        qmp.set_password(Display::Vnc, "s3cret").await.unwrap();
+        assert!(matches!(
+            qmp.set_password(Display::Spice, "s3cret")
+                .await
+                .unwrap_err(),
+            QmpError::Command { .. }
+        ));
+
+        let st = qmp.query_status().await.unwrap();
+        assert_eq!((st.run_state, st.running), (RunState::Prelaunch, false));
+        qmp.cont().await.unwrap();
+        assert_eq!(next_event(&mut notices).await, QmpEvent::Resume);
+        let st = qmp.query_status().await.unwrap();
+        assert_eq!((st.run_state, st.running), (RunState::Running, true));
+        qmp.stop().await.unwrap();
+        assert_eq!(next_event(&mut notices).await, QmpEvent::Stop);
+        assert_eq!(
+            qmp.query_status().await.unwrap().run_state,
+            RunState::Paused
+        );
+        qmp.system_reset().await.unwrap();
+        assert_eq!(
+            next_event(&mut notices).await,
+            QmpEvent::Reset {
+                guest: false,
+                reason: "host-qmp-system-reset".into()
+            }
+        );
+        qmp.system_powerdown().await.unwrap();
+        assert_eq!(next_event(&mut notices).await, QmpEvent::Powerdown);
+        qmp.with_timeout(Duration::from_secs(10))
+            .quit()
+            .await
+            .unwrap();
+        assert_eq!(
+            next_event(&mut notices).await,
+            QmpEvent::Shutdown {
+                guest: false,
+                reason: "host-qmp-quit".into()
+            }
+        );
+        assert_eq!(next(&mut notices).await, None, "QEMU exited");
+        assert!(qmp.is_closed());
+        assert!(matches!(qmp.quit().await, Err(QmpError::Closed)));
+    });
+}
+
+#[test]
+fn a_listening_socket_passed_to_qemu_by_fd_is_connected_before_qemu_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qmp.sock");
+    let q = {
+        let _spawning = SPAWNING.lock().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let fd = listener.as_raw_fd();
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "none", "-S", "-nodefaults", "-display", "none"])
+            .arg("-chardev")
+            .arg(format!("socket,id=qmp0,fd={fd},server=on,wait=off"))
+            .args(["-mon", "chardev=qmp0,mode=control"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Qemu(child) // our copy of the listener closes here; QEMU holds its own
+    };
+    rt().block_on(async {
+        // No polling: the socket listens already, QEMU greets when it is ready.
+        let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let o = opts(Duration::from_secs(10), T);
+        let (qmp, mut notices) = Qmp::from_stream(stream, &o).await.unwrap();
+        assert_eq!(qmp.greeting.major, qmp.query_version().await.unwrap().major);
+        assert_eq!(
+            qmp.query_status().await.unwrap().run_state,
+            RunState::Prelaunch
+        );
+        qmp.close().await;
+        assert!(matches!(qmp.query_status().await, Err(QmpError::Closed)));
+        assert_eq!(next(&mut notices).await, None, "QEMU hung up too");
+
+        let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let (again, _notices) = Qmp::from_stream(stream, &o).await.unwrap();
+        assert_eq!(
+            again.query_status().await.unwrap().run_state,
+            RunState::Prelaunch
+        );
+        again.quit().await.unwrap();
+    });
+    drop(q);
+}
+
+/// What the fake server does with a command.
+enum Say {
+    Nothing,
+    Now(Vec<u8>),
+    After(Duration, Vec<u8>),
+    Close,
+}
+
+/// A fake QMP server: greets, answers qmp_capabilities after `caps_delay`, then hands each
+/// later command to `script`. Bytes are sent in two pieces to exercise reassembly.
+async fn fake_with(
     path: &Path,
     greeting: &'static str,
-    script: impl Fn(serde_json::Value) -> Option<Vec<u8>> + Send + 'static,
+    caps_delay: Duration,
+    script: impl Fn(Value) -> Say + Send + 'static,
 ) {
     let listener = UnixListener::bind(path).unwrap();
     tokio::spawn(async move {
@@ -112,26 +284,35 @@ async fn fake(
         w.write_all(greeting.as_bytes()).await.unwrap();
         let mut lines = BufReader::new(r).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["execute"] == "qmp_capabilities" {
-                w.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\n", v["id"]).as_bytes())
-                    .await
-                    .unwrap();
-                continue;
-            }
-            match script(v) {
-                Some(bytes) if bytes == b"CLOSE" => return,
-                Some(bytes) => {
-                    // Send in two pieces to exercise reassembly.
-                    let (a, b) = bytes.split_at(bytes.len() / 2);
-                    w.write_all(a).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    w.write_all(b).await.unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let say = if v["execute"] == "qmp_capabilities" {
+                Say::After(caps_delay, reply(&v, json!({})))
+            } else {
+                script(v)
+            };
+            let bytes = match say {
+                Say::Nothing => continue,
+                Say::Close => return,
+                Say::Now(b) => b,
+                Say::After(d, b) => {
+                    tokio::time::sleep(d).await;
+                    b
                 }
-                None => {}
+            };
+            let (a, b) = bytes.split_at(bytes.len() / 2);
+            if w.write_all(a).await.is_err() || w.write_all(b).await.is_err() {
+                return; // the client gave up
             }
         }
     });
+}
+
+async fn fake(path: &Path, script: impl Fn(Value) -> Say + Send + 'static) {
+    fake_with(path, GREETING, Duration::ZERO, script).await
+}
+
+fn reply(command: &Value, value: Value) -> Vec<u8> {
+    format!("{}\n", json!({"return": value, "id": command["id"]})).into_bytes()
 }
 
 const GREETING: &str = "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 0, \"major\": 9}, \"package\": \"\"}, \"capabilities\": []}}\n";
@@ -141,22 +322,110 @@ fn a_hung_qemu_times_out_at_the_deadline_and_a_late_reply_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("q");
     rt().block_on(async {
-        fake(&sock, GREETING, |v| match v["execute"].as_str() {
-            Some("hang") => None,
-            _ => Some(format!("{{\"return\": {{\"ok\": 1}}, \"id\": {}}}\n", v["id"]).into_bytes()),
+        fake(&sock, |v| match v["execute"].as_str() {
+            Some("hang") => Say::After(Duration::from_millis(1500), reply(&v, json!({"late": 1}))),
+            _ => Say::Now(reply(&v, json!({"status": "running", "running": true}))),
         })
         .await;
-        let (qmp, _ev) = Qmp::connect(&sock, Instant::now() + T, T, || true)
+        let (qmp, _notices) = Qmp::connect_with(&sock, &opts(T, T), || true)
             .await
             .unwrap();
         let t0 = Instant::now();
         let e = qmp
-            .execute("hang", None, Duration::from_millis(300))
+            .execute_raw("hang", None, Duration::from_millis(300))
             .await
             .unwrap_err();
         assert!(matches!(e, QmpError::Timeout { .. }), "{e:?}");
-        assert!(t0.elapsed() < Duration::from_secs(1));
-        assert_eq!(qmp.execute("query-status", None, T).await.unwrap()["ok"], 1);
+        assert!(
+            t0.elapsed() < Duration::from_millis(1200),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Sent while the late reply is still coming: it gets its own answer, not the late one.
+        let st = qmp
+            .with_timeout(Duration::from_secs(10))
+            .query_status()
+            .await
+            .unwrap();
+        assert_eq!(st.run_state, RunState::Running);
+        assert!(!qmp.is_closed());
+    });
+}
+
+#[test]
+fn a_command_that_misses_its_deadline_is_reported_as_a_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("q");
+    rt().block_on(async {
+        fake(&sock, |_| Say::Nothing).await;
+        let (qmp, mut notices) = Qmp::connect_with(&sock, &opts(T, T), || true)
+            .await
+            .unwrap();
+        let e = qmp
+            .with_timeout(Duration::from_millis(300))
+            .query_status()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, QmpError::Timeout { ref command, .. } if command == "query-status"));
+        assert_eq!(
+            next(&mut notices).await,
+            Some(Notice::TimedOut {
+                command: "query-status".into()
+            })
+        );
+        assert_eq!(
+            qmp.command_timeout(),
+            T,
+            "with_timeout changed only its own handle"
+        );
+    });
+}
+
+/// A QEMU with preallocated memory answers qmp_capabilities only after preallocating: the
+/// start-up deadline, not the command deadline, bounds that wait.
+#[test]
+fn a_slow_start_up_is_waited_for_under_the_start_up_deadline_not_the_command_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slow, too_slow) = (dir.path().join("slow"), dir.path().join("too-slow"));
+    let command = Duration::from_millis(300);
+    rt().block_on(async {
+        let answer = |v: Value| Say::Now(reply(&v, json!({"status": "prelaunch"})));
+        fake_with(&slow, GREETING, Duration::from_millis(1500), answer).await;
+        fake_with(&too_slow, GREETING, Duration::from_millis(1500), answer).await;
+
+        let t0 = Instant::now();
+        let (qmp, _notices) =
+            Qmp::connect_with(&slow, &opts(Duration::from_secs(5), command), || true)
+                .await
+                .unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(qmp.command_timeout(), command);
+        assert_eq!(
+            qmp.query_status().await.unwrap().run_state,
+            RunState::Prelaunch
+        );
+
+        let t0 = Instant::now();
+        let e = Qmp::connect_with(
+            &too_slow,
+            &opts(Duration::from_millis(500), command),
+            || true,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, QmpError::Timeout { ref command, .. } if command == "qmp_capabilities"),
+            "{e:?}"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
     });
 }
 
@@ -165,46 +434,102 @@ fn garbage_stray_ids_and_interleaved_events_do_not_confuse_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("q");
     rt().block_on(async {
-        fake(&sock, GREETING, |v| {
+        fake(&sock, |v| {
             let id = &v["id"];
-            Some(
+            Say::Now(
                 format!(
-                    "this is not json\n{{\"return\": {{}}, \"id\": 999999}}\n{{\"event\": \"STOP\", \"timestamp\": {{\"seconds\": 1, \"microseconds\": 2}}, \"data\": {{}}, \"new-field\": 1}}\n{{\"event\": \"SOMETHING_NEW\"}}{}\n{{\"return\": {{\"status\": \"paused\"}}, \"id\": {id}, \"extra\": true}}\n",
-                    "",
+                    "this is not json\n{{\"return\": {{}}, \"id\": 999999}}\n{{\"event\": \"STOP\", \"timestamp\": {{\"seconds\": 1, \"microseconds\": 2}}, \"data\": {{}}, \"new-field\": 1}}\n{{\"event\": \"SOMETHING_NEW\"}}\n{{\"return\": {{\"status\": \"paused\", \"running\": false}}, \"id\": {id}, \"extra\": true}}\n"
                 )
                 .into_bytes(),
             )
         })
         .await;
-        let (qmp, mut events) = Qmp::connect(&sock, Instant::now() + T, T, || true).await.unwrap();
-        assert_eq!(qmp.execute("query-status", None, T).await.unwrap()["status"], "paused");
-        assert_eq!(events.recv().await.unwrap().name, "STOP");
-        assert_eq!(events.recv().await.unwrap().name, "SOMETHING_NEW");
+        let (qmp, mut notices) = Qmp::connect_with(&sock, &opts(T, T), || true).await.unwrap();
+        assert_eq!(qmp.query_status().await.unwrap().run_state, RunState::Paused);
+        assert_eq!(
+            next(&mut notices).await,
+            Some(Notice::Event {
+                event: QmpEvent::Stop,
+                timestamp_us: 1_000_002
+            })
+        );
+        assert_eq!(
+            next_event(&mut notices).await,
+            QmpEvent::Other {
+                name: "SOMETHING_NEW".into(),
+                data: Value::Null
+            }
+        );
+    });
+}
+
+/// Nobody reads while QEMU floods events: the channel stays at its capacity, the excess is
+/// dropped and counted, and the SHUTDOWN after the flood still arrives.
+#[test]
+fn a_flood_of_events_is_dropped_and_counted_but_a_lifecycle_event_is_not() {
+    const FLOOD: usize = 5000;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("q");
+    rt().block_on(async {
+        fake(&sock, |v| {
+            let mut out = String::new();
+            for i in 0..FLOOD {
+                out += &format!("{{\"timestamp\": {{\"seconds\": 1, \"microseconds\": 2}}, \"event\": \"BALLOON_CHANGE\", \"data\": {{\"actual\": {i}}}}}\n");
+            }
+            out += "{\"timestamp\": {\"seconds\": 3, \"microseconds\": 4}, \"event\": \"SHUTDOWN\", \"data\": {\"guest\": true, \"reason\": \"guest-shutdown\"}}\n";
+            Say::Now([out.into_bytes(), reply(&v, json!({}))].concat())
+        })
+        .await;
+        let (qmp, mut notices) = Qmp::connect_with(&sock, &opts(T, T), || true).await.unwrap();
+        let flood = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { qmp.execute_raw("flood", None, Duration::from_secs(60)).await }
+        });
+        let dropped = (FLOOD - NOTICE_CAPACITY) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while qmp.dropped_notices() < dropped {
+            assert!(Instant::now() < deadline, "{} dropped", qmp.dropped_notices());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(notices.len(), NOTICE_CAPACITY);
+        assert_eq!(notices.max_capacity(), NOTICE_CAPACITY);
+
+        for i in 0..NOTICE_CAPACITY as u64 {
+            assert_eq!(next_event(&mut notices).await, QmpEvent::BalloonChange { actual: i });
+        }
+        assert_eq!(
+            next_event(&mut notices).await,
+            QmpEvent::Shutdown {
+                guest: true,
+                reason: "guest-shutdown".into()
+            }
+        );
+        // The read loop went on: the reply after the flood arrived.
+        flood.await.unwrap().unwrap();
+        assert_eq!(qmp.dropped_notices(), dropped);
     });
 }
 
 #[test]
-fn a_disconnect_fails_waiting_commands_at_once_and_closes_the_event_stream() {
+fn a_disconnect_fails_waiting_commands_at_once_and_closes_the_notice_channel() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("q");
     rt().block_on(async {
-        fake(&sock, GREETING, |_| Some(b"CLOSE".to_vec())).await;
-        let (qmp, mut events) = Qmp::connect(&sock, Instant::now() + T, T, || true)
+        fake(&sock, |_| Say::Close).await;
+        let (qmp, mut notices) = Qmp::connect_with(&sock, &opts(T, T), || true)
             .await
             .unwrap();
         let t0 = Instant::now();
         let e = qmp
-            .execute("quit", None, Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(10))
+            .stop()
             .await
             .unwrap_err();
         assert!(matches!(e, QmpError::Closed), "{e:?}");
-        assert!(t0.elapsed() < Duration::from_secs(1));
-        assert!(events.recv().await.is_none());
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(next(&mut notices).await, None);
         assert!(qmp.is_closed());
-        assert!(matches!(
-            qmp.execute("x", None, T).await.unwrap_err(),
-            QmpError::Closed
-        ));
+        assert!(matches!(qmp.cont().await.unwrap_err(), QmpError::Closed));
     });
 }
 
@@ -213,8 +538,11 @@ fn a_bad_greeting_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("q");
     rt().block_on(async {
-        fake(&sock, "{\"hello\": \"world\"}\n", |_| None).await;
-        let e = Qmp::connect(&sock, Instant::now() + T, T, || true)
+        fake_with(&sock, "{\"hello\": \"world\"}\n", Duration::ZERO, |_| {
+            Say::Nothing
+        })
+        .await;
+        let e = Qmp::connect_with(&sock, &opts(T, T), || true)
             .await
             .unwrap_err();
         assert!(matches!(e, QmpError::Greeting(_)), "{e:?}");
@@ -226,15 +554,30 @@ fn connect_gives_up_when_the_process_is_dead() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let t0 = Instant::now();
-        let e = Qmp::connect(
-            &dir.path().join("missing"),
-            Instant::now() + Duration::from_secs(10),
-            T,
-            || false,
-        )
-        .await
-        .unwrap_err();
+        let e = Qmp::connect_with(&dir.path().join("missing"), &opts(T, T), || false)
+            .await
+            .unwrap_err();
         assert!(matches!(e, QmpError::Connect { .. }));
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    });
+}
+
+/// Callers not yet on the typed API keep working: raw events on an unbounded channel.
+#[test]
+fn the_legacy_entry_points_still_deliver_raw_events_and_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("q");
+    rt().block_on(async {
+        fake(&sock, |v| {
+            let ev = "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"SHUTDOWN\", \"data\": {\"guest\": true, \"reason\": \"guest-shutdown\"}}\n";
+            Say::Now([ev.as_bytes().to_vec(), reply(&v, json!({"status": "running"}))].concat())
+        })
+        .await;
+        let (qmp, mut events) = Qmp::connect(&sock, Instant::now() + T, T, || true).await.unwrap();
+        let st = qmp.execute("query-status", None, T).await.unwrap();
+        assert_eq!(st["status"], "running");
+        let ev = events.recv().await.unwrap();
+        assert_eq!((ev.name.as_str(), ev.timestamp_us), ("SHUTDOWN", 1_000_002));
+        assert_eq!((ev.bool("guest"), ev.str("reason")), (Some(true), Some("guest-shutdown")));
     });
 }

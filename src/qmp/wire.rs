@@ -1,0 +1,386 @@
+//! QMP's JSON: encoding commands and their arguments, parsing the greeting, replies and events,
+//! decoding typed results, and bounded excerpts of lines for logs.
+//!
+//! Event decoding is lenient (see [`QmpEvent`] for the fallbacks): a known event with a
+//! missing string or boolean field keeps its variant with a default, one with a missing number
+//! becomes `Other`. Reply decoding is strict: a reply that does not have the documented shape
+//! is an error naming what is wrong, never a guessed value.
+//!
+//! Invariant: the only place serde_json looks inside a QMP message; pure — no I/O (beyond
+//! debug and warning logs of bounded excerpts), no tokio, and no panic on anything QEMU sends.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::commands::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
+use super::events::QmpEvent;
+use super::QmpError;
+
+/// Longest line accepted from QEMU (query-qmp-schema is ~200 KiB; leave room).
+pub const MAX_LINE: usize = 8 << 20;
+/// Longest event line whose data is kept: real events are well under 1 KiB, and up to
+/// [`super::NOTICE_CAPACITY`] of them may wait in the channel.
+pub const MAX_EVENT_LINE: usize = 16 << 10;
+/// How much of an untrusted line or string goes into a log message or an error.
+pub const EXCERPT: usize = 256;
+
+/// The first [`EXCERPT`] bytes of `line`, escaped, with `…` when cut: safe to log.
+pub fn excerpt(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let cut = &line[..line.len().min(EXCERPT)];
+    let mut s: String = String::from_utf8_lossy(cut).escape_debug().collect();
+    if line.len() > EXCERPT {
+        s.push('…');
+    }
+    s
+}
+
+/// `s` cut to [`EXCERPT`] bytes (at a character boundary) with control characters escaped:
+/// for QEMU's strings that end up in our error messages.
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(EXCERPT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 4);
+    for c in s[..end].chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if end < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// One command line: `{"execute": ..., "arguments": ..., "id": ...}` and a newline.
+pub fn encode_command(command: &str, args: Option<Value>, id: u64) -> Vec<u8> {
+    let mut msg = Map::new();
+    msg.insert("execute".into(), json!(command));
+    if let Some(a) = args {
+        msg.insert("arguments".into(), a);
+    }
+    msg.insert("id".into(), json!(id));
+    let mut line = serde_json::to_vec(&Value::Object(msg)).expect("JSON value serializes");
+    line.push(b'\n');
+    line
+}
+
+/// Parse `{"QMP": {"version": {"qemu": {...}, "package": ...}, "capabilities": [...]}}`.
+pub fn parse_greeting(line: &[u8]) -> Result<QemuVersion, QmpError> {
+    let v: Value = serde_json::from_slice(line)
+        .map_err(|e| QmpError::Greeting(format!("{e} in {}", excerpt(line))))?;
+    let version = v
+        .get("QMP")
+        .and_then(|q| q.get("version"))
+        .ok_or_else(|| QmpError::Greeting(format!("no QMP.version in {}", excerpt(line))))?;
+    decode_version(version.clone()).map_err(QmpError::Greeting)
+}
+
+/// One message from QEMU, classified.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Return {
+        id: Option<u64>,
+        value: Value,
+    },
+    Error {
+        id: Option<u64>,
+        class: String,
+        desc: String,
+    },
+    Event {
+        event: QmpEvent,
+        timestamp_us: u64,
+    },
+    /// Valid JSON we do not understand (ignored).
+    Other,
+}
+
+/// Classify one line. Unparsable lines are an error (serde's message, which does not quote
+/// the line); unknown shapes are `Other`; unknown fields are ignored.
+pub fn parse_incoming(line: &[u8]) -> Result<Incoming, String> {
+    let mut v: Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let id = v.get("id").and_then(Value::as_u64);
+    if let Some(r) = v.get_mut("return") {
+        return Ok(Incoming::Return {
+            id,
+            value: r.take(),
+        });
+    }
+    if let Some(e) = v.get("error") {
+        let text = |k: &str| e.get(k).and_then(Value::as_str).map(clip);
+        return Ok(Incoming::Error {
+            id,
+            class: text("class").unwrap_or_else(|| "GenericError".into()),
+            desc: text("desc").unwrap_or_default(),
+        });
+    }
+    let Some(name) = v.get("event").and_then(Value::as_str).map(str::to_owned) else {
+        return Ok(Incoming::Other);
+    };
+    let ts = v.get("timestamp");
+    let part = |k: &str| ts.and_then(|t| t.get(k)).and_then(Value::as_u64);
+    let timestamp_us = part("seconds")
+        .unwrap_or(0)
+        .saturating_mul(1_000_000)
+        .saturating_add(part("microseconds").unwrap_or(0));
+    let data = if line.len() > MAX_EVENT_LINE {
+        tracing::warn!(event = %excerpt(name.as_bytes()), len = line.len(), "QMP event line too long: its data is not kept");
+        Value::Null
+    } else {
+        v.get_mut("data").map(Value::take).unwrap_or(Value::Null)
+    };
+    Ok(Incoming::Event {
+        event: decode_event(name, data),
+        timestamp_us,
+    })
+}
+
+/// Reads an event's fields, remembering which ones had to fall back.
+struct Fields<'a> {
+    data: &'a Value,
+    missing: Vec<&'static str>,
+}
+
+impl Fields<'_> {
+    fn opt_str(&self, key: &str) -> Option<String> {
+        self.data
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+    fn str(&mut self, key: &'static str) -> String {
+        self.opt_str(key).unwrap_or_else(|| {
+            self.missing.push(key);
+            String::new()
+        })
+    }
+    fn bool(&mut self, key: &'static str) -> bool {
+        self.data
+            .get(key)
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| {
+                self.missing.push(key);
+                false
+            })
+    }
+    fn num(&mut self, key: &'static str) -> Option<u64> {
+        let n = self.data.get(key).and_then(Value::as_u64);
+        if n.is_none() {
+            self.missing.push(key);
+        }
+        n
+    }
+}
+
+/// Type an event from its name and `data` (see [`QmpEvent`] for the fallbacks).
+pub fn decode_event(name: String, data: Value) -> QmpEvent {
+    let mut f = Fields {
+        data: &data,
+        missing: Vec::new(),
+    };
+    let typed = match name.as_str() {
+        "SHUTDOWN" => Some(QmpEvent::Shutdown {
+            guest: f.bool("guest"),
+            reason: f.str("reason"),
+        }),
+        "RESET" => Some(QmpEvent::Reset {
+            guest: f.bool("guest"),
+            reason: f.str("reason"),
+        }),
+        "STOP" => Some(QmpEvent::Stop),
+        "RESUME" => Some(QmpEvent::Resume),
+        "POWERDOWN" => Some(QmpEvent::Powerdown),
+        "GUEST_PANICKED" => Some(QmpEvent::GuestPanicked {
+            action: f.str("action"),
+        }),
+        "BLOCK_IO_ERROR" => Some(QmpEvent::BlockIoError {
+            device: f.str("device"),
+            node_name: f.opt_str("node-name"),
+            operation: f.str("operation"),
+            action: f.str("action"),
+            // Optional in QEMU's schema: absent means "not an out-of-space error".
+            nospace: f.data.get("nospace").and_then(Value::as_bool) == Some(true),
+            reason: f.str("reason"),
+        }),
+        "DEVICE_DELETED" => Some(QmpEvent::DeviceDeleted {
+            device: f.opt_str("device"),
+            path: f.str("path"),
+        }),
+        "BALLOON_CHANGE" => f
+            .num("actual")
+            .map(|actual| QmpEvent::BalloonChange { actual }),
+        "MIGRATION" => Some(QmpEvent::Migration {
+            status: f.str("status"),
+        }),
+        "MIGRATION_PASS" => f.num("pass").map(|pass| QmpEvent::MigrationPass { pass }),
+        _ => {
+            return QmpEvent::Other { name, data };
+        }
+    };
+    if !f.missing.is_empty() {
+        tracing::debug!(event = %name, missing = ?f.missing, "QMP event lacks fields: using fallbacks");
+    }
+    typed.unwrap_or(QmpEvent::Other { name, data })
+}
+
+/// The `data` of an event as QEMU would have sent it (for the legacy untyped stream).
+pub fn event_data(event: &QmpEvent) -> Value {
+    match event {
+        QmpEvent::Shutdown { guest, reason } | QmpEvent::Reset { guest, reason } => {
+            json!({"guest": guest, "reason": reason})
+        }
+        QmpEvent::Stop | QmpEvent::Resume | QmpEvent::Powerdown => Value::Null,
+        QmpEvent::GuestPanicked { action } => json!({"action": action}),
+        QmpEvent::BlockIoError {
+            device,
+            node_name,
+            operation,
+            action,
+            nospace,
+            reason,
+        } => {
+            let mut v = json!({"device": device, "operation": operation, "action": action,
+                "nospace": nospace, "reason": reason});
+            if let Some(n) = node_name {
+                v["node-name"] = json!(n);
+            }
+            v
+        }
+        QmpEvent::DeviceDeleted { device, path } => match device {
+            Some(d) => json!({"device": d, "path": path}),
+            None => json!({"path": path}),
+        },
+        QmpEvent::BalloonChange { actual } => json!({"actual": actual}),
+        QmpEvent::Migration { status } => json!({"status": status}),
+        QmpEvent::MigrationPass { pass } => json!({"pass": pass}),
+        QmpEvent::Other { data, .. } => data.clone(),
+    }
+}
+
+/// A boolean field of an event's raw data.
+pub fn data_bool(data: &Value, key: &str) -> Option<bool> {
+    data.get(key).and_then(Value::as_bool)
+}
+
+/// A string field of an event's raw data.
+pub fn data_str<'a>(data: &'a Value, key: &str) -> Option<&'a str> {
+    data.get(key).and_then(Value::as_str)
+}
+
+// Arguments of typed commands.
+
+pub fn args_set_password(protocol: Display, password: &str) -> Option<Value> {
+    Some(json!({"protocol": protocol.as_str(), "password": password}))
+}
+
+pub fn args_qom_list_types(implements: &str, abstract_: bool) -> Option<Value> {
+    Some(json!({"implements": implements, "abstract": abstract_}))
+}
+
+pub fn args_fdname(name: &str) -> Option<Value> {
+    Some(json!({ "fdname": name }))
+}
+
+// Replies of typed commands.
+
+fn shaped<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| clip(&e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct WireStatus {
+    status: String,
+    running: Option<bool>,
+}
+
+pub fn decode_status(v: Value) -> Result<Status, String> {
+    let s: WireStatus = shaped(v)?;
+    let run_state = RunState::parse(&s.status);
+    Ok(Status {
+        // `running` has always been there; derive it should a QEMU leave it out.
+        running: s.running.unwrap_or(run_state == RunState::Running),
+        run_state,
+    })
+}
+
+#[derive(Deserialize)]
+struct WireCpu {
+    #[serde(rename = "cpu-index")]
+    cpu_index: u32,
+    #[serde(rename = "thread-id")]
+    thread_id: u32,
+}
+
+pub fn decode_cpus(v: Value) -> Result<Vec<CpuThread>, String> {
+    let cpus: Vec<WireCpu> = shaped(v)?;
+    Ok(cpus
+        .into_iter()
+        .map(|c| CpuThread {
+            cpu_index: c.cpu_index,
+            thread_id: c.thread_id,
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct WireTriple {
+    major: u32,
+    minor: u32,
+    micro: u32,
+}
+
+#[derive(Deserialize)]
+struct WireVersion {
+    qemu: WireTriple,
+    #[serde(default)]
+    package: String,
+}
+
+pub fn decode_version(v: Value) -> Result<QemuVersion, String> {
+    let w: WireVersion = shaped(v)?;
+    Ok(QemuVersion {
+        major: w.qemu.major,
+        minor: w.qemu.minor,
+        micro: w.qemu.micro,
+        package: w.package.trim().to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+struct WireMachine {
+    name: String,
+    alias: Option<String>,
+    #[serde(rename = "is-default", default)]
+    is_default: bool,
+}
+
+pub fn decode_machines(v: Value) -> Result<Vec<MachineInfo>, String> {
+    let machines: Vec<WireMachine> = shaped(v)?;
+    Ok(machines
+        .into_iter()
+        .map(|m| MachineInfo {
+            name: m.name,
+            alias: m.alias,
+            is_default: m.is_default,
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct WireType {
+    name: String,
+}
+
+pub fn decode_type_names(v: Value) -> Result<Vec<String>, String> {
+    let types: Vec<WireType> = shaped(v)?;
+    Ok(types.into_iter().map(|t| t.name).collect())
+}
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod tests;

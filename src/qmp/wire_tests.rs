@@ -1,0 +1,413 @@
+//! Unit tests of `wire.rs`: greeting, message classification, every typed event from a line
+//! shaped like QEMU 7.2's, the fallbacks for missing fields, reply decoding, bounded excerpts.
+//!
+//! Invariant: pure — no sockets, no QEMU.
+
+use serde_json::json;
+
+use super::*;
+
+fn event(line: &str) -> (QmpEvent, u64) {
+    match parse_incoming(line.as_bytes()).unwrap() {
+        Incoming::Event {
+            event,
+            timestamp_us,
+        } => (event, timestamp_us),
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+fn ev(line: &str) -> QmpEvent {
+    event(line).0
+}
+
+#[test]
+fn the_greeting_of_qemu_7_2_gives_its_version() {
+    let g = parse_greeting(br#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"#).unwrap();
+    assert_eq!((g.major, g.minor, g.micro), (7, 2, 22));
+    assert_eq!(g.package, "Debian 1:7.2+dfsg-7+deb12u18+b3");
+}
+
+#[test]
+fn a_greeting_without_a_version_is_refused_and_quoted_only_in_part() {
+    assert!(matches!(
+        parse_greeting(b"{\"hello\": 1}"),
+        Err(QmpError::Greeting(_))
+    ));
+    let long = format!("{{\"hello\": \"{}\"}}", "x".repeat(10_000));
+    match parse_greeting(long.as_bytes()) {
+        Err(QmpError::Greeting(msg)) => assert!(msg.len() < 400, "{} bytes", msg.len()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_command_is_one_json_line_with_its_id_and_arguments() {
+    let line = encode_command("getfd", args_fdname("tap0"), 7);
+    assert_eq!(line.last(), Some(&b'\n'));
+    assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(
+        v,
+        json!({"execute": "getfd", "arguments": {"fdname": "tap0"}, "id": 7})
+    );
+    let v: Value = serde_json::from_slice(&encode_command("cont", None, 8)).unwrap();
+    assert_eq!(v, json!({"execute": "cont", "id": 8}));
+}
+
+#[test]
+fn typed_command_arguments_are_spelled_as_qemu_expects() {
+    assert_eq!(
+        args_set_password(Display::Spice, "s3cret"),
+        Some(json!({"protocol": "spice", "password": "s3cret"}))
+    );
+    assert_eq!(
+        args_qom_list_types("device", false),
+        Some(json!({"implements": "device", "abstract": false}))
+    );
+}
+
+#[test]
+fn incoming_messages_are_classified_and_unknown_fields_ignored() {
+    assert_eq!(
+        parse_incoming(br#"{"return": {"status": "running"}, "id": 7, "extra": 1}"#).unwrap(),
+        Incoming::Return {
+            id: Some(7),
+            value: json!({"status": "running"})
+        }
+    );
+    assert_eq!(
+        parse_incoming(br#"{"error": {"class": "CommandNotFound", "desc": "nope"}, "id": 3}"#)
+            .unwrap(),
+        Incoming::Error {
+            id: Some(3),
+            class: "CommandNotFound".into(),
+            desc: "nope".into()
+        }
+    );
+    assert_eq!(
+        parse_incoming(br#"{"return": {}, "id": "not-ours"}"#).unwrap(),
+        Incoming::Return {
+            id: None,
+            value: json!({})
+        }
+    );
+    assert_eq!(
+        parse_incoming(br#"{"something": "new"}"#).unwrap(),
+        Incoming::Other
+    );
+    assert!(parse_incoming(b"garbage").is_err());
+}
+
+#[test]
+fn an_error_description_is_bounded_and_its_control_characters_escaped() {
+    let line = json!({"error": {"class": "GenericError", "desc": format!("a\nb{}", "y".repeat(5000))}, "id": 1});
+    match parse_incoming(line.to_string().as_bytes()).unwrap() {
+        Incoming::Error { desc, .. } => {
+            assert!(desc.starts_with("a\\nb"), "{desc}");
+            assert!(desc.len() <= EXCERPT + 8, "{} bytes", desc.len());
+            assert!(desc.ends_with('…'));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_typed_event_is_parsed_from_a_line_as_qemu_sends_it() {
+    let (e, ts) = event(
+        r#"{"timestamp": {"seconds": 1795973537, "microseconds": 425819}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#,
+    );
+    assert_eq!(
+        e,
+        QmpEvent::Shutdown {
+            guest: true,
+            reason: "guest-shutdown".into()
+        }
+    );
+    assert_eq!(ts, 1_795_973_537_425_819);
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESET", "data": {"guest": false, "reason": "host-qmp-system-reset"}}"#
+        ),
+        QmpEvent::Reset {
+            guest: false,
+            reason: "host-qmp-system-reset".into()
+        }
+    );
+    assert_eq!(
+        ev(r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}"#),
+        QmpEvent::Stop
+    );
+    assert_eq!(
+        ev(r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}"#),
+        QmpEvent::Resume
+    );
+    assert_eq!(
+        ev(r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "POWERDOWN"}"#),
+        QmpEvent::Powerdown
+    );
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "GUEST_PANICKED", "data": {"action": "poweroff"}}"#
+        ),
+        QmpEvent::GuestPanicked {
+            action: "poweroff".into()
+        }
+    );
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "BLOCK_IO_ERROR", "data": {"device": "", "node-name": "disk0-fmt", "operation": "write", "action": "stop", "nospace": true, "reason": "No space left on device"}}"#
+        ),
+        QmpEvent::BlockIoError {
+            device: "".into(),
+            node_name: Some("disk0-fmt".into()),
+            operation: "write".into(),
+            action: "stop".into(),
+            nospace: true,
+            reason: "No space left on device".into()
+        }
+    );
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "DEVICE_DELETED", "data": {"device": "nic1", "path": "/machine/peripheral/nic1"}}"#
+        ),
+        QmpEvent::DeviceDeleted {
+            device: Some("nic1".into()),
+            path: "/machine/peripheral/nic1".into()
+        }
+    );
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/nic1/virtio-backend"}}"#
+        ),
+        QmpEvent::DeviceDeleted {
+            device: None,
+            path: "/machine/peripheral/nic1/virtio-backend".into()
+        }
+    );
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "BALLOON_CHANGE", "data": {"actual": 134217728}}"#
+        ),
+        QmpEvent::BalloonChange { actual: 134217728 }
+    );
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "MIGRATION", "data": {"status": "completed"}}"#
+        ),
+        QmpEvent::Migration {
+            status: "completed".into()
+        }
+    );
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "MIGRATION_PASS", "data": {"pass": 2}}"#
+        ),
+        QmpEvent::MigrationPass { pass: 2 }
+    );
+}
+
+#[test]
+fn an_unknown_event_is_kept_with_its_data() {
+    assert_eq!(
+        ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RTC_CHANGE", "data": {"offset": 78, "qom-path": "/machine/unattached/device[8]"}}"#
+        ),
+        QmpEvent::Other {
+            name: "RTC_CHANGE".into(),
+            data: json!({"offset": 78, "qom-path": "/machine/unattached/device[8]"})
+        }
+    );
+    assert_eq!(
+        ev(r#"{"event": "SOMETHING_NEW"}"#),
+        QmpEvent::Other {
+            name: "SOMETHING_NEW".into(),
+            data: Value::Null
+        }
+    );
+}
+
+#[test]
+fn a_known_event_missing_strings_or_booleans_keeps_its_variant_with_defaults() {
+    assert_eq!(
+        ev(r#"{"event": "SHUTDOWN"}"#),
+        QmpEvent::Shutdown {
+            guest: false,
+            reason: String::new()
+        }
+    );
+    assert_eq!(
+        ev(r#"{"event": "RESET", "data": {"guest": "yes", "reason": 5}}"#),
+        QmpEvent::Reset {
+            guest: false,
+            reason: String::new()
+        }
+    );
+    assert_eq!(
+        ev(r#"{"event": "GUEST_PANICKED", "data": {}}"#),
+        QmpEvent::GuestPanicked {
+            action: String::new()
+        }
+    );
+    assert_eq!(
+        ev(
+            r#"{"event": "BLOCK_IO_ERROR", "data": {"device": "ide0-hd0", "operation": "read", "action": "report", "reason": "Input/output error"}}"#
+        ),
+        QmpEvent::BlockIoError {
+            device: "ide0-hd0".into(),
+            node_name: None,
+            operation: "read".into(),
+            action: "report".into(),
+            nospace: false,
+            reason: "Input/output error".into()
+        }
+    );
+    assert_eq!(
+        ev(r#"{"event": "DEVICE_DELETED", "data": {"device": "nic1"}}"#),
+        QmpEvent::DeviceDeleted {
+            device: Some("nic1".into()),
+            path: String::new()
+        }
+    );
+    assert_eq!(
+        ev(r#"{"event": "MIGRATION", "data": null}"#),
+        QmpEvent::Migration {
+            status: String::new()
+        }
+    );
+}
+
+#[test]
+fn a_known_event_missing_its_number_is_kept_as_other_rather_than_given_a_made_up_one() {
+    assert_eq!(
+        ev(r#"{"event": "BALLOON_CHANGE", "data": {"actual": "lots"}}"#),
+        QmpEvent::Other {
+            name: "BALLOON_CHANGE".into(),
+            data: json!({"actual": "lots"})
+        }
+    );
+    assert_eq!(
+        ev(r#"{"event": "MIGRATION_PASS", "data": {}}"#),
+        QmpEvent::Other {
+            name: "MIGRATION_PASS".into(),
+            data: json!({})
+        }
+    );
+}
+
+#[test]
+fn an_event_without_a_usable_timestamp_gets_zero() {
+    assert_eq!(event(r#"{"event": "STOP"}"#).1, 0);
+    assert_eq!(
+        event(r#"{"event": "STOP", "timestamp": {"seconds": -1, "microseconds": -1}}"#).1,
+        0
+    );
+}
+
+#[test]
+fn an_overlong_event_line_keeps_the_event_but_not_its_data() {
+    let line = json!({"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown", "pad": "p".repeat(MAX_EVENT_LINE)}});
+    assert_eq!(
+        ev(&line.to_string()),
+        QmpEvent::Shutdown {
+            guest: false,
+            reason: String::new()
+        }
+    );
+}
+
+#[test]
+fn typed_events_turn_back_into_the_data_qemu_sent_for_the_legacy_stream() {
+    for line in [
+        r#"{"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#,
+        r#"{"event": "GUEST_PANICKED", "data": {"action": "pause"}}"#,
+        r#"{"event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/nic1/virtio-backend"}}"#,
+        r#"{"event": "BALLOON_CHANGE", "data": {"actual": 134217728}}"#,
+        r#"{"event": "BLOCK_IO_ERROR", "data": {"device": "d", "node-name": "n", "operation": "write", "action": "stop", "nospace": false, "reason": "r"}}"#,
+        r#"{"event": "RTC_CHANGE", "data": {"offset": 1}}"#,
+    ] {
+        let sent: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event_data(&ev(line)), sent["data"], "{line}");
+    }
+    assert_eq!(event_data(&QmpEvent::Stop), Value::Null);
+}
+
+#[test]
+fn replies_decode_into_typed_results() {
+    let st = decode_status(json!({"status": "running", "singlestep": false, "running": true}));
+    assert_eq!(
+        st.unwrap(),
+        Status {
+            run_state: RunState::Running,
+            running: true
+        }
+    );
+    let st = decode_status(json!({"status": "prelaunch"})).unwrap();
+    assert_eq!((st.run_state, st.running), (RunState::Prelaunch, false));
+    assert!(decode_status(json!({"running": true})).is_err());
+
+    let cpus = decode_cpus(
+        json!([{"thread-id": 4952, "props": {"core-id": 0, "thread-id": 0, "node-id": 0, "socket-id": 0}, "qom-path": "/machine/unattached/device[0]", "cpu-index": 0, "target": "x86_64"}]),
+    );
+    assert_eq!(
+        cpus.unwrap(),
+        [CpuThread {
+            cpu_index: 0,
+            thread_id: 4952
+        }]
+    );
+    let missing = decode_cpus(json!([{"cpu-index": 0}])).unwrap_err();
+    assert!(missing.contains("thread-id"), "{missing}");
+    assert!(decode_cpus(json!({})).is_err());
+
+    let v = decode_version(
+        json!({"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": " Debian "}),
+    );
+    assert_eq!(
+        v.unwrap(),
+        QemuVersion {
+            major: 7,
+            minor: 2,
+            micro: 22,
+            package: "Debian".into()
+        }
+    );
+
+    let machines = decode_machines(json!([
+        {"hotpluggable-cpus": true, "name": "pc-i440fx-7.2", "is-default": true, "cpu-max": 255, "deprecated": false, "alias": "pc"},
+        {"name": "none", "cpu-max": 1, "deprecated": false}
+    ]))
+    .unwrap();
+    assert_eq!(
+        machines,
+        [
+            MachineInfo {
+                name: "pc-i440fx-7.2".into(),
+                alias: Some("pc".into()),
+                is_default: true
+            },
+            MachineInfo {
+                name: "none".into(),
+                alias: None,
+                is_default: false
+            }
+        ]
+    );
+
+    let types = decode_type_names(
+        json!([{"name": "virtio-net-pci", "parent": "virtio-net-pci-base"}, {"name": "e1000"}]),
+    );
+    assert_eq!(types.unwrap(), ["virtio-net-pci", "e1000"]);
+}
+
+#[test]
+fn a_log_excerpt_is_bounded_escaped_and_marked_when_cut() {
+    let mut line = b"bad \x1b[31m\"line\"".to_vec();
+    line.extend(std::iter::repeat(b'z').take(8 << 20));
+    line.push(b'\n');
+    let e = excerpt(&line);
+    assert!(e.starts_with(r#"bad \u{1b}[31m\"line\""#), "{e}");
+    assert!(e.ends_with('…'));
+    assert!(e.len() < 2 * EXCERPT, "{} bytes", e.len());
+    assert_eq!(excerpt(b"short\n"), "short");
+}
