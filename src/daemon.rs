@@ -139,7 +139,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     };
     let bind_result = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        let sup = SupervisorHandle::start(config, store_for_actors);
+        let bus = crate::events::EventBus::new(node.event_history, 1);
+        let sup = SupervisorHandle::start(config, store_for_actors, bus);
         let (stop_tx, stop_rx) = watch::channel(false);
         actix::spawn(control::serve(listener, sup.clone(), limits, stop_rx));
         actix::spawn(async move {

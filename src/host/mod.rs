@@ -3,6 +3,7 @@
 //!
 //! Invariant: no VM policy here; the VM actor decides, these modules do.
 
+pub mod affinity;
 pub mod clock;
 pub mod net;
 pub mod probe;

@@ -134,6 +134,21 @@ pub fn plan(
             })
         })
         .collect();
+    HostPlan {
+        taps,
+        vnc_interface: interface(hv.str(key::VNC_BIND_ADDRESS)),
+        spice_interface: interface(hv.str(key::SPICE_BIND))
+            .map(|i| (i, hv.int(key::SPICE_IP_VERSION))),
+        pool_uid: hv.str(key::SECURITY_MODEL) == "pool",
+        chroot_dir: hv.bool(key::USE_CHROOT).then(|| paths.chroot()),
+        spice_cert_dir: node.spice_cert_dir.clone(),
+        pre_run: pre_run(hv, paused),
+    }
+}
+
+/// What must happen over QMP before the guest runs (also for a start a restarted kvmd
+/// finishes).
+pub fn pre_run(hv: &HvParams, paused: bool) -> PreRun {
     let pin_vcpus = parse_cpu_mask(hv.str(key::CPU_MASK))
         .map(|m| !matches!(m.as_slice(), [] | [None]))
         .unwrap_or(false);
@@ -149,19 +164,10 @@ pub fn plan(
         file: PathBuf::from(hv.str(file)),
     })
     .collect();
-    HostPlan {
-        taps,
-        vnc_interface: interface(hv.str(key::VNC_BIND_ADDRESS)),
-        spice_interface: interface(hv.str(key::SPICE_BIND))
-            .map(|i| (i, hv.int(key::SPICE_IP_VERSION))),
-        pool_uid: hv.str(key::SECURITY_MODEL) == "pool",
-        chroot_dir: hv.bool(key::USE_CHROOT).then(|| paths.chroot()),
-        spice_cert_dir: node.spice_cert_dir.clone(),
-        pre_run: PreRun {
-            pin_vcpus,
-            passwords,
-            paused,
-        },
+    PreRun {
+        pin_vcpus,
+        passwords,
+        paused,
     }
 }
 

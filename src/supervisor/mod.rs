@@ -1,13 +1,17 @@
-//! The root supervisor actor: owns the config, one VM actor per instance, and the table of
-//! their last published states, from which `list` and `info` are answered without asking any
-//! VM actor (so a wedged QEMU never slows them).
+//! The root supervisor actor: owns the config, one VM actor per instance, the table of their
+//! last published states (from which `list` and `info` are answered without asking any VM
+//! actor, so a wedged QEMU never slows them), and the job table (`jobs`, `job`, `cancel`).
 //!
 //! It routes operations to VM actors, applies config reloads (new instances, changed
-//! definitions, autostart), and rebuilds a VM actor from runtime state if its mailbox closes
-//! (a panicked actor).
+//! definitions, autostart), and rebuilds a VM actor whose mailbox closed (a panicked actor)
+//! from runtime state.
 //!
 //! Invariant: never awaits inside a handler on behalf of a VM; forwarding happens in futures
-//! that do not hold the actor.
+//! that do not hold the actor. Only the handle ([`SupervisorHandle`]) is seen outside.
+
+mod handle;
+mod jobs;
+mod reply;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,27 +20,38 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use crate::api::{ApiError, ApiReply, ApiRequest, ErrorCode, VmInfo};
+use crate::api::{
+    ApiError, ApiReply, ApiRequest, DaemonEvent, ErrorCode, EventKind, JobRef, VmInfo,
+};
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::host::clock::now_ms;
 use crate::host::process;
+use crate::model::job::Operation;
 use crate::model::name::InstanceName;
 use crate::model::spec::NodeConfig;
 use crate::store::Store;
-use crate::vm::{VmActor, VmOutcome, VmRequest, VmUpdated};
+use crate::vm::{JobIds, VmAsk, VmHandle, VmNotice, VmNotify, VmSetup};
+
+pub use handle::SupervisorHandle;
 
 /// Everything the supervisor can be asked.
 #[derive(Message)]
 #[rtype(result = "Result<ApiReply, ApiError>")]
-pub struct Call(pub ApiRequest);
+pub(crate) struct Call(pub ApiRequest);
 
 /// A new config, read by a reload (SIGHUP or the `reload` request).
 #[derive(Message)]
 #[rtype(result = "Result<ApiReply, ApiError>")]
 struct ApplyConfig(Config);
 
+/// Like `Call`, but answered from the current table even while VMs are recovering.
+#[derive(Message)]
+#[rtype(result = "Result<ApiReply, ApiError>")]
+struct CallNow(ApiRequest);
+
 struct Entry {
-    addr: Addr<VmActor>,
+    vm: VmHandle,
     info: VmInfo,
 }
 
@@ -44,18 +59,24 @@ pub struct Supervisor {
     config: Config,
     node: Arc<NodeConfig>,
     store: Store,
+    bus: EventBus,
+    ids: JobIds,
     vms: BTreeMap<InstanceName, Entry>,
+    jobs: jobs::JobTable,
     /// How many VM actors are still recovering their state from the run dir.
     recovering: tokio::sync::watch::Sender<usize>,
 }
 
 impl Supervisor {
-    pub fn new(config: Config, store: Store) -> Self {
+    fn new(config: Config, store: Store, bus: EventBus) -> Self {
         Self {
             node: Arc::new(config.node.clone()),
             config,
             store,
+            bus,
+            ids: JobIds::starting_at(now_ms()),
             vms: BTreeMap::new(),
+            jobs: jobs::JobTable::new(256),
             recovering: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -77,23 +98,25 @@ impl Supervisor {
             pending_changes: false,
             job: Some(crate::api::JobSummary {
                 id: crate::model::job::JobId(0),
-                kind: crate::model::job::Operation::Recovery,
-                phase: "recovery".into(),
+                kind: Operation::Recovery,
+                phase: "reading the run dir".into(),
             }),
             last_exit: None,
         };
-        let actor = VmActor::new(
-            name.clone(),
+        let vm = crate::vm::spawn(VmSetup {
+            name: name.clone(),
             spec,
-            self.node.clone(),
-            self.store.clone(),
-            ctx.address().recipient(),
+            node: self.node.clone(),
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            supervisor: ctx.address().recipient(),
+            ids: self.ids.clone(),
             autostart,
-        );
+        });
         self.vms.insert(
             name,
             Entry {
-                addr: actor.start(),
+                vm,
                 info: placeholder,
             },
         );
@@ -108,17 +131,17 @@ impl Supervisor {
                 e.info
                     .job
                     .as_ref()
-                    .is_some_and(|j| j.kind == crate::model::job::Operation::Recovery)
+                    .is_some_and(|j| j.kind == Operation::Recovery)
             })
             .count();
         self.recovering
             .send_if_modified(|c| std::mem::replace(c, n) != n);
     }
 
-    fn lookup(&self, name: &InstanceName) -> Result<Addr<VmActor>, ApiError> {
+    fn lookup(&self, name: &InstanceName) -> Result<VmHandle, ApiError> {
         self.vms
             .get(name)
-            .map(|e| e.addr.clone())
+            .map(|e| e.vm.clone())
             .ok_or_else(|| ApiError::not_found(name))
     }
 
@@ -127,7 +150,7 @@ impl Supervisor {
         let dead: Vec<_> = self
             .vms
             .iter()
-            .filter(|(_, e)| !e.addr.connected())
+            .filter(|(_, e)| !e.vm.alive())
             .map(|(n, _)| n.clone())
             .collect();
         for name in dead {
@@ -152,7 +175,7 @@ fn live(mut info: VmInfo) -> VmInfo {
     info
 }
 
-/// List the instance directories under the run dir (names validated; others ignored).
+/// The instance directories under the run dir (names validated; others ignored).
 fn instances_on_disk(run_dir: &std::path::Path) -> Vec<InstanceName> {
     let Ok(rd) = std::fs::read_dir(run_dir) else {
         return Vec::new();
@@ -177,74 +200,39 @@ impl Actor for Supervisor {
     }
 }
 
-impl Handler<VmUpdated> for Supervisor {
+impl Handler<VmNotify> for Supervisor {
     type Result = ();
-    fn handle(&mut self, VmUpdated(info): VmUpdated, _: &mut Context<Self>) {
-        // An instance that left the config goes away once it has no QEMU and no runtime files.
-        let retire = !info.in_config
-            && !self.config.instances.contains_key(&info.name)
-            && !info.state.has_process()
-            && info.last_exit.is_none()
-            && info.job.is_none();
-        if retire {
-            if let Some(e) = self.vms.remove(&info.name) {
-                info!(name = %info.name, "instance no longer in the config and cleaned up: forgotten");
-                e.addr.do_send(VmRequest::Retire);
+    fn handle(&mut self, VmNotify(notice): VmNotify, _: &mut Context<Self>) {
+        match notice {
+            VmNotice::Updated(info) => {
+                if let Some(e) = self.vms.get_mut(&info.name) {
+                    e.info = info;
+                }
             }
-        } else if let Some(e) = self.vms.get_mut(&info.name) {
-            e.info = info;
+            VmNotice::Job(job) => self.jobs.update(job),
+            VmNotice::Retirable(name) => {
+                if !self.config.instances.contains_key(&name) {
+                    if let Some(e) = self.vms.remove(&name) {
+                        info!(%name, "instance no longer in the config and cleaned up: forgotten");
+                        e.vm.retire();
+                    }
+                }
+            }
         }
         self.count_recovering();
     }
 }
 
-fn forward(
-    addr: Addr<VmActor>,
-    req: VmRequest,
-) -> impl std::future::Future<Output = Result<VmOutcome, ApiError>> {
-    async move {
-        addr.send(req).await.map_err(|e| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("VM actor unavailable ({e}); it is being rebuilt, retry"),
-            )
-        })?
-    }
-}
+type Reply = ResponseFuture<Result<ApiReply, ApiError>>;
 
-/// How a VM actor's outcome becomes the reply to the operator's request.
-fn vm_call(
-    addr: Addr<VmActor>,
-    req: VmRequest,
-    reply: impl FnOnce(VmOutcome) -> ApiReply + 'static,
-) -> ResponseFuture<Result<ApiReply, ApiError>> {
-    Box::pin(async move {
-        let outcome = match forward(addr, req).await? {
-            VmOutcome::Done(info) => VmOutcome::Done(live(info)),
-            VmOutcome::Stopped {
-                ended,
-                elapsed,
-                info,
-            } => VmOutcome::Stopped {
-                ended,
-                elapsed,
-                info: live(info),
-            },
-        };
-        Ok(reply(outcome))
-    })
-}
-
-fn info_of(o: VmOutcome) -> VmInfo {
-    match o {
-        VmOutcome::Done(info) | VmOutcome::Stopped { info, .. } => info,
-    }
+fn ready(r: Result<ApiReply, ApiError>) -> Reply {
+    Box::pin(async move { r })
 }
 
 impl Handler<Call> for Supervisor {
-    type Result = ResponseFuture<Result<ApiReply, ApiError>>;
+    type Result = Reply;
 
-    fn handle(&mut self, Call(req): Call, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Call(req): Call, ctx: &mut Context<Self>) -> Reply {
         if matches!(req, ApiRequest::List | ApiRequest::Info { .. })
             && *self.recovering.borrow() > 0
         {
@@ -264,41 +252,29 @@ impl Handler<Call> for Supervisor {
     }
 }
 
-/// Like `Call`, but answered from the current table even while VMs are recovering.
-#[derive(Message)]
-#[rtype(result = "Result<ApiReply, ApiError>")]
-struct CallNow(ApiRequest);
-
 impl Handler<CallNow> for Supervisor {
-    type Result = ResponseFuture<Result<ApiReply, ApiError>>;
-    fn handle(&mut self, CallNow(req): CallNow, ctx: &mut Context<Self>) -> Self::Result {
+    type Result = Reply;
+    fn handle(&mut self, CallNow(req): CallNow, ctx: &mut Context<Self>) -> Reply {
         self.answer(req, ctx)
     }
 }
 
 impl Supervisor {
-    /// Send a request to one VM actor and shape its outcome into the reply.
-    fn vm(
-        &self,
-        name: &InstanceName,
-        req: VmRequest,
-        reply: impl FnOnce(VmOutcome) -> ApiReply + 'static,
-    ) -> ResponseFuture<Result<ApiReply, ApiError>> {
-        match self.lookup(name) {
-            Ok(addr) => vm_call(addr, req, reply),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    /// Ask one VM and shape its answer into the reply.
+    fn ask(&self, name: &InstanceName, ask: VmAsk, wait: bool) -> Reply {
+        let vm = match self.lookup(name) {
+            Ok(vm) => vm,
+            Err(e) => return ready(Err(e)),
+        };
+        let name = name.clone();
+        Box::pin(async move {
+            let answer = vm.ask(ask, wait).await?;
+            reply::reply_of(&name, answer, live)
+        })
     }
 
-    fn answer(
-        &mut self,
-        req: ApiRequest,
-        ctx: &mut Context<Self>,
-    ) -> ResponseFuture<Result<ApiReply, ApiError>> {
-        let ready = |r: Result<ApiReply, ApiError>| -> ResponseFuture<Result<ApiReply, ApiError>> {
-            Box::pin(async move { r })
-        };
-        let stop_timeout = |t: Option<u64>| t.map_or(self.node.stop_timeout, Duration::from_secs);
+    fn answer(&mut self, req: ApiRequest, ctx: &mut Context<Self>) -> Reply {
+        let stop_timeout = |t: Option<u64>| t.map(Duration::from_secs);
         match req {
             ApiRequest::Ping => ready(Ok(ApiReply::Pong {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -317,69 +293,66 @@ impl Supervisor {
                 Some(e) => Ok(ApiReply::Info(vec![live(e.info.clone())])),
                 None => Err(ApiError::not_found(&n)),
             }),
-            ApiRequest::Start { name, paused, .. } => {
-                self.vm(&name, VmRequest::Start { paused }, |o| {
-                    ApiReply::Started(info_of(o))
-                })
+            ApiRequest::Start { name, paused, wait } => {
+                self.ask(&name, VmAsk::Start { paused }, wait)
             }
             ApiRequest::Stop {
                 name,
                 timeout_s,
                 force,
-                ..
-            } => {
-                let req = VmRequest::Stop {
+                wait,
+            } => self.ask(
+                &name,
+                VmAsk::Stop {
                     timeout: stop_timeout(timeout_s),
                     force,
-                };
-                self.vm(&name, req, |o| match o {
-                    VmOutcome::Stopped {
-                        ended,
-                        elapsed,
-                        info,
-                    } => ApiReply::Stopped {
-                        ended,
-                        elapsed_ms: elapsed.as_millis() as u64,
-                        info,
-                    },
-                    VmOutcome::Done(info) => ApiReply::Stopped {
-                        ended: crate::model::state::StopEnd::AlreadyStopped,
-                        elapsed_ms: 0,
-                        info,
-                    },
-                })
-            }
+                },
+                wait,
+            ),
             ApiRequest::Reboot {
                 name,
-                hard,
-                timeout_s,
+                hard: true,
+                wait,
                 ..
-            } => self.vm(
+            } => self.ask(&name, VmAsk::Reset, wait),
+            ApiRequest::Reboot {
+                name,
+                timeout_s,
+                wait,
+                ..
+            } => self.ask(
                 &name,
-                VmRequest::Reboot {
-                    hard,
+                VmAsk::Reboot {
                     timeout: stop_timeout(timeout_s),
                 },
-                |o| ApiReply::Rebooted(info_of(o)),
+                wait,
             ),
-            ApiRequest::Pause { name } => {
-                self.vm(&name, VmRequest::Pause, |o| ApiReply::Paused(info_of(o)))
-            }
-            ApiRequest::Resume { name } => {
-                self.vm(&name, VmRequest::Resume, |o| ApiReply::Resumed(info_of(o)))
-            }
-            ApiRequest::Cleanup { name } => {
-                let n = name.clone();
-                self.vm(&name, VmRequest::Cleanup, move |_| ApiReply::CleanedUp {
-                    name: n,
-                })
-            }
-            ApiRequest::Jobs { .. }
-            | ApiRequest::Job { .. }
-            | ApiRequest::Cancel { .. }
-            | ApiRequest::Subscribe { .. } => ready(Err(ApiError::new(
-                ErrorCode::UnknownRequest,
-                "not yet served by this build",
+            ApiRequest::Pause { name } => self.ask(&name, VmAsk::Pause, true),
+            ApiRequest::Resume { name } => self.ask(&name, VmAsk::Resume, true),
+            ApiRequest::Cleanup { name } => self.ask(&name, VmAsk::Cleanup, true),
+            ApiRequest::Jobs { name } => ready(match name {
+                Some(n) if !self.vms.contains_key(&n) => Err(ApiError::not_found(&n)),
+                n => Ok(ApiReply::Jobs(self.jobs.list(n.as_ref()))),
+            }),
+            ApiRequest::Job { target } => ready(match &target {
+                JobRef::Id(id) => self.jobs.get(*id).map(ApiReply::Job).ok_or_else(|| {
+                    ApiError::new(ErrorCode::NotFound, format!("No job {id} (it may be too old)"))
+                }),
+                JobRef::Instance(n) if !self.vms.contains_key(n) => Err(ApiError::not_found(n)),
+                JobRef::Instance(n) => self.jobs.of(n).map(ApiReply::Job).ok_or_else(|| {
+                    ApiError::new(ErrorCode::NotFound, format!("{n} has had no job yet"))
+                }),
+            }),
+            ApiRequest::Cancel { id } => match self.jobs.get(id) {
+                None => ready(Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("No job {id}"),
+                ))),
+                Some(job) => self.ask(&job.instance, VmAsk::Cancel { id }, true),
+            },
+            ApiRequest::Subscribe { .. } => ready(Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "subscribe is served by the connection itself",
             ))),
             ApiRequest::Reload => {
                 let (path, me) = (self.config.path.clone(), ctx.address());
@@ -409,9 +382,9 @@ impl Supervisor {
 }
 
 impl Handler<ApplyConfig> for Supervisor {
-    type Result = ResponseFuture<Result<ApiReply, ApiError>>;
+    type Result = Reply;
 
-    fn handle(&mut self, ApplyConfig(new): ApplyConfig, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, ApplyConfig(new): ApplyConfig, ctx: &mut Context<Self>) -> Reply {
         let node_changed = new.node != self.config.node;
         if node_changed {
             warn!("[node] settings changed; they apply when kvmd restarts");
@@ -443,7 +416,6 @@ impl Handler<ApplyConfig> for Supervisor {
             node: old_node,
             ..new
         };
-        let mut futs = Vec::new();
         for name in &added {
             if !self.vms.contains_key(name) {
                 self.spawn_vm(name.clone(), true, ctx);
@@ -452,13 +424,7 @@ impl Handler<ApplyConfig> for Supervisor {
         for (name, spec) in updates {
             if let Some(e) = self.vms.get(&name) {
                 let autostart = spec.as_ref().is_some_and(|s| s.autostart);
-                futs.push(forward(
-                    e.addr.clone(),
-                    VmRequest::SetSpec {
-                        spec: spec.map(Box::new),
-                        autostart,
-                    },
-                ));
+                e.vm.set_spec(spec, autostart);
             }
         }
         info!(
@@ -467,48 +433,20 @@ impl Handler<ApplyConfig> for Supervisor {
             changed = changed.len(),
             "config reloaded"
         );
-        let added = added.iter().map(|n| n.to_string()).collect();
-        Box::pin(async move {
-            for f in futs {
-                f.await?;
-            }
-            Ok(ApiReply::Reloaded {
-                added,
-                removed,
-                changed,
-                node_changed,
-            })
-        })
-    }
-}
-
-/// A cheap, cloneable way to call the supervisor without importing actix.
-#[derive(Clone)]
-pub struct SupervisorHandle {
-    addr: Addr<Supervisor>,
-}
-
-impl SupervisorHandle {
-    pub fn start(config: Config, store: Store) -> Self {
-        Self {
-            addr: Supervisor::new(config, store).start(),
-        }
-    }
-
-    pub async fn call(&self, req: ApiRequest) -> Result<ApiReply, ApiError> {
-        self.addr.send(Call(req)).await.map_err(|e| {
-            ApiError::new(ErrorCode::Internal, format!("supervisor unavailable: {e}"))
-        })?
-    }
-
-    /// Fire-and-forget reload (from SIGHUP); the outcome is logged.
-    pub fn reload_in_background(&self) {
-        let h = self.clone();
-        actix::spawn(async move {
-            match h.call(ApiRequest::Reload).await {
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "reload failed; keeping the previous config"),
-            }
-        });
+        let added: Vec<String> = added.iter().map(|n| n.to_string()).collect();
+        self.bus.publish(
+            None,
+            EventKind::Daemon(DaemonEvent::Reloaded {
+                added: added.clone(),
+                removed: removed.clone(),
+                changed: changed.clone(),
+            }),
+        );
+        ready(Ok(ApiReply::Reloaded {
+            added,
+            removed,
+            changed,
+            node_changed,
+        }))
     }
 }

@@ -383,6 +383,7 @@ impl VmActor {
                 spec,
                 paused,
                 resume,
+                undo,
             } => {
                 let control = self.control_channel(job);
                 let existing = (self.res.gen == gen)
@@ -394,6 +395,7 @@ impl VmActor {
                     paused,
                     resume,
                     existing,
+                    undo,
                     node: self.node.clone(),
                     paths: self.paths.clone(),
                     store: self.store.clone(),

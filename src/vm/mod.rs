@@ -1,6 +1,29 @@
-//! The VM: one actor per instance, around a pure state machine.
+//! The VM: one actor per instance around a pure state machine.
+//!
+//! - `core` — PURE: states, the admission table, jobs, exits, recovery decisions.
+//! - `actor` — the thin shell: owns the QEMU handle, the QMP connection, the waiting
+//!   clients; feeds the core and carries out its effects.
+//! - `start`, `stop`, `recover`, `undo`, `watch` — the tasks the actor runs off its thread.
+//! - `handle` — how the supervisor talks to a VM without importing actix.
+//! - `error` — what can go wrong, with causes, and its one conversion to the wire error.
 
+mod actor;
 pub mod core;
-mod legacy;
+pub mod error;
+mod handle;
+mod recover;
+mod start;
+mod stop;
+mod undo;
+mod watch;
 
-pub use legacy::*;
+pub use actor::{VmActor, VmNotify, VmSetup};
+pub use handle::{JobIds, VmAnswer, VmAsk, VmHandle, VmNotice, VmReply};
+
+/// Start a VM actor for one instance.
+pub fn spawn(setup: VmSetup) -> VmHandle {
+    use actix::Actor;
+    VmHandle {
+        addr: VmActor::new(setup).start(),
+    }
+}

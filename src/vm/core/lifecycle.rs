@@ -195,6 +195,7 @@ impl Core {
             spec: Box::new(spec),
             paused,
             resume: false,
+            undo: Vec::new(),
         };
         if job.restarting {
             let persist = Self::persisted(&job);

@@ -229,6 +229,7 @@ impl Core {
                     ),
                     paused,
                     resume: true,
+                    undo: p.undo.clone(),
                 }));
             }
             Some(_) => {}

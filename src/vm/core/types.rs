@@ -160,6 +160,8 @@ pub enum Task {
         paused: bool,
         /// A restarted kvmd finishing a start whose QEMU is already up: configure and resume.
         resume: bool,
+        /// A resumed start's undo steps so far (from its job file).
+        undo: Vec<Undo>,
     },
     /// Make QEMU of generation `gen` go away: ACPI (when `acpi`) until `deadline_ms`, then
     /// SIGTERM, then SIGKILL. `from` is where to begin (a resumed stop may be past ACPI).

@@ -1,0 +1,29 @@
+//! vCPU pinning on the host: `sched_setaffinity` of QEMU's threads.
+//!
+//! Invariant: blocking and policy-free; the plan comes from `model::pinning`.
+
+use crate::model::pinning::Pin;
+
+/// Apply one pin: the thread may run on `pin.cpus` (`None`: every one of `host_cpus`).
+pub fn apply(pin: &Pin, host_cpus: u32) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in pin.cpus.clone().unwrap_or_else(|| (0..host_cpus).collect()) {
+        set.set(cpu as usize)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pin.tid as i32), &set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_thread_can_be_pinned_to_cpu_0_and_back() {
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        apply(&Pin { tid, cpus: Some(vec![0]) }, host).unwrap();
+        let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+        assert!(set.is_set(0).unwrap());
+        apply(&Pin { tid, cpus: None }, host).unwrap();
+    }
+}
