@@ -599,6 +599,7 @@ fn launch(
             nic,
             tap: &tap.name,
             script: node.nic_script.as_deref(),
+            deadline: node.hook_timeout,
         };
         if let Err(e) = crate::host::net::nic_up(&ctx) {
             return Err(fail(format!("nic[{i}] ({}): {}", tap.name, chain(&e))));
@@ -989,7 +990,7 @@ async fn kill_and_reap(pid: u32) {
 }
 
 /// Run the NIC down hooks of a QEMU that exited (its taps are already gone).
-fn nics_down(rt: &RuntimeFile, script: Option<&Path>) {
+fn nics_down(rt: &RuntimeFile, script: Option<&Path>, deadline: Duration) {
     for (i, (nic, tap)) in rt.spec.nics.iter().zip(&rt.taps).enumerate() {
         if let Some(tap) = tap {
             let ctx = crate::host::net::NicContext {
@@ -998,6 +999,7 @@ fn nics_down(rt: &RuntimeFile, script: Option<&Path>) {
                 nic,
                 tap,
                 script,
+                deadline,
             };
             if let Err(e) = crate::host::net::nic_down(&ctx) {
                 warn!(nic = i, tap = %tap, error = %chain(&e), "NIC down hook failed");
@@ -1885,10 +1887,14 @@ impl VmActor {
             at_ms: runtime::now_ms(),
         });
         self.publish();
-        let (down, script) = (run.runtime.clone(), self.node.nic_script.clone());
+        let (down, script, hook_timeout) = (
+            run.runtime.clone(),
+            self.node.nic_script.clone(),
+            self.node.hook_timeout,
+        );
         let job = self.store.run(move || {
             if let Some(rt) = &down {
-                nics_down(rt, script.as_deref());
+                nics_down(rt, script.as_deref(), hook_timeout);
             }
             let rec = ExitRecord {
                 kind,
