@@ -667,7 +667,8 @@ async fn start_task(plan: StartPlan) -> Result<(), ApiError> {
     let checked = tokio::task::spawn_blocking(
         move || -> Result<(Arc<QemuCaps>, Host, Option<u32>), ApiError> {
             let mut errs = validate::files(&s2, &h2);
-            let caps = match crate::host::probe::probe(Path::new(h2.str(key::KVM_PATH))) {
+            let kvm_path = Path::new(h2.str(key::KVM_PATH));
+            let caps = match crate::host::probe::probe(kvm_path, n2.probe_timeout) {
                 Ok(c) => c,
                 Err(e) if errs.is_empty() => {
                     return Err(ApiError::new(
