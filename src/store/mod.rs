@@ -21,6 +21,7 @@
 
 pub mod files;
 pub mod runtime_file;
+pub mod serial_log;
 
 type Job = Box<dyn FnOnce() + Send>;
 
