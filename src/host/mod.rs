@@ -1,6 +1,6 @@
 //! OS adapters: syscalls (the only `unsafe`, in `sys`), QEMU as a process, external programs
-//! with deadlines, taps and NIC setup, the uid pool, probing QEMU binaries, node checks, the
-//! wall clock.
+//! with deadlines, taps and NIC setup, the uid pool, probing QEMU binaries, node checks, fault
+//! injection for tests, the wall clock.
 //!
 //! Invariant: no VM policy here; the VM actor decides, these modules do.
 
@@ -9,6 +9,8 @@ pub mod clock;
 /// External programs (hooks, `ip`, QEMU probes) with a deadline, bounded output and a process
 /// group killed at the deadline.
 pub mod exec;
+/// Test-only fault injection (`KVMD_FAULTS`); constant no-ops in release builds.
+pub mod faults;
 /// Tap devices and NIC setup per Ganeti NIC mode.
 pub mod net;
 /// Probing a QEMU binary's version, machines and devices, bounded by a deadline.
