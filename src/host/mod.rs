@@ -1,6 +1,6 @@
 //! OS adapters: syscalls (the only `unsafe`, in `sys`), QEMU as a process, external programs
-//! with deadlines, taps and NIC setup, the uid pool, probing QEMU binaries, node checks, fault
-//! injection for tests, the wall clock.
+//! with deadlines, taps and NIC setup, the uid pool, probing QEMU binaries, node checks,
+//! process limits, fault injection for tests, the wall clock.
 //!
 //! Invariant: no VM policy here; the VM actor decides, these modules do.
 
@@ -11,6 +11,8 @@ pub mod clock;
 pub mod exec;
 /// Test-only fault injection (`KVMD_FAULTS`); constant no-ops in release builds.
 pub mod faults;
+/// Process resource limits (open files).
+pub mod limits;
 /// Tap devices and NIC setup per Ganeti NIC mode.
 pub mod net;
 /// Probing a QEMU binary's version, machines and devices, bounded by a deadline.
