@@ -10,16 +10,19 @@
 //! `routed` adds a host route to the NIC's `ip` via the tap (in routing table `link` if set)
 //! and turns on proxy ARP; `openvswitch` adds the tap to the switch `link` with `ovs-vsctl`.
 //! Then the optional `node.nic_script` runs with Ganeti's environment (INSTANCE, MAC, MODE,
-//! LINK, IP, INTERFACE, INTERFACE_INDEX, TAGS, ACTION, BRIDGE). Commands are run directly with
-//! argument lists, never through a shell.
+//! LINK, IP, INTERFACE, INTERFACE_INDEX, TAGS, ACTION, BRIDGE). Every program runs through
+//! [`exec::run`] with the NIC's deadline (`node.hook_timeout`): argument lists, never a shell;
+//! a hook still running at its deadline is killed with its process group and the step fails.
 //!
-//! Invariant: blocking; call from a blocking thread.
+//! Invariant: blocking; call from a blocking thread; no program without a deadline.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use crate::host::exec::{self, ExecError};
 use crate::host::sys;
 use crate::model::name::InstanceName;
 use crate::model::spec::{NicMode, NicSpec};
@@ -42,14 +45,9 @@ pub enum NetError {
     },
     #[error("Cannot create a tap device")]
     Tap(#[source] std::io::Error),
-    #[error("{command} failed: {output}")]
-    Command { command: String, output: String },
-    #[error("Cannot run {command}")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// `ip`, `ovs-vsctl` or the NIC script could not run, failed, or missed its deadline.
+    #[error(transparent)]
+    Program(#[from] ExecError),
 }
 
 /// Open a tap with `queues` queues. `vhost`: also open one `/dev/vhost-net` per queue.
@@ -105,30 +103,12 @@ pub fn vhost_available() -> bool {
     Path::new("/dev/vhost-net").exists()
 }
 
-/// Run a command (no shell) and turn a failure into an error carrying its output.
-fn exec(mut cmd: Command, command: String) -> Result<(), NetError> {
-    let out = cmd.output().map_err(|source| NetError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let text = format!(
-        "{} {}",
-        String::from_utf8_lossy(&out.stderr).trim(),
-        String::from_utf8_lossy(&out.stdout).trim()
-    );
-    Err(NetError::Command {
-        command,
-        output: format!("{}: {}", out.status, text.trim()),
-    })
-}
-
-fn run(program: &str, args: &[&str]) -> Result<(), NetError> {
+/// Run a system program (no shell) with the hook deadline.
+fn run(program: &str, args: &[&str], deadline: Duration) -> Result<(), NetError> {
     let mut cmd = Command::new(program);
     cmd.args(args).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    exec(cmd, format!("{program} {}", args.join(" ")))
+    exec::run(cmd, &format!("{program} {}", args.join(" ")), deadline)?;
+    Ok(())
 }
 
 /// Everything a NIC hook needs to know.
@@ -138,6 +118,8 @@ pub struct NicContext<'a> {
     pub nic: &'a NicSpec,
     pub tap: &'a str,
     pub script: Option<&'a Path>,
+    /// Deadline of each program run for this NIC (`node.hook_timeout`).
+    pub deadline: Duration,
 }
 
 fn mode_name(m: NicMode) -> &'static str {
@@ -179,18 +161,23 @@ fn run_script(c: &NicContext<'_>, action: &str) -> Result<(), NetError> {
     };
     let mut cmd = Command::new(script);
     cmd.arg(c.tap).env_clear().envs(script_env(c, action));
-    exec(cmd, format!("{} {}", script.display(), c.tap))
+    exec::run(cmd, &format!("{} {}", script.display(), c.tap), c.deadline)?;
+    Ok(())
 }
 
 /// Connect the tap per the NIC's mode, bring it up, run the NIC script (`ACTION=up`).
 pub fn nic_up(c: &NicContext<'_>) -> Result<(), NetError> {
     match c.nic.mode {
         NicMode::Bridged => {
-            run("ip", &["link", "set", "dev", c.tap, "master", &c.nic.link])?;
-            run("ip", &["link", "set", "dev", c.tap, "up"])?;
+            run(
+                "ip",
+                &["link", "set", "dev", c.tap, "master", &c.nic.link],
+                c.deadline,
+            )?;
+            run("ip", &["link", "set", "dev", c.tap, "up"], c.deadline)?;
         }
         NicMode::Routed => {
-            run("ip", &["link", "set", "dev", c.tap, "up"])?;
+            run("ip", &["link", "set", "dev", c.tap, "up"], c.deadline)?;
             if let Some(ip) = &c.nic.ip {
                 let dest = if ip.contains('/') {
                     ip.clone()
@@ -203,7 +190,7 @@ pub fn nic_up(c: &NicContext<'_>) -> Result<(), NetError> {
                 if !c.nic.link.is_empty() {
                     args.extend(["table", c.nic.link.as_str()]);
                 }
-                run("ip", &args)?;
+                run("ip", &args, c.deadline)?;
             }
             let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", c.tap), "1");
         }
@@ -211,8 +198,9 @@ pub fn nic_up(c: &NicContext<'_>) -> Result<(), NetError> {
             run(
                 "ovs-vsctl",
                 &["--may-exist", "add-port", &c.nic.link, c.tap],
+                c.deadline,
             )?;
-            run("ip", &["link", "set", "dev", c.tap, "up"])?;
+            run("ip", &["link", "set", "dev", c.tap, "up"], c.deadline)?;
         }
         NicMode::User => {}
     }
@@ -226,6 +214,7 @@ pub fn nic_down(c: &NicContext<'_>) -> Result<(), NetError> {
         let _ = run(
             "ovs-vsctl",
             &["--if-exists", "del-port", &c.nic.link, c.tap],
+            c.deadline,
         );
     }
     run_script(c, "down")
@@ -250,6 +239,7 @@ mod tests {
             nic: &nic,
             tap: "tap7",
             script: None,
+            deadline: Duration::from_secs(1),
         };
         let env: std::collections::HashMap<_, _> = script_env(&c, "up").into_iter().collect();
         for (k, v) in [
@@ -286,5 +276,70 @@ mod tests {
             !Path::new(&format!("/sys/class/net/{name}")).exists()
         });
         assert!(gone, "non-persistent taps go with their fds");
+    }
+
+    fn user_nic() -> NicSpec {
+        NicSpec {
+            mode: NicMode::User,
+            link: String::new(),
+            mac: "52:54:00:00:00:02".into(),
+            ip: None,
+        }
+    }
+
+    #[test]
+    fn the_nic_script_runs_with_ganetis_environment_and_the_tap_as_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("nic-hook");
+        let out = dir.path().join("seen");
+        crate::host::exec::write_test_script(
+            &script,
+            &format!(
+                "#!/bin/sh\necho \"$1 $ACTION $INSTANCE $MAC $INTERFACE\" > {}\n",
+                out.display()
+            ),
+        );
+        let (name, nic) = (InstanceName::parse("web2").unwrap(), user_nic());
+        let c = NicContext {
+            instance: &name,
+            index: 0,
+            nic: &nic,
+            tap: "tap9",
+            script: Some(&script),
+            deadline: Duration::from_secs(10),
+        };
+        nic_down(&c).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "tap9 down web2 52:54:00:00:00:02 tap9\n"
+        );
+    }
+
+    #[test]
+    fn a_nic_script_that_hangs_fails_the_step_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("nic-hook");
+        crate::host::exec::write_test_script(&script, "#!/bin/sh\nexec sleep 1000\n");
+        let (name, nic) = (InstanceName::parse("web3").unwrap(), user_nic());
+        let deadline = Duration::from_millis(300);
+        let c = NicContext {
+            instance: &name,
+            index: 0,
+            nic: &nic,
+            tap: "tap9",
+            script: Some(&script),
+            deadline,
+        };
+        let t0 = std::time::Instant::now();
+        let e = nic_up(&c).unwrap_err();
+        assert!(t0.elapsed() < deadline + Duration::from_millis(700));
+        assert!(
+            matches!(e, NetError::Program(ExecError::TimedOut { .. })),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("nic-hook tap9 did not finish"),
+            "{e}"
+        );
     }
 }

@@ -131,7 +131,11 @@ pub struct QemuProcess {
 }
 
 impl QemuProcess {
+    /// Open a pidfd on `pid`. Fault point `pidfd_open`: fails with `EMFILE` (test builds).
     pub fn open(pid: u32, own_child: bool) -> io::Result<Self> {
+        if crate::host::faults::fail("pidfd_open") {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
         Ok(Self {
             pid,
             pidfd: sys::pidfd_open(pid as i32)?,

@@ -7,6 +7,9 @@
 //! within kvmd: a QEMU only drops to its uid after initialising, so the process scan alone
 //! cannot see a start that is under way.
 //!
+//! The registry's lock is held only to pick and record a uid, never during the `/proc` scan or
+//! a passwd lookup (NSS may be slow), so [`release`] on an actor thread never waits for them.
+//!
 //! Invariant: blocking (`/proc` scan, passwd lookups); call from a blocking thread.
 
 use std::collections::BTreeMap;
@@ -97,25 +100,33 @@ pub fn take(pool: &[(u32, u32)], name: &InstanceName) -> Result<(u32, String), S
     if pool.is_empty() {
         return Err("node.uid_pool is empty".into());
     }
-    let mut reg = registry().lock().expect("uid registry");
-    if let Some((uid, _)) = reg.iter().find(|(_, n)| *n == name) {
-        let uid = *uid;
-        reg.remove(&uid);
-    }
+    // The slow parts run without the lock, so that `release` (on an actor thread) never waits
+    // for them: the `/proc` scan first, the passwd lookup of each pick after. A uid is reserved
+    // in the registry before its lookup, so two starts never pick the same one.
     let busy = uids_in_use();
-    for &(a, b) in pool {
-        for uid in a..=b {
-            if reg.contains_key(&uid) || busy.contains(&uid) {
-                continue;
+    let mut nameless = std::collections::BTreeSet::new();
+    {
+        let mut reg = registry().lock().expect("uid registry");
+        reg.retain(|_, n| n != name);
+    }
+    loop {
+        let picked = {
+            let mut reg = registry().lock().expect("uid registry");
+            let free = pool.iter().flat_map(|&(a, b)| a..=b).find(|uid| {
+                !reg.contains_key(uid) && !busy.contains(uid) && !nameless.contains(uid)
+            });
+            if let Some(uid) = free {
+                reg.insert(uid, name.clone());
             }
-            let Some(user) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-            else {
-                continue;
-            };
-            reg.insert(uid, name.clone());
-            return Ok((uid, user.name));
+            free
+        };
+        let Some(uid) = picked else { break };
+        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            Ok(Some(user)) => return Ok((uid, user.name)),
+            _ => {
+                registry().lock().expect("uid registry").remove(&uid);
+                nameless.insert(uid);
+            }
         }
     }
     Err(format!("no free uid in node.uid_pool ({} uid(s): each is held by a VM, used by a process, or has no user name)", pool.iter().map(|(a, b)| b - a + 1).sum::<u32>()))
@@ -134,5 +145,43 @@ mod tests {
         assert_eq!(parse("").unwrap(), vec![]);
         assert!(parse("10-5").is_err());
         assert!(parse("abc").is_err());
+    }
+
+    /// A uid with a user name and no process running as it, if this host has one.
+    fn idle_uid_with_a_name() -> Option<u32> {
+        let busy = uids_in_use();
+        (1..65535).find(|&u| {
+            !busy.contains(&u)
+                && !registry().lock().unwrap().contains_key(&u)
+                && nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
+                    .ok()
+                    .flatten()
+                    .is_some()
+        })
+    }
+
+    #[test]
+    fn a_uid_is_held_until_released_and_busy_or_nameless_uids_are_skipped() {
+        let Some(uid) = idle_uid_with_a_name() else {
+            return;
+        };
+        let (a, b) = (
+            InstanceName::parse("uidpool-a").unwrap(),
+            InstanceName::parse("uidpool-b").unwrap(),
+        );
+        // Our own uid is busy (this process runs as it); a uid far above passwd has no name.
+        let me = nix::unistd::getuid().as_raw();
+        let nameless = 4_000_000_000;
+        let pool = [(me, me), (nameless, nameless), (uid, uid)];
+        let (got, user) = take(&pool, &a).unwrap();
+        assert_eq!(got, uid);
+        assert!(!user.is_empty());
+        assert!(take(&pool, &b).is_err(), "held by a");
+        // Taking again for the same instance gives its own uid back first.
+        assert_eq!(take(&pool, &a).unwrap().0, uid);
+        release(&a);
+        assert_eq!(take(&pool, &b).unwrap().0, uid);
+        release(&b);
+        assert!(!registry().lock().unwrap().contains_key(&uid));
     }
 }

@@ -232,7 +232,10 @@ pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Repor
                     "needs node.uid_pool to be set",
                 ));
             }
-            match crate::host::probe::probe(Path::new(hv.str(key::KVM_PATH))) {
+            match crate::host::probe::probe(
+                Path::new(hv.str(key::KVM_PATH)),
+                config.node.probe_timeout,
+            ) {
                 Ok(caps) => errs.extend(qemu(spec, &hv, &caps)),
                 Err(e) => {
                     if Path::new(hv.str(key::KVM_PATH)).is_file() {
