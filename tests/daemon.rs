@@ -540,8 +540,11 @@ fn a_stop_interrupted_by_a_kvmd_crash_ends_as_an_admin_stop() {
             wait: true,
         });
     });
-    wait_for("the stopping marker", Duration::from_secs(5), || {
-        d.run_dir("s").join("stopping").exists().then_some(())
+    wait_for("the stop's job file", Duration::from_secs(5), || {
+        std::fs::read_to_string(d.run_dir("s").join("job.json"))
+            .ok()
+            .filter(|j| j.contains("\"stop\""))
+            .map(|_| ())
     });
     d.kill9();
     let _ = stopper.join();

@@ -21,7 +21,14 @@ mod tests {
     fn this_thread_can_be_pinned_to_cpu_0_and_back() {
         let tid = nix::unistd::gettid().as_raw() as u32;
         let host = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        apply(&Pin { tid, cpus: Some(vec![0]) }, host).unwrap();
+        apply(
+            &Pin {
+                tid,
+                cpus: Some(vec![0]),
+            },
+            host,
+        )
+        .unwrap();
         let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
         assert!(set.is_set(0).unwrap());
         apply(&Pin { tid, cpus: None }, host).unwrap();

@@ -336,7 +336,10 @@ impl Supervisor {
             }),
             ApiRequest::Job { target } => ready(match &target {
                 JobRef::Id(id) => self.jobs.get(*id).map(ApiReply::Job).ok_or_else(|| {
-                    ApiError::new(ErrorCode::NotFound, format!("No job {id} (it may be too old)"))
+                    ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("No job {id} (it may be too old)"),
+                    )
                 }),
                 JobRef::Instance(n) if !self.vms.contains_key(n) => Err(ApiError::not_found(n)),
                 JobRef::Instance(n) => self.jobs.of(n).map(ApiReply::Job).ok_or_else(|| {

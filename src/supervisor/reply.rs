@@ -32,7 +32,10 @@ pub(super) fn reply_of(
             Some(JobOutcome::Failed(e)) => Err(e),
             Some(JobOutcome::Cancelled { reason }) => Err(ApiError::new(
                 ErrorCode::Cancelled,
-                format!("{name}: {} job {} was cancelled: {reason}", job.kind, job.id),
+                format!(
+                    "{name}: {} job {} was cancelled: {reason}",
+                    job.kind, job.id
+                ),
             )),
             None | Some(JobOutcome::Done { .. }) => Ok(match job.kind {
                 Operation::Stop => {

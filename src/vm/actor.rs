@@ -79,7 +79,10 @@ pub(super) enum Internal {
     /// A fact for the core.
     Input(Input),
     /// A request whose checks ran off the actor.
-    Request { ticket: Ticket, request: Request },
+    Request {
+        ticket: Ticket,
+        request: Request,
+    },
     /// A QEMU of generation `gen` was spawned: its handle and exit watch.
     Process {
         gen: u64,
@@ -351,7 +354,13 @@ impl VmActor {
         };
         if let Some(w) = self.waiters.remove(&ticket) {
             let info = self.core.info();
-            let _ = w.tx.send(reply.map(|reply| VmAnswer { reply, info }));
+            // Through the store's queue: whatever the job wrote before (its job file cleared,
+            // an exit record) is on disk before the client hears, so a kvmd killed right
+            // after the answer never contradicts it on restart.
+            let answer = reply.map(|reply| VmAnswer { reply, info });
+            self.store.spawn(move || {
+                let _ = w.tx.send(answer);
+            });
         }
     }
 
@@ -386,8 +395,13 @@ impl VmActor {
                 undo,
             } => {
                 let control = self.control_channel(job);
-                let existing = (self.res.gen == gen)
-                    .then(|| (self.res.process.clone(), self.res.exit.clone(), self.res.qmp.clone()));
+                let existing = (self.res.gen == gen).then(|| {
+                    (
+                        self.res.process.clone(),
+                        self.res.exit.clone(),
+                        self.res.qmp.clone(),
+                    )
+                });
                 let s = start::StartCtx {
                     job,
                     gen,
@@ -413,9 +427,11 @@ impl VmActor {
                 kill_at_ms,
             } => {
                 let control = self.control_channel(job);
-                let (Some(process), Some(exit), true) =
-                    (self.res.process.clone(), self.res.exit.clone(), self.res.gen == gen)
-                else {
+                let (Some(process), Some(exit), true) = (
+                    self.res.process.clone(),
+                    self.res.exit.clone(),
+                    self.res.gen == gen,
+                ) else {
                     report.input(Input::StopDone {
                         job,
                         gen,
@@ -638,7 +654,10 @@ impl Handler<Ask> for VmActor {
         }
         Box::pin(async move {
             rx.await.map_err(|_| {
-                ApiError::new(ErrorCode::Internal, "The VM actor went away before answering")
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "The VM actor went away before answering",
+                )
             })?
         })
     }
@@ -702,7 +721,13 @@ impl Handler<Internal> for VmActor {
                     if let Some((qmp, notices)) = a.qmp {
                         self.res.conn = 1;
                         self.res.qmp = Some(qmp);
-                        watching::forward_notices(gen, 1, notices, Self::reporter(ctx), self.span.clone());
+                        watching::forward_notices(
+                            gen,
+                            1,
+                            notices,
+                            Self::reporter(ctx),
+                            self.span.clone(),
+                        );
                     }
                     watching::forward_exit(gen, a.exit, Self::reporter(ctx));
                 } else {

@@ -173,7 +173,11 @@ mod tests {
             ms: 1000,
         });
         assert_eq!(t.to_api().code, ErrorCode::Unresponsive);
-        let inv = VmError::Invalid(vec![FieldError::new("hvparams.acpi", "1", "must be a boolean")]);
+        let inv = VmError::Invalid(vec![FieldError::new(
+            "hvparams.acpi",
+            "1",
+            "must be a boolean",
+        )]);
         assert_eq!(inv.to_api().fields[0].field, "hvparams.acpi");
     }
 }

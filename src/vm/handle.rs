@@ -17,14 +17,23 @@ use super::actor::{Ask, GetJob, Manage, VmActor};
 /// What an operator asks of one VM (the supervisor's view of the core's requests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmAsk {
-    Start { paused: bool },
-    Stop { timeout: Option<Duration>, force: bool },
-    Reboot { timeout: Option<Duration> },
+    Start {
+        paused: bool,
+    },
+    Stop {
+        timeout: Option<Duration>,
+        force: bool,
+    },
+    Reboot {
+        timeout: Option<Duration>,
+    },
     Reset,
     Pause,
     Resume,
     Cleanup,
-    Cancel { id: JobId },
+    Cancel {
+        id: JobId,
+    },
 }
 
 /// How a VM answered.

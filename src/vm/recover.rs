@@ -143,7 +143,10 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
                             let (qmp, status) = match qmp {
                                 Ok((q, n)) => {
                                     let s = q.query_status().await.ok();
-                                    (Some((q, n)), s.map(|s| super::watch::run_state(s.run_state)))
+                                    (
+                                        Some((q, n)),
+                                        s.map(|s| super::watch::run_state(s.run_state)),
+                                    )
                                 }
                                 Err(e) => {
                                     warn!(error = %e, "adopted QEMU does not answer on QMP");

@@ -12,7 +12,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -177,7 +177,9 @@ async fn launch(
     );
     let mut steps = std::mem::take(undo);
     let launched = tokio::task::spawn_blocking(move || {
-        let r = spawn_qemu(&spec, &hv2, &caps2, &plan2, &node, &paths, accel, &mut steps);
+        let r = spawn_qemu(
+            &spec, &hv2, &caps2, &plan2, &node, &paths, accel, &mut steps,
+        );
         (steps, r)
     })
     .await
@@ -186,9 +188,8 @@ async fn launch(
     let l = launched.1?;
     let t_spawned = t0.elapsed();
     let pid = l.pid;
-    let process = Arc::new(
-        QemuProcess::open(pid, true).map_err(|source| VmError::Watch { pid, source })?,
-    );
+    let process =
+        Arc::new(QemuProcess::open(pid, true).map_err(|source| VmError::Watch { pid, source })?);
     let exit =
         super::watch::exit_watch(&process).map_err(|source| VmError::Watch { pid, source })?;
     *spawned = Some(Spawned {
@@ -337,8 +338,7 @@ async fn configure(
     }
     cancelled(s)?;
     if pre.stops_at_start() && !pre.paused {
-        #[cfg(debug_assertions)]
-        if let Some(d) = crate::host::faults::delay("delay_before_cont_ms") {
+        if let Some(d) = crate::host::faults::delay("before_cont") {
             tokio::time::sleep(d).await;
         }
         qmp.cont().await.map_err(VmError::Resume)?;
@@ -355,8 +355,10 @@ async fn pin_vcpus(qmp: &Qmp, pid: u32, mask: &str) -> Result<(), PinError> {
     let host = crate::host::validate::host_cpus();
     tokio::task::spawn_blocking(move || {
         for pin in pins {
-            crate::host::affinity::apply(&pin, host)
-                .map_err(|source| PinError::Affinity { tid: pin.tid, source })?;
+            crate::host::affinity::apply(&pin, host).map_err(|source| PinError::Affinity {
+                tid: pin.tid,
+                source,
+            })?;
             debug!(tid = pin.tid, "pinned");
         }
         Ok(())
@@ -514,12 +516,13 @@ fn spawn_qemu(
         .map(|f| f.as_raw_fd())
         .collect();
     keep.push(listener.as_raw_fd());
-    let pid = process::spawn_detached(&command.argv, &paths.qemu_log(), &keep).map_err(
-        |source| VmError::Spawn {
-            program: command.argv[0].clone(),
-            source,
-        },
-    )?;
+    let pid =
+        process::spawn_detached(&command.argv, &paths.qemu_log(), &keep).map_err(|source| {
+            VmError::Spawn {
+                program: command.argv[0].clone(),
+                source,
+            }
+        })?;
     let start_ticks = process::read_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
     undo.push(Undo::KillQemu { pid, start_ticks });
     // Connected now; QEMU accepts (and greets) once it is ready.
@@ -585,6 +588,5 @@ async fn roll_back(
         }
     }
     warn!(error = %chain(&e).escape_debug(), stderr = ?stderr, "start failed; undone");
-    let _ = Duration::ZERO;
     api
 }

@@ -111,10 +111,7 @@ async fn kill(ctx: &UndoCtx, pid: u32, start_ticks: u64) {
     warn!(pid, "killing the QEMU of an unfinished start");
     let _ = p.signal(Signal::SIGKILL);
     if let Ok(fd) = p.try_clone_pidfd() {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            process::wait_exit(fd, pid, false),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), process::wait_exit(fd, pid, false)).await;
     }
 }

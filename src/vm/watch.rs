@@ -44,7 +44,11 @@ pub(super) fn exit_watch(
 }
 
 /// Tell the actor when the QEMU of `gen` exits.
-pub(super) fn forward_exit(gen: u64, mut exit: watch::Receiver<Option<ExitStatus>>, report: Reporter) {
+pub(super) fn forward_exit(
+    gen: u64,
+    mut exit: watch::Receiver<Option<ExitStatus>>,
+    report: Reporter,
+) {
     actix::spawn(async move {
         if let Ok(status) = exit.wait_for(|s| s.is_some()).await {
             let status = status.unwrap_or_default();
@@ -222,8 +226,8 @@ pub(super) fn record_exit(j: ExitJob, span: tracing::Span) {
         if taps.iter().any(Option::is_some) {
             actix::spawn(
                 async move {
-                    let _ = tokio::task::spawn_blocking(move || nics_down(&spec, &taps, &node))
-                        .await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || nics_down(&spec, &taps, &node)).await;
                 }
                 .instrument(span),
             );
