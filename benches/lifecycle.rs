@@ -71,20 +71,15 @@ fn raw_start(
         .spawn()
         .unwrap();
     let took = rt.block_on(async {
-        let (q, _ev) = Qmp::connect(
-            &qmp_path,
-            Instant::now() + Duration::from_secs(10),
-            Duration::from_secs(5),
-            || true,
-        )
-        .await
-        .unwrap();
+        let opts = kvmd::qmp::ConnectOptions {
+            connect_deadline: Instant::now() + Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+        };
+        let (q, _notices) = Qmp::connect_with(&qmp_path, &opts, || true).await.unwrap();
         loop {
-            let st = q
-                .execute("query-status", None, Duration::from_secs(5))
-                .await
-                .unwrap();
-            if st["status"] == "running" {
+            let st = q.query_status().await.unwrap();
+            if st.running {
                 break t0.elapsed();
             }
         }

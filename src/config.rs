@@ -58,7 +58,10 @@ impl Config {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: path.to_path_buf(),
-                    message: e.to_string().trim().replace('\n', " "),
+                    message: crate::model::text::escape_control(
+                        &e.to_string().trim().replace('\n', " "),
+                    )
+                    .into_owned(),
                 })?;
         let mut errs = Vec::new();
         let mut root = Obj::new("", &table);

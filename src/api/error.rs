@@ -133,9 +133,15 @@ impl ApiError {
     }
 }
 
+/// Printed with control characters escaped (a message may quote untrusted text).
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.code.as_str())
+        write!(
+            f,
+            "{} ({})",
+            crate::model::text::escape_control(&self.message),
+            self.code.as_str()
+        )
     }
 }
 

@@ -302,43 +302,27 @@ async fn ask(
     t: Duration,
     alive: impl FnMut() -> bool,
 ) -> Option<QmpFacts> {
-    let (q, _ev) = crate::qmp::Qmp::connect(sock, end, t, alive).await.ok()?;
-    let v = q.execute("query-version", None, t).await.ok()?;
-    let num = |k: &str| v.get("qemu")?.get(k)?.as_u64().map(|n| n as u32);
-    let version = (num("major")?, num("minor")?, num("micro")?);
-    let machines = q.execute("query-machines", None, t).await.ok()?;
-    let list = machines.as_array()?;
-    let default_machine = list
-        .iter()
-        .find(|m| m.get("is-default").and_then(|d| d.as_bool()) == Some(true))
-        .and_then(|m| m.get("name")?.as_str().map(String::from));
-    let aliases = list
-        .iter()
-        .filter_map(|m| {
-            Some((
-                m.get("name")?.as_str()?.to_string(),
-                m.get("alias")?.as_str()?.to_string(),
-            ))
-        })
-        .collect();
-    let types = q
-        .execute(
-            "qom-list-types",
-            Some(serde_json::json!({"implements": "device", "abstract": false})),
-            t,
-        )
+    let opts = crate::qmp::ConnectOptions {
+        connect_deadline: end,
+        startup_timeout: t,
+        command_timeout: t,
+    };
+    let (q, _notices) = crate::qmp::Qmp::connect_with(sock, &opts, alive)
         .await
-        .ok();
-    let devices = types
-        .as_ref()
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.get("name")?.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let _ = q.execute("quit", None, t).await;
+        .ok()?;
+    let v = q.query_version().await.ok()?;
+    let version = (v.major, v.minor, v.micro);
+    let machines = q.query_machines().await.ok()?;
+    let default_machine = machines
+        .iter()
+        .find(|m| m.is_default)
+        .map(|m| m.name.clone());
+    let aliases = machines
+        .iter()
+        .filter_map(|m| Some((m.name.clone(), m.alias.clone()?)))
+        .collect();
+    let devices = q.qom_list_types("device", false).await.unwrap_or_default();
+    let _ = q.quit().await;
     Some(QmpFacts {
         version,
         default_machine,

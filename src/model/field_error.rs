@@ -48,11 +48,20 @@ impl FieldError {
     }
 }
 
+/// Printed with control characters escaped: a field path or value can come from a config
+/// file or a client, and must not forge a log line.
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} = {}: {}", self.field, self.value, self.rule)?;
+        use crate::model::text::escape_control as esc;
+        write!(
+            f,
+            "{} = {}: {}",
+            esc(&self.field),
+            esc(&self.value),
+            esc(&self.rule)
+        )?;
         if !self.allowed.is_empty() {
-            write!(f, " (allowed: {})", self.allowed.join(", "))?;
+            write!(f, " (allowed: {})", esc(&self.allowed.join(", ")))?;
         }
         Ok(())
     }

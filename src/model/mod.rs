@@ -13,3 +13,4 @@ pub mod name;
 pub mod pinning;
 pub mod spec;
 pub mod state;
+pub mod text;
