@@ -482,23 +482,49 @@ impl Handler<ApplyConfig> for Supervisor {
     }
 }
 
-/// A cheap, cloneable way to call the supervisor without importing actix.
+/// A cheap, cloneable way to call the supervisor without importing actix, and the node's
+/// event bus.
 #[derive(Clone)]
 pub struct SupervisorHandle {
     addr: Addr<Supervisor>,
+    events: crate::events::EventBus,
 }
 
 impl SupervisorHandle {
-    pub fn start(config: Config, store: Store) -> Self {
+    pub fn start(config: Config, store: Store, events: crate::events::EventBus) -> Self {
         Self {
             addr: Supervisor::new(config, store).start(),
+            events,
         }
     }
 
+    /// The event bus every event of this kvmd goes to.
+    pub fn events(&self) -> &crate::events::EventBus {
+        &self.events
+    }
+
     pub async fn call(&self, req: ApiRequest) -> Result<ApiReply, ApiError> {
-        self.addr.send(Call(req)).await.map_err(|e| {
+        let reply = self.addr.send(Call(req)).await.map_err(|e| {
             ApiError::new(ErrorCode::Internal, format!("supervisor unavailable: {e}"))
-        })?
+        })??;
+        // INTEGRATOR: drop this once the supervisor publishes DaemonEvent::Reloaded itself.
+        if let ApiReply::Reloaded {
+            added,
+            removed,
+            changed,
+            ..
+        } = &reply
+        {
+            self.events.publish(
+                None,
+                crate::api::EventKind::Daemon(crate::api::DaemonEvent::Reloaded {
+                    added: added.clone(),
+                    removed: removed.clone(),
+                    changed: changed.clone(),
+                }),
+            );
+        }
+        Ok(reply)
     }
 
     /// Fire-and-forget reload (from SIGHUP); the outcome is logged.
