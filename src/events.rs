@@ -287,6 +287,14 @@ mod tests {
     }
 
     #[test]
+    fn the_bus_and_its_subscriptions_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<EventBus>();
+        send::<Subscription>();
+    }
+
+    #[test]
     fn events_come_in_publish_order_with_growing_sequence_numbers() {
         let bus = EventBus::new(8, 1);
         let mut sub = bus.subscribe(None);
@@ -397,10 +405,10 @@ mod tests {
         let first = EventBus::new(4, first_seq_from(&path))
             .with_seq_file(&path)
             .unwrap();
-        let last = (0..3)
-            .map(|_| first.publish(None, stopping()))
-            .last()
-            .unwrap();
+        let mut last = 0;
+        for _ in 0..3 {
+            last = first.publish(None, stopping());
+        }
         drop(first);
         let after_crash = first_seq_from(&path);
         assert!(after_crash > last, "{after_crash} > {last}");

@@ -41,14 +41,14 @@ pub enum ClientError {
     },
     #[error("Lost the connection to kvmd")]
     Io(#[source] std::io::Error),
-    #[error("kvmd closed the connection without answering")]
+    #[error("The connection to kvmd closed without an answer")]
     Closed,
     #[error("Cannot understand kvmd's reply")]
     Protocol(#[from] ProtocolError),
     /// kvmd refused a request that opens something (a subscription).
     #[error("{}", escape(&.0.to_string()))]
     Refused(ApiError),
-    #[error("kvmd answered a subscribe with {0}, not subscribed")]
+    #[error("Expected a subscribed reply to subscribe, got {0}")]
     NotSubscribed(&'static str),
 }
 

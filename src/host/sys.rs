@@ -187,8 +187,7 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
         let needed = (len as usize).div_ceil(GID_SIZE);
         groups.resize(needed.max(groups.len() * 2), 0);
     }
-    Err(io::Error::new(
-        io::ErrorKind::Other,
+    Err(io::Error::other(
         "SO_PEERGROUPS kept asking for a bigger buffer",
     ))
 }
