@@ -1,7 +1,9 @@
 //! Wiring the daemon together: run dir, control socket, actor system, signals.
 //!
-//! SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit; VMs keep running (a second
-//! signal exits at once). SIGHUP: reload the config.
+//! SIGTERM/SIGINT: publish `daemon stopping`, stop accepting, finish in-flight requests, exit;
+//! VMs keep running (a second signal exits at once). SIGHUP: reload the config. The event bus
+//! is made here (its sequence numbers continue those of the previous kvmd, from
+//! `run_dir/events.seq`) and `daemon started` is its first event.
 //!
 //! Invariant: owns process-level setup only; no VM logic.
 
@@ -13,8 +15,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::api::{DaemonEvent, EventKind};
 use crate::config::Config;
 use crate::control::server::{self as control, Limits};
+use crate::events::{self, EventBus, EventsError};
 use crate::store::Store;
 use crate::supervisor::SupervisorHandle;
 
@@ -40,6 +44,8 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("The actor system failed")]
     System(#[source] std::io::Error),
+    #[error("Cannot set up the event bus")]
+    Events(#[source] EventsError),
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -86,6 +92,13 @@ fn bind_socket(
 /// Run kvmd in the foreground until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let node = config.node.clone();
+    // Every VM holds a few fds (pidfd, QMP, taps while starting) and every client one: the
+    // default soft limit of 1024 is too low for a big host, the hard limit is not.
+    match crate::host::limits::raise_nofile_limit() {
+        Ok((old, new)) if old != new => info!(old, new, "raised the open-files limit"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
+    }
     make_dir(&node.run_dir, 0o755)?;
     let gid = match &node.socket_group {
         Some(name) => Some(
@@ -112,6 +125,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         })?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| DaemonError::AlreadyRunning(lock_path.clone()))?;
+    let seq_path = node.run_dir.join("events.seq");
+    let bus = EventBus::new(node.event_history, events::first_seq_from(&seq_path))
+        .with_seq_file(&seq_path)
+        .map_err(DaemonError::Events)?;
     let std_listener = bind_socket(&node.socket, node.socket_mode, gid)?;
     let socket_inode = std::fs::metadata(&node.socket).map(|m| m.ino()).ok();
     let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<i32>();
@@ -136,11 +153,20 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         max_request_bytes: node.max_request_bytes,
         allowed_gid: gid,
         drain_timeout: node.stop_timeout + Duration::from_secs(60),
+        max_connections: node.max_connections,
+        max_connections_per_peer: node.max_connections_per_peer,
     };
+    let bus_for_actors = bus.clone();
     let bind_result = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        let bus = crate::events::EventBus::new(node.event_history, 1);
-        let sup = SupervisorHandle::start(config, store_for_actors, bus);
+        let bus = bus_for_actors;
+        bus.publish(
+            None,
+            EventKind::Daemon(DaemonEvent::Started {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        );
+        let sup = SupervisorHandle::start(config, store_for_actors, bus.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         actix::spawn(control::serve(listener, sup.clone(), limits, stop_rx));
         actix::spawn(async move {
@@ -159,6 +185,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                             signal = sig,
                             "termination signal: finishing in-flight requests"
                         );
+                        // Published before the server stops, so event streams carry it.
+                        bus.publish(None, EventKind::Daemon(DaemonEvent::Stopping));
                         let _ = stop_tx.send(true);
                     }
                 }
@@ -174,6 +202,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let result = system.run().map_err(DaemonError::System);
     // Let queued file writes (exit records) land before the process ends.
     store.flush();
+    // The next kvmd numbers its events right after ours.
+    if let Err(e) = bus.checkpoint() {
+        warn!(error = %e, "cannot record the last event sequence number; the next kvmd skips some");
+    }
     sig_handle.close();
     // Remove the socket only if it is still ours (not one a successor already bound).
     if std::fs::metadata(&node.socket).map(|m| m.ino()).ok() == socket_inode {

@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - `daemon` — process setup: run dir, socket, actor system, signals.
+//! - `events` — the event bus: a bounded ring of events with sequence numbers.
 //! - `control`, `protocol`, `client` — the control socket: server, wire format, client.
 //! - `api` — operations, results and error codes as domain types.
 //! - `supervisor` — root actor: config, VM actors, reloads, `list`/`info`.

@@ -152,3 +152,64 @@ pub fn spawn_in_new_session_with_fds(cmd: &mut Command, fds: Vec<i32>) -> &mut C
         })
     }
 }
+
+/// The supplementary groups of the peer of a connected Unix socket, as the kernel recorded
+/// them when the peer connected (`SO_PEERGROUPS`). Unlike reading `/proc/PID/status` after
+/// accepting, this cannot look at another process that reused the peer's pid.
+pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    const GID_SIZE: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    // The peer's group list cannot change after connect, so a retry with the size the kernel
+    // asked for succeeds; the bound only guards against a kernel that keeps saying ERANGE.
+    for _ in 0..8 {
+        let mut len = (groups.len() * GID_SIZE) as libc::socklen_t;
+        // SAFETY: the fd is open for the duration of the borrow; optval points to `groups`,
+        // a live buffer of exactly `len` bytes, and optlen to a live socklen_t. The kernel
+        // writes at most `len` bytes and stores the size it used (or needs) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / GID_SIZE);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+        // On ERANGE the kernel stored the size it needs in `len`.
+        let needed = (len as usize).div_ceil(GID_SIZE);
+        groups.resize(needed.max(groups.len() * 2), 0);
+    }
+    Err(io::Error::other(
+        "SO_PEERGROUPS kept asking for a bigger buffer",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn peer_groups_of_a_socket_pair_are_our_own_supplementary_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut got = peer_groups(a.as_fd()).unwrap();
+        let mut ours: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        got.sort_unstable();
+        ours.sort_unstable();
+        ours.dedup();
+        got.dedup();
+        assert_eq!(got, ours);
+    }
+}

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kvmd::api::{ApiError, ApiReply, ApiRequest, VmInfo};
-use kvmd::control::client::Client;
+use kvmd::api::{ApiError, ApiReply, ApiRequest, Event, StreamItem, VmInfo};
+use kvmd::control::client::{Client, EventStream};
 use kvmd::model::name::InstanceName;
 
 /// The test guest (kernel + initramfs), built once per machine and cached.
@@ -96,12 +96,25 @@ pub struct Daemon {
 impl Daemon {
     /// Write the config (node settings + `instances`) and start kvmd.
     pub fn start(instances: &str) -> Daemon {
+        Self::start_with("", instances)
+    }
+
+    /// Like [`Daemon::start`], with extra `[node]` settings (`extra_node`). The directory is
+    /// opened to other users (0755), so tests can reach the socket as them.
+    pub fn start_with(extra_node: &str, instances: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("kvmd-test-")
             .tempdir_in("/tmp")
             .unwrap();
+        if !extra_node.is_empty() {
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
         let config = dir.path().join("kvmd.toml");
-        std::fs::write(&config, node_toml(dir.path(), "") + instances).unwrap();
+        std::fs::write(&config, node_toml(dir.path(), extra_node) + instances).unwrap();
         let mut d = Daemon {
             dir,
             child: None,
@@ -171,6 +184,26 @@ impl Daemon {
         let c = Client::connect(&self.socket()).unwrap();
         c.set_timeout(Some(Duration::from_secs(120)));
         c
+    }
+
+    /// An event stream on a new connection: kept events after `since`, then with `follow`
+    /// new ones.
+    pub fn subscribe(&self, since: Option<u64>, follow: bool) -> EventStream {
+        let c = Client::connect(&self.socket()).unwrap();
+        c.set_timeout(Some(Duration::from_secs(30)));
+        c.subscribe(since, follow)
+            .expect("kvmd accepts the subscription")
+    }
+
+    /// Run kvmctl (as root) against this daemon's socket.
+    pub fn kvmctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_kvmctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     pub fn call(&self, req: ApiRequest) -> Result<ApiReply, ApiError> {
@@ -269,6 +302,41 @@ impl Daemon {
                 Ok(k) => out.extend_from_slice(&buf[..k]),
                 Err(_) => {}
             }
+        }
+    }
+}
+
+/// The next stream item, waiting at most `timeout`.
+pub fn next_item(stream: &mut EventStream, timeout: Duration) -> StreamItem {
+    stream.set_timeout(Some(timeout));
+    match stream.next() {
+        Some(Ok(item)) => item,
+        Some(Err(e)) => panic!("no stream item within {timeout:?}: {e}"),
+        None => panic!("the stream had already ended"),
+    }
+}
+
+/// Skip stream items until an event matching `pred` arrives (at most `timeout` in all); a
+/// stream that ends first fails the test.
+pub fn next_event_matching(
+    stream: &mut EventStream,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        stream.set_timeout(Some(left));
+        match stream.next() {
+            Some(Ok(StreamItem::Event(e))) if pred(&e) => return e,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("waiting for {what}: {e}"),
+            None => panic!("the stream ended before {what}"),
         }
     }
 }

@@ -1,89 +1,107 @@
 //! `kvmctl`: operate kvmd over its control socket.
+//!
+//! Owns the flags, dispatching commands to requests, and exit codes. `args` declares the
+//! command line, `render` prints, `wait` follows jobs through the event stream, `validate`
+//! checks config files offline.
+//!
+//! Invariant: with `--json` every outcome (kvmd's replies and errors, and kvmctl's own: a bad
+//! name on the command line, a failed connection) is one JSON document on stdout; text output
+//! goes through `render`, which escapes whatever came from kvmd.
 
-use std::path::{Path, PathBuf};
+mod args;
+mod render;
+mod validate;
+mod wait;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use kvmd::api::{ApiError, ApiReply, ApiRequest, VmInfo};
-use kvmd::control::client::Client;
-use kvmd::model::name::InstanceName;
+use clap::Parser;
+use kvmd::api::{ApiError, ApiReply, ApiRequest, JobRef, JobState, StreamItem};
+use kvmd::control::client::{Answer, Client, ClientError};
+use kvmd::control::protocol;
+use kvmd::model::field_error::FieldError;
+use kvmd::model::job::JobId;
+use kvmd::model::name::{InstanceName, NAME_RULE};
+use serde_json::{json, Value};
 
-/// Control kvmd: start, stop and inspect virtual machines.
-#[derive(Parser)]
-#[command(version, about)]
-struct Args {
-    /// Control socket (default: node.socket from the config file).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
-    /// Config file to read the socket path from.
-    #[arg(long, global = true, default_value = "/etc/kvmd/kvmd.toml")]
-    config: PathBuf,
-    /// Print kvmd's JSON reply instead of a table.
-    #[arg(long, global = true)]
+use args::{Args, Cmd};
+use render::{e, json_line, json_pretty};
+
+/// Success.
+const EXIT_OK: u8 = 0;
+/// kvmd refused the request, or the job failed or was cancelled.
+const EXIT_FAILED: u8 = 1;
+/// A bad command line.
+const EXIT_USAGE: u8 = 2;
+/// kvmd could not be reached, or the connection was lost.
+const EXIT_UNREACHABLE: u8 = 3;
+
+/// Why a command did not succeed, before or instead of kvmd's answer.
+enum Failure {
+    /// A bad value on the command line, as kvmd would report it.
+    Usage(ApiError),
+    Client(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Client(e)
+    }
+}
+
+/// What the user asked for, and how to print it.
+struct Ctx {
+    socket: PathBuf,
     json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
+    progress: wait::Progress,
 }
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// Check that kvmd answers.
-    Ping,
-    /// Running instances.
-    List,
-    /// Details of one instance, or of all with --all.
-    Info {
-        name: Option<String>,
-        #[arg(long, conflicts_with = "name")]
-        all: bool,
-    },
-    /// Start an instance.
-    Start {
-        name: String,
-        /// Leave the guest paused after QEMU starts.
-        #[arg(long)]
-        paused: bool,
-    },
-    /// Stop an instance: ACPI power button, then SIGTERM, then SIGKILL.
-    Stop {
-        name: String,
-        /// Seconds to wait for the guest before escalating (default: node.stop_timeout).
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// Kill QEMU at once.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Reboot: stop and start with the current definition (--hard: reset in place).
-    Reboot {
-        name: String,
-        #[arg(long)]
-        hard: bool,
-        /// Seconds the stop half waits for the guest (default: node.stop_timeout).
-        #[arg(long, conflicts_with = "hard")]
-        timeout: Option<u64>,
-    },
-    /// Freeze a running guest.
-    Pause { name: String },
-    /// Let a paused guest run (e.g. after start --paused).
-    Resume { name: String },
-    /// Remove a stopped instance's runtime files.
-    Cleanup { name: String },
-    /// Make kvmd re-read its config file.
-    Reload,
-    /// Check a config file without kvmd: syntax, hvparam rules, and this node (files, users,
-    /// what the QEMU binary offers). Prints every problem; exits non-zero on any.
-    Validate {
-        file: PathBuf,
-        /// Only the checks that do not look at this host.
-        #[arg(long)]
-        syntax_only: bool,
-    },
-}
-
-fn name(s: &str) -> Result<InstanceName> {
-    InstanceName::parse(s).map_err(anyhow::Error::new)
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(err) => {
+            let wants_json = std::env::args().any(|a| a == "--json");
+            let is_usage = !matches!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            if wants_json && is_usage {
+                let message = format!("Bad command line: {}", err.kind());
+                let details: Vec<String> = err.to_string().lines().map(String::from).collect();
+                print_json_error_value(protocol::error_object("usage", &message, &[], &details));
+                return ExitCode::from(EXIT_USAGE);
+            }
+            err.exit();
+        }
+    };
+    if let Cmd::Validate { file, syntax_only } = &args.cmd {
+        return validate::run(file, *syntax_only, args.json);
+    }
+    let ctx = Ctx {
+        socket: socket_path(&args),
+        json: args.json,
+        progress: wait::Progress::new(args.verbose),
+    };
+    match run(&ctx, &args.cmd) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(err)) => {
+            if ctx.json {
+                print_json_error(&err);
+            } else {
+                render::print_error(&err);
+            }
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Client(err)) => {
+            print_client_error(&ctx, &err);
+            match err {
+                ClientError::Refused(_) => ExitCode::from(EXIT_FAILED),
+                _ => ExitCode::from(EXIT_UNREACHABLE),
+            }
+        }
+    }
 }
 
 fn socket_path(args: &Args) -> PathBuf {
@@ -95,301 +113,254 @@ fn socket_path(args: &Args) -> PathBuf {
         .unwrap_or_else(|_| kvmd::model::spec::NodeConfig::defaults().socket)
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("kvmctl: error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
+/// `{"ok": false, "kind": "error", "error": ...}` on stdout.
+fn print_json_error_value(error: Value) {
+    println!(
+        "{}",
+        json_pretty(&json!({"ok": false, "kind": "error", "error": error}))
+    );
+}
+
+fn print_json_error(err: &ApiError) {
+    print_json_error_value(protocol::error_object(
+        err.code.as_str(),
+        &err.message,
+        &err.fields,
+        &err.details,
+    ));
+}
+
+fn print_client_error(ctx: &Ctx, err: &ClientError) {
+    if let ClientError::Refused(api) = err {
+        if ctx.json {
+            print_json_error(api);
+        } else {
+            render::print_error(api);
+        }
+        return;
+    }
+    let mut causes = Vec::new();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        causes.push(c.to_string());
+        cause = c.source();
+    }
+    if ctx.json {
+        print_json_error_value(protocol::error_object(
+            err.code(),
+            &err.to_string(),
+            &[],
+            &causes,
+        ));
+    } else {
+        eprintln!("kvmctl: error: {err}");
+        for c in causes {
+            eprintln!("  caused by: {}", e(&c));
         }
     }
 }
 
-fn validate(file: &Path, syntax_only: bool, json: bool) -> Result<ExitCode> {
-    let config = match kvmd::config::Config::load(file) {
-        Ok(c) => c,
-        Err(e) => {
-            let fields = match &e {
-                kvmd::config::ConfigError::Invalid { errors, .. } => errors.0.clone(),
-                _ => Vec::new(),
-            };
-            if json {
-                let list: Vec<_> = fields.iter().map(|f| serde_json::json!({"field": f.field, "value": f.value, "rule": f.rule, "allowed": f.allowed})).collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"ok": false, "config": e.to_string(), "errors": list})
-                    )?
-                );
-            } else {
-                eprintln!("kvmctl: {}", file.display());
-                if fields.is_empty() {
-                    eprintln!("  {e}");
-                }
-                for f in &fields {
-                    eprintln!("  {f}");
-                }
-            }
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let report = kvmd::host::validate::config_report(&config, syntax_only);
-    if json {
-        let instances: serde_json::Map<String, serde_json::Value> = report
-            .instances
-            .iter()
-            .map(|(n, errs)| {
-                let list: Vec<_> = errs.iter().map(|f| serde_json::json!({"field": f.field, "value": f.value, "rule": f.rule, "allowed": f.allowed})).collect();
-                (n.clone(), serde_json::Value::Array(list))
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"ok": report.ok(), "instances": instances})
-            )?
-        );
-    } else {
-        for (name, errs) in &report.instances {
-            if errs.is_empty() {
-                println!("{name}: ok");
-            } else {
-                println!("{name}: {} problem(s)", errs.len());
-                for e in errs {
-                    println!("  {e}");
-                }
-            }
-        }
-    }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+/// A name from the command line, refused the way kvmd refuses one.
+fn name(field: &str, s: &str) -> Result<InstanceName, Failure> {
+    InstanceName::parse(s).map_err(|err| {
+        let value = serde_json::to_string(s).expect("strings serialize");
+        let rule = format!("{}; names are {NAME_RULE}", err.reason);
+        Failure::Usage(ApiError::invalid(vec![FieldError::new(field, value, rule)]))
     })
 }
 
-fn run(args: &Args) -> Result<ExitCode> {
-    if let Cmd::Validate { file, syntax_only } = &args.cmd {
-        return validate(file, *syntax_only, args.json);
+fn job_id(s: &str) -> Result<JobId, Failure> {
+    s.parse().map(JobId).map_err(|_| {
+        let value = serde_json::to_string(s).expect("strings serialize");
+        Failure::Usage(ApiError::invalid(vec![FieldError::new(
+            "id",
+            value,
+            "must be a job id (a non-negative integer)",
+        )]))
+    })
+}
+
+/// Print one answer (kvmd's reply line with `--json`); the exit code follows the result.
+fn print_answer(ctx: &Ctx, answer: &Answer) -> u8 {
+    if ctx.json {
+        let v: Value = serde_json::from_str(&answer.raw).unwrap_or(Value::Null);
+        println!("{}", json_pretty(&v));
+    } else {
+        match &answer.result {
+            Ok(reply) => render::print_reply(reply, &ctx.socket),
+            Err(err) => render::print_error(err),
+        }
     }
-    let req = match &args.cmd {
+    if answer.result.is_ok() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// Print a reply kvmctl put together itself (after waiting for a job).
+fn print_result(ctx: &Ctx, result: &Result<ApiReply, ApiError>) -> u8 {
+    let raw = protocol::reply_value(&json!(1), result).to_string();
+    print_answer(
+        ctx,
+        &Answer {
+            result: result.clone(),
+            raw,
+        },
+    )
+}
+
+fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
+    let req = match cmd {
         Cmd::Ping => ApiRequest::Ping,
         Cmd::List => ApiRequest::List,
         Cmd::Info { name: Some(n), .. } => ApiRequest::Info {
-            name: Some(name(n)?),
+            name: Some(name("name", n)?),
         },
         Cmd::Info { name: None, all } => {
             if !all {
-                anyhow::bail!("give an instance name or --all");
+                return Err(Failure::Usage(ApiError::invalid(vec![FieldError::new(
+                    "name",
+                    "(missing)",
+                    "give an instance name or --all",
+                )])));
             }
             ApiRequest::Info { name: None }
         }
-        Cmd::Start { name: n, paused } => ApiRequest::Start {
-            name: name(n)?,
-            paused: *paused,
-            wait: true,
-        },
+        Cmd::Start {
+            name: n,
+            paused,
+            wait,
+        } => {
+            let req = ApiRequest::Start {
+                name: name("name", n)?,
+                paused: *paused,
+                wait: wait.wait(),
+            };
+            return job_command(ctx, &req, wait.wait());
+        }
         Cmd::Stop {
             name: n,
             timeout,
             force,
-        } => ApiRequest::Stop {
-            name: name(n)?,
-            timeout_s: *timeout,
-            force: *force,
-            wait: true,
-        },
+            wait,
+        } => {
+            let req = ApiRequest::Stop {
+                name: name("name", n)?,
+                timeout_s: *timeout,
+                force: *force,
+                wait: wait.wait(),
+            };
+            return job_command(ctx, &req, wait.wait());
+        }
         Cmd::Reboot {
             name: n,
             hard,
             timeout,
-        } => ApiRequest::Reboot {
-            name: name(n)?,
-            hard: *hard,
-            timeout_s: *timeout,
-            wait: true,
-        },
-        Cmd::Pause { name: n } => ApiRequest::Pause { name: name(n)? },
-        Cmd::Resume { name: n } => ApiRequest::Resume { name: name(n)? },
-        Cmd::Cleanup { name: n } => ApiRequest::Cleanup { name: name(n)? },
-        Cmd::Reload => ApiRequest::Reload,
-        Cmd::Validate { .. } => unreachable!("handled above"),
-    };
-    let socket = socket_path(args);
-    let mut client = Client::connect(&socket).with_context(|| "is kvmd running?")?;
-    let answer = client.call(&req)?;
-    if args.json {
-        let v: serde_json::Value =
-            serde_json::from_str(&answer.raw).context("kvmd's reply is not JSON")?;
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(if answer.result.is_ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
-    }
-    match answer.result {
-        Ok(reply) => {
-            print_reply(&reply, &socket);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            print_error(&e);
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn print_error(e: &ApiError) {
-    eprintln!("kvmctl: error: {} [{}]", e.message, e.code.as_str());
-    for f in &e.fields {
-        eprint!("  {}: {} ({})", f.field, f.value, f.rule);
-        if !f.allowed.is_empty() {
-            eprint!("; allowed: {}", f.allowed.join(", "));
-        }
-        eprintln!();
-    }
-    for d in &e.details {
-        eprintln!("  | {d}");
-    }
-}
-
-fn dur(s: u64) -> String {
-    match s {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-fn table(vms: &[VmInfo]) {
-    println!(
-        "{:<20} {:<13} {:>8} {:>8} {:>5} {:>9} {:>9}",
-        "NAME", "STATE", "PID", "MEM(MiB)", "VCPUS", "CPU", "UPTIME"
-    );
-    for v in vms {
-        println!(
-            "{:<20} {:<13} {:>8} {:>8} {:>5} {:>9} {:>9}",
-            v.name.as_str(),
-            v.state.as_str(),
-            v.pid.map_or("-".into(), |p| p.to_string()),
-            v.memory_mib,
-            v.vcpus,
-            v.cpu_time_ms
-                .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-            v.uptime_s.map_or("-".into(), dur),
-        );
-    }
-}
-
-fn details(v: &VmInfo) {
-    println!("{}", v.name);
-    println!("  state:        {}", v.state.as_str());
-    if let Some(job) = &v.job {
-        println!("  job:          {} {} ({})", job.kind, job.id, job.phase);
-    }
-    println!(
-        "  pid:          {}",
-        v.pid.map_or("-".into(), |p| p.to_string())
-    );
-    println!("  memory:       {} MiB", v.memory_mib);
-    println!("  vcpus:        {}", v.vcpus);
-    println!(
-        "  cpu time:     {}",
-        v.cpu_time_ms
-            .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0))
-    );
-    println!("  uptime:       {}", v.uptime_s.map_or("-".into(), dur));
-    if let Some(q) = &v.qemu_version {
-        println!("  qemu:         {q}");
-    }
-    println!("  autostart:    {}", v.autostart);
-    if !v.in_config {
-        println!("  in config:    no (adopted from the run dir)");
-    }
-    if v.pending_changes {
-        println!("  pending:      definition changed; applies at next start");
-    }
-    if let Some(e) = &v.last_exit {
-        println!(
-            "  last exit:    {} — {}",
-            serde_json::to_string(&e.kind)
-                .unwrap_or_default()
-                .trim_matches('"'),
-            e.reason
-        );
-        for l in &e.stderr_tail {
-            println!("    | {l}");
-        }
-    }
-}
-
-fn print_reply(r: &ApiReply, socket: &Path) {
-    match r {
-        ApiReply::Pong { .. } => println!("kvmd answers on {}", socket.display()),
-        ApiReply::List(v) => table(v),
-        ApiReply::Info(v) => {
-            for (i, vm) in v.iter().enumerate() {
-                if i > 0 {
-                    println!();
-                }
-                details(vm);
-            }
-        }
-        ApiReply::Started(v) => println!(
-            "{}: {} (pid {})",
-            v.name,
-            v.state.as_str(),
-            v.pid.map_or("-".into(), |p| p.to_string())
-        ),
-        ApiReply::Stopped {
-            ended,
-            elapsed_ms,
-            info,
-        } => println!(
-            "{}: {} ({} after {} ms)",
-            info.name,
-            info.state.as_str(),
-            ended.as_str(),
-            elapsed_ms
-        ),
-        ApiReply::Rebooted(v) => println!(
-            "{}: rebooted, {} (pid {})",
-            v.name,
-            v.state.as_str(),
-            v.pid.map_or("-".into(), |p| p.to_string())
-        ),
-        ApiReply::CleanedUp { name } => println!("{name}: runtime files removed"),
-        ApiReply::Paused(v) | ApiReply::Resumed(v) => println!("{}: {}", v.name, v.state.as_str()),
-        ApiReply::Accepted(_)
-        | ApiReply::Jobs(_)
-        | ApiReply::Job(_)
-        | ApiReply::Cancelling(_)
-        | ApiReply::Subscribed { .. } => println!("(not yet shown by this build)"),
-        ApiReply::Reloaded {
-            added,
-            removed,
-            changed,
-            node_changed,
+            wait,
         } => {
-            if *node_changed {
-                println!("note: [node] settings changed; they apply when kvmd restarts");
-            }
-            println!(
-                "config reloaded: {} added, {} removed, {} changed",
-                added.len(),
-                removed.len(),
-                changed.len()
-            );
-            for (what, l) in [("added", added), ("removed", removed), ("changed", changed)] {
-                if !l.is_empty() {
-                    println!("  {what}: {}", l.join(", "));
-                }
-            }
+            let req = ApiRequest::Reboot {
+                name: name("name", n)?,
+                hard: *hard,
+                timeout_s: *timeout,
+                wait: wait.wait(),
+            };
+            return job_command(ctx, &req, wait.wait());
+        }
+        Cmd::Pause { name: n } => ApiRequest::Pause {
+            name: name("name", n)?,
+        },
+        Cmd::Resume { name: n } => ApiRequest::Resume {
+            name: name("name", n)?,
+        },
+        Cmd::Cleanup { name: n } => ApiRequest::Cleanup {
+            name: name("name", n)?,
+        },
+        Cmd::Reload => ApiRequest::Reload,
+        Cmd::Jobs { name: n } => ApiRequest::Jobs {
+            name: n.as_deref().map(|n| name("name", n)).transpose()?,
+        },
+        Cmd::Job { target, wait } => {
+            let target = if target.bytes().all(|b| b.is_ascii_digit()) && !target.is_empty() {
+                JobRef::Id(job_id(target)?)
+            } else {
+                JobRef::Instance(name("target", target)?)
+            };
+            return job(ctx, target, *wait);
+        }
+        Cmd::Cancel { id } => ApiRequest::Cancel { id: job_id(id)? },
+        Cmd::Events { since, follow } => return events(ctx, *since, *follow),
+        Cmd::Validate { .. } => unreachable!("handled in main"),
+    };
+    let answer = Client::connect(&ctx.socket)?.call(&req)?;
+    Ok(print_answer(ctx, &answer))
+}
+
+/// start, stop, reboot: wait for the job through the event stream, or (`--no-wait`) print
+/// the accepted job.
+fn job_command(ctx: &Ctx, req: &ApiRequest, wait: bool) -> Result<u8, Failure> {
+    if !wait {
+        let answer = Client::connect(&ctx.socket)?.call(req)?;
+        return Ok(print_answer(ctx, &answer));
+    }
+    match wait::run(&ctx.socket, req, ctx.progress)? {
+        wait::Finished::Reply(answer) => Ok(print_answer(ctx, &answer)),
+        wait::Finished::Job(job) => {
+            let mut client = Client::connect(&ctx.socket)?;
+            Ok(print_result(ctx, &wait::as_reply(&mut client, &job)))
         }
     }
+}
+
+/// `kvmctl job ID|NAME [--wait]`.
+fn job(ctx: &Ctx, target: JobRef, wait_end: bool) -> Result<u8, Failure> {
+    // Subscribe before asking, so an end between the two is not missed.
+    let stream = if wait_end {
+        Some(Client::connect(&ctx.socket)?.subscribe(None, true)?)
+    } else {
+        None
+    };
+    let mut client = Client::connect(&ctx.socket)?;
+    let answer = client.call(&ApiRequest::Job { target })?;
+    let (Some(mut stream), Ok(ApiReply::Job(job))) = (stream, &answer.result) else {
+        return Ok(print_answer(ctx, &answer));
+    };
+    let ended = wait::until_ended(&mut stream, &mut client, job.clone(), ctx.progress)?;
+    let code = print_result(ctx, &Ok(ApiReply::Job(ended.clone())));
+    Ok(match ended.state {
+        JobState::Succeeded | JobState::Running => code,
+        JobState::Failed | JobState::Cancelled => EXIT_FAILED,
+    })
+}
+
+/// `kvmctl events [--since SEQ] [--follow]`: one line per event; gaps as warnings. A reader
+/// that goes away (`| head`) ends it quietly.
+fn events(ctx: &Ctx, since: Option<u64>, follow: bool) -> Result<u8, Failure> {
+    let mut stream = Client::connect(&ctx.socket)?.subscribe(since, follow)?;
+    let mut out = std::io::stdout().lock();
+    if !ctx.json && out.is_terminal() {
+        let header = format!(
+            "{:>8}  {:<23}  {:<20}  WHAT",
+            "SEQ", "TIME (UTC)", "INSTANCE"
+        );
+        if writeln!(out, "{header}").is_err() {
+            return Ok(EXIT_OK);
+        }
+    }
+    while let Some(next) = stream.next_raw() {
+        let (item, raw) = next?;
+        let line = if ctx.json {
+            json_line(&serde_json::from_str(&raw).unwrap_or(Value::Null))
+        } else {
+            match item {
+                StreamItem::Event(ev) => render::event_line(&ev),
+                StreamItem::Gap { from, to } => render::gap_line(from, to),
+                StreamItem::End { .. } => continue,
+            }
+        };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(EXIT_OK);
+        }
+    }
+    Ok(EXIT_OK)
 }

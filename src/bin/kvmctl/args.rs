@@ -1,0 +1,140 @@
+//! kvmctl's command line (clap): global flags, the commands and their options.
+//!
+//! Invariant: declarations only; values are checked (names, job ids) where they are used, so
+//! that `--json` can report them like kvmd's own errors.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Exit status: 0 success; 1 kvmd refused the request, or the job failed or was cancelled, or
+validate found problems; 2 bad command line (including invalid names); 3 kvmd could not be
+reached (not running, permission denied, connection lost).
+
+start, stop and reboot wait for their job to end (--no-wait: return once it is accepted).
+Interrupting kvmctl stops the waiting, not the job: see `kvmctl job ID`, `kvmctl cancel ID`.";
+
+/// Control kvmd: start, stop and inspect virtual machines.
+#[derive(Parser)]
+#[command(version, about, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Control socket (default: node.socket from the config file).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// Config file to read the socket path from.
+    #[arg(long, global = true, default_value = "/etc/kvmd/kvmd.toml")]
+    pub config: PathBuf,
+    /// Print JSON instead of text: kvmd's replies, one object per line for events, and errors
+    /// (kvmd's and kvmctl's own) as {"ok": false, "kind": "error", "error": {...}}.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Show a job's phases while waiting for it even when stderr is not a terminal.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Waiting for a job (start, stop, reboot).
+#[derive(clap::Args, Clone, Copy)]
+pub struct WaitFlags {
+    /// Wait until the job has ended (the default).
+    #[arg(long = "wait", overrides_with = "no_wait")]
+    pub wait: bool,
+    /// Print the accepted job and return at once.
+    #[arg(long = "no-wait", overrides_with = "wait")]
+    pub no_wait: bool,
+}
+
+impl WaitFlags {
+    pub fn wait(self) -> bool {
+        !self.no_wait
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Check that kvmd answers.
+    Ping,
+    /// Running instances.
+    List,
+    /// Details of one instance, or of all with --all.
+    Info {
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
+    /// Start an instance.
+    Start {
+        name: String,
+        /// Leave the guest paused after QEMU starts.
+        #[arg(long)]
+        paused: bool,
+        #[command(flatten)]
+        wait: WaitFlags,
+    },
+    /// Stop an instance: ACPI power button, then SIGTERM, then SIGKILL.
+    Stop {
+        name: String,
+        /// Seconds to wait for the guest before escalating (default: node.stop_timeout).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Kill QEMU at once.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: WaitFlags,
+    },
+    /// Reboot: stop and start with the current definition (--hard: reset in place).
+    Reboot {
+        name: String,
+        #[arg(long)]
+        hard: bool,
+        /// Seconds the stop half waits for the guest (default: node.stop_timeout).
+        #[arg(long, conflicts_with = "hard")]
+        timeout: Option<u64>,
+        #[command(flatten)]
+        wait: WaitFlags,
+    },
+    /// Freeze a running guest.
+    Pause { name: String },
+    /// Let a paused guest run (e.g. after start --paused).
+    Resume { name: String },
+    /// Remove a stopped instance's runtime files.
+    Cleanup { name: String },
+    /// Make kvmd re-read its config file.
+    Reload,
+    /// Jobs running and recently ended (of one instance, or all).
+    Jobs { name: Option<String> },
+    /// One job, by id, or an instance's current (else latest) job.
+    Job {
+        /// A job id, or an instance name.
+        target: String,
+        /// Wait until the job has ended.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel a running start, stop or reboot job.
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
+    /// kvmd's events: state changes, jobs, QEMU events, kvmd itself.
+    Events {
+        /// Replay the kept events after this sequence number first (0: all kept).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Keep printing new events as they happen (Ctrl-C to stop).
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Check a config file without kvmd: syntax, hvparam rules, and this node (files, users,
+    /// what the QEMU binary offers). Prints every problem; exits non-zero on any.
+    Validate {
+        file: PathBuf,
+        /// Only the checks that do not look at this host.
+        #[arg(long)]
+        syntax_only: bool,
+    },
+}

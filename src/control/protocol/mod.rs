@@ -1,0 +1,360 @@
+//! The control protocol's wire format: newline-delimited JSON over the Unix socket. This is the
+//! only module that knows it; the server, the client and kvmctl all go through it.
+//!
+//! Request: `{"id": ANY?, "request": "start", "name": "web1", "paused": false, "wait": true}`
+//! (fields from the table in [`requests`]; unknown fields are refused, naming them).
+//! Reply, naming its own kind so it decodes without the request:
+//! `{"id": ANY, "ok": true, "kind": "started", "result": {...}}` or
+//! `{"id": ANY, "ok": false, "kind": "error", "error": {"code", "message", "field"?, "value"?,
+//! "rule"?, "allowed"?, "fields"?, "details"?}}`.
+//! After a `subscribed` reply the connection carries stream lines:
+//! `{"kind": "event", "event": {...}}`, `{"kind": "gap", "from": N, "to": M}`,
+//! `{"kind": "end", "last_seq": N}`. See docs/protocol.md.
+//!
+//! Invariant: domain types are converted here (in [`values`]); none of them derives serde for
+//! the wire's sake. Every reply and stream item round-trips.
+
+pub mod requests;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
+
+use serde_json::{json, Value};
+
+use crate::api::{ApiError, ApiReply, ApiRequest, ErrorCode, StreamItem, VmInfo};
+use crate::model::name::InstanceName;
+use values::{
+    error_from_json, error_to_json, event_from_json, event_to_json, job_from_json, job_to_json,
+    vm_from_json, vm_to_json, Obj,
+};
+
+pub use requests::{FieldDefault, FieldSpec, FieldType, RequestSpec, REQUESTS};
+pub use values::error_object;
+
+/// Why a line from kvmd could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("Line is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("Unknown reply kind {0:?}")]
+    UnknownKind(String),
+    #[error("Reply has no kind and its result matches no known reply")]
+    NoKind,
+    #[error("Missing field {0:?}")]
+    Missing(String),
+    #[error("Field {field:?} {expected}, not {found}")]
+    Invalid {
+        field: String,
+        expected: String,
+        found: String,
+    },
+    #[error("Expected a reply, got a {0} stream line")]
+    NotAReply(&'static str),
+    #[error("Expected a stream line, got a reply")]
+    NotAStreamItem,
+}
+
+/// Every reply kind of a successful request (failures have kind `error`).
+pub const REPLY_KINDS: &[&str] = &[
+    "pong",
+    "list",
+    "info",
+    "started",
+    "stopped",
+    "rebooted",
+    "paused",
+    "resumed",
+    "cleaned-up",
+    "reloaded",
+    "accepted",
+    "jobs",
+    "job",
+    "cancelling",
+    "subscribed",
+];
+
+/// Every stream line kind.
+pub const STREAM_KINDS: &[&str] = &["event", "gap", "end"];
+
+/// Parse one request line. The id (if any) is returned even when the request is bad, so the
+/// error reply can carry it.
+pub fn parse_request(line: &[u8]) -> (Value, Result<ApiRequest, ApiError>) {
+    let v: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = ApiError::new(
+                ErrorCode::BadRequest,
+                format!("Request is not valid JSON: {e}"),
+            );
+            return (Value::Null, Err(e));
+        }
+    };
+    let Value::Object(mut map) = v else {
+        let e = ApiError::new(ErrorCode::BadRequest, "Request must be a JSON object");
+        return (Value::Null, Err(e));
+    };
+    let id = map.remove("id").unwrap_or(Value::Null);
+    let known = || {
+        let names: Vec<_> = requests::names().collect();
+        vec![format!("known requests: {}", names.join(", "))]
+    };
+    let req = match map.remove("request") {
+        Some(Value::String(r)) => requests::parse_fields(&r, map),
+        Some(v) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("\"request\" must be a string, not {}", requests::echo(&v)),
+        )
+        .with_details(known())),
+        None => Err(
+            ApiError::new(ErrorCode::BadRequest, "Request has no \"request\" field")
+                .with_details(known()),
+        ),
+    };
+    (id, req)
+}
+
+/// Encode a request (client side).
+pub fn encode_request(id: u64, req: &ApiRequest) -> Vec<u8> {
+    let (name, mut fields) = requests::to_wire(req);
+    fields.insert("id".into(), json!(id));
+    fields.insert("request".into(), json!(name));
+    line(&Value::Object(fields))
+}
+
+/// One compact JSON line.
+fn line(v: &Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec(v).expect("JSON values serialize");
+    out.push(b'\n');
+    out
+}
+
+/// The `kind` a successful reply carries.
+pub fn reply_kind(r: &ApiReply) -> &'static str {
+    match r {
+        ApiReply::Pong { .. } => "pong",
+        ApiReply::List(_) => "list",
+        ApiReply::Info(_) => "info",
+        ApiReply::Started(_) => "started",
+        ApiReply::Stopped { .. } => "stopped",
+        ApiReply::Rebooted(_) => "rebooted",
+        ApiReply::Paused(_) => "paused",
+        ApiReply::Resumed(_) => "resumed",
+        ApiReply::CleanedUp { .. } => "cleaned-up",
+        ApiReply::Reloaded { .. } => "reloaded",
+        ApiReply::Accepted(_) => "accepted",
+        ApiReply::Jobs(_) => "jobs",
+        ApiReply::Job(_) => "job",
+        ApiReply::Cancelling(_) => "cancelling",
+        ApiReply::Subscribed { .. } => "subscribed",
+    }
+}
+
+fn vms_json(v: &[VmInfo]) -> Value {
+    Value::Array(v.iter().map(vm_to_json).collect())
+}
+
+/// The `result` object of a successful reply (the shapes of kvmd 0.1 where they existed).
+fn reply_result(r: &ApiReply) -> Value {
+    match r {
+        ApiReply::Pong { version } => json!({"pong": true, "version": version}),
+        ApiReply::List(v) | ApiReply::Info(v) => json!({"instances": vms_json(v)}),
+        ApiReply::Started(i) => json!({"started": vm_to_json(i)}),
+        ApiReply::Stopped {
+            ended,
+            elapsed_ms,
+            info,
+        } => {
+            json!({"ended": ended.as_str(), "elapsed_ms": elapsed_ms, "instance": vm_to_json(info)})
+        }
+        ApiReply::Rebooted(i) => json!({"rebooted": vm_to_json(i)}),
+        ApiReply::Paused(i) => json!({"paused": vm_to_json(i)}),
+        ApiReply::Resumed(i) => json!({"resumed": vm_to_json(i)}),
+        ApiReply::CleanedUp { name } => json!({"cleaned_up": name.as_str()}),
+        ApiReply::Reloaded {
+            added,
+            removed,
+            changed,
+            node_changed,
+        } => json!({"reloaded": {
+            "added": added, "removed": removed, "changed": changed, "node_changed": node_changed,
+        }}),
+        ApiReply::Accepted(j) | ApiReply::Job(j) | ApiReply::Cancelling(j) => {
+            json!({"job": job_to_json(j)})
+        }
+        ApiReply::Jobs(v) => json!({"jobs": v.iter().map(job_to_json).collect::<Vec<_>>()}),
+        ApiReply::Subscribed { last_seq } => json!({"last_seq": last_seq}),
+    }
+}
+
+/// A reply as a JSON value (kvmctl prints replies it built itself the same way).
+pub fn reply_value(id: &Value, r: &Result<ApiReply, ApiError>) -> Value {
+    match r {
+        Ok(reply) => json!({
+            "id": id, "ok": true, "kind": reply_kind(reply), "result": reply_result(reply),
+        }),
+        Err(e) => json!({"id": id, "ok": false, "kind": "error", "error": error_to_json(e)}),
+    }
+}
+
+/// Encode a reply (server side).
+pub fn encode_reply(id: &Value, r: &Result<ApiReply, ApiError>) -> Vec<u8> {
+    line(&reply_value(id, r))
+}
+
+/// A stream item as a JSON value.
+pub fn stream_item_value(item: &StreamItem) -> Value {
+    match item {
+        StreamItem::Event(e) => json!({"kind": "event", "event": event_to_json(e)}),
+        StreamItem::Gap { from, to } => json!({"kind": "gap", "from": from, "to": to}),
+        StreamItem::End { last_seq } => json!({"kind": "end", "last_seq": last_seq}),
+    }
+}
+
+/// Encode one stream line (server side).
+pub fn encode_stream_item(item: &StreamItem) -> Vec<u8> {
+    line(&stream_item_value(item))
+}
+
+/// A decoded reply (client side): the id, and the result or error.
+#[derive(Debug)]
+pub struct DecodedReply {
+    pub id: Value,
+    pub result: Result<ApiReply, ApiError>,
+}
+
+/// Any line kvmd sends: a reply, or (on a subscribed connection) a stream item.
+#[derive(Debug)]
+pub enum Incoming {
+    Reply(DecodedReply),
+    Item(StreamItem),
+}
+
+/// The kind of a reply from a kvmd that did not name it (0.1), from its result's shape.
+fn infer_kind(result: &Value) -> Result<&'static str, ProtocolError> {
+    const SHAPES: &[(&str, &str)] = &[
+        ("pong", "pong"),
+        ("instances", "info"),
+        ("started", "started"),
+        ("ended", "stopped"),
+        ("rebooted", "rebooted"),
+        ("paused", "paused"),
+        ("resumed", "resumed"),
+        ("cleaned_up", "cleaned-up"),
+        ("reloaded", "reloaded"),
+    ];
+    SHAPES
+        .iter()
+        .find(|(key, _)| result.get(key).is_some())
+        .map(|(_, kind)| *kind)
+        .ok_or(ProtocolError::NoKind)
+}
+
+fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
+    let o = Obj::of(r, "result")?;
+    let vms = || -> Result<Vec<VmInfo>, ProtocolError> {
+        o.array("instances")?.iter().map(vm_from_json).collect()
+    };
+    Ok(match kind {
+        "pong" => ApiReply::Pong {
+            version: o.str("version")?.to_string(),
+        },
+        "list" => ApiReply::List(vms()?),
+        "info" => ApiReply::Info(vms()?),
+        "started" => ApiReply::Started(vm_from_json(o.get("started")?)?),
+        "stopped" => ApiReply::Stopped {
+            ended: values::stop_end_of(&o, "ended")?,
+            elapsed_ms: o.u64("elapsed_ms")?,
+            info: vm_from_json(o.get("instance")?)?,
+        },
+        "rebooted" => ApiReply::Rebooted(vm_from_json(o.get("rebooted")?)?),
+        "paused" => ApiReply::Paused(vm_from_json(o.get("paused")?)?),
+        "resumed" => ApiReply::Resumed(vm_from_json(o.get("resumed")?)?),
+        "cleaned-up" => {
+            let name = o.str("cleaned_up")?;
+            ApiReply::CleanedUp {
+                name: InstanceName::parse(name)
+                    .map_err(|_| values::invalid("cleaned_up", "must be a name", &json!(name)))?,
+            }
+        }
+        "reloaded" => {
+            let rl = o.obj("reloaded")?;
+            ApiReply::Reloaded {
+                added: rl.strs("added")?,
+                removed: rl.strs("removed")?,
+                changed: rl.strs("changed")?,
+                node_changed: rl.bool("node_changed")?,
+            }
+        }
+        "accepted" => ApiReply::Accepted(job_from_json(o.get("job")?)?),
+        "job" => ApiReply::Job(job_from_json(o.get("job")?)?),
+        "cancelling" => ApiReply::Cancelling(job_from_json(o.get("job")?)?),
+        "jobs" => ApiReply::Jobs(
+            o.array("jobs")?
+                .iter()
+                .map(job_from_json)
+                .collect::<Result<_, _>>()?,
+        ),
+        "subscribed" => ApiReply::Subscribed {
+            last_seq: o.u64("last_seq")?,
+        },
+        other => return Err(ProtocolError::UnknownKind(other.to_string())),
+    })
+}
+
+/// Decode any line kvmd sends. Replies name their kind; a reply from a kvmd that did not
+/// (0.1) is recognised by its result's shape.
+pub fn decode_line(line: &[u8]) -> Result<Incoming, ProtocolError> {
+    let v: Value = serde_json::from_slice(line).map_err(ProtocolError::NotJson)?;
+    let o = Obj::of(&v, "line")?;
+    let kind = o.opt_str("kind")?;
+    match kind {
+        Some("event") => {
+            return Ok(Incoming::Item(StreamItem::Event(event_from_json(
+                o.get("event")?,
+            )?)))
+        }
+        Some("gap") => {
+            return Ok(Incoming::Item(StreamItem::Gap {
+                from: o.u64("from")?,
+                to: o.u64("to")?,
+            }))
+        }
+        Some("end") => {
+            return Ok(Incoming::Item(StreamItem::End {
+                last_seq: o.u64("last_seq")?,
+            }))
+        }
+        _ => {}
+    }
+    let id = o.opt("id").cloned().unwrap_or(Value::Null);
+    let result = if o.bool("ok")? {
+        let r = o.get("result")?;
+        let kind = match kind {
+            Some(k) => k,
+            None => infer_kind(r)?,
+        };
+        Ok(decode_result(kind, r)?)
+    } else {
+        Err(error_from_json(o.get("error")?)?)
+    };
+    Ok(Incoming::Reply(DecodedReply { id, result }))
+}
+
+/// Decode a reply line; a stream line here is an error.
+pub fn decode_reply(line: &[u8]) -> Result<DecodedReply, ProtocolError> {
+    match decode_line(line)? {
+        Incoming::Reply(r) => Ok(r),
+        Incoming::Item(StreamItem::Event(_)) => Err(ProtocolError::NotAReply("event")),
+        Incoming::Item(StreamItem::Gap { .. }) => Err(ProtocolError::NotAReply("gap")),
+        Incoming::Item(StreamItem::End { .. }) => Err(ProtocolError::NotAReply("end")),
+    }
+}
+
+/// Decode a stream line; a reply here is an error.
+pub fn decode_stream_item(line: &[u8]) -> Result<StreamItem, ProtocolError> {
+    match decode_line(line)? {
+        Incoming::Item(item) => Ok(item),
+        Incoming::Reply(_) => Err(ProtocolError::NotAStreamItem),
+    }
+}

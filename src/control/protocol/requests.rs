@@ -1,0 +1,634 @@
+//! The requests kvmd takes, as ONE table: each request's name, its fields (name, type,
+//! required or not, default, doc) and a builder. Parsing, the `unknown_request` and "is not a
+//! field of" errors, and the documentation of the requests all come from [`REQUESTS`].
+//!
+//! Job ids travel as `job_id`: `id` is the envelope's request id, echoed in the reply.
+//!
+//! Invariant: a request's fields are declared only here; every bad field of a request is
+//! reported at once; an encoded request always parses back to itself.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::api::{ApiError, ApiRequest, ErrorCode, JobRef};
+use crate::model::field_error::FieldError;
+use crate::model::job::JobId;
+use crate::model::name::{InstanceName, NAME_RULE};
+
+/// The longest rejected value echoed back in an error.
+const MAX_ECHO: usize = 200;
+
+/// The longest `timeout` a request may ask for, in seconds.
+const MAX_TIMEOUT_S: u64 = 86_400;
+
+/// Show a rejected JSON value, shortened if long.
+pub(super) fn echo(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() <= MAX_ECHO {
+        return text;
+    }
+    let mut cut = MAX_ECHO;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
+/// What a request field holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    /// An instance name (see the name rule).
+    Name,
+    Bool,
+    /// Whole seconds, 0 to 86400.
+    Seconds,
+    /// An event sequence number.
+    Seq,
+    /// A job id: an integer, or a string of digits (for clients whose numbers are doubles).
+    JobId,
+}
+
+impl FieldType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::Name => "name",
+            FieldType::Bool => "boolean",
+            FieldType::Seconds => "integer (seconds, 0-86400)",
+            FieldType::Seq => "integer (event sequence number)",
+            FieldType::JobId => "integer (job id)",
+        }
+    }
+}
+
+/// What an absent (or null) field means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldDefault {
+    /// The field must be given.
+    Required,
+    /// A boolean's value when absent.
+    Bool(bool),
+    /// No value; the words say what that means.
+    Absent(&'static str),
+}
+
+/// One field of a request.
+#[derive(Debug)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub ty: FieldType,
+    pub default: FieldDefault,
+    pub doc: &'static str,
+}
+
+impl FieldSpec {
+    pub fn required(&self) -> bool {
+        self.default == FieldDefault::Required
+    }
+}
+
+/// One request: its name, fields and how it is built from them.
+pub struct RequestSpec {
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub fields: &'static [FieldSpec],
+    build: fn(&mut Args) -> Option<ApiRequest>,
+}
+
+const fn field(
+    name: &'static str,
+    ty: FieldType,
+    default: FieldDefault,
+    doc: &'static str,
+) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty,
+        default,
+        doc,
+    }
+}
+
+const NAME: FieldSpec = field(
+    "name",
+    FieldType::Name,
+    FieldDefault::Required,
+    "The instance.",
+);
+const WAIT: FieldSpec = field(
+    "wait",
+    FieldType::Bool,
+    FieldDefault::Bool(true),
+    "Reply when the operation has finished; false: reply at once with the job (`accepted`).",
+);
+const TIMEOUT: FieldSpec = field(
+    "timeout",
+    FieldType::Seconds,
+    FieldDefault::Absent("node.stop_timeout"),
+    "How long to wait for the guest before escalating to signals.",
+);
+
+/// Every request kvmd takes.
+pub static REQUESTS: &[RequestSpec] = &[
+    RequestSpec {
+        name: "ping",
+        doc: "Check that kvmd answers; the reply carries its version.",
+        fields: &[],
+        build: |_| Some(ApiRequest::Ping),
+    },
+    RequestSpec {
+        name: "list",
+        doc: "Instances that have a QEMU process.",
+        fields: &[],
+        build: |_| Some(ApiRequest::List),
+    },
+    RequestSpec {
+        name: "info",
+        doc: "One instance, or every instance kvmd knows.",
+        fields: &[field(
+            "name",
+            FieldType::Name,
+            FieldDefault::Absent("all instances"),
+            "The instance to show.",
+        )],
+        build: |a| {
+            Some(ApiRequest::Info {
+                name: a.opt_name("name")?,
+            })
+        },
+    },
+    RequestSpec {
+        name: "start",
+        doc: "Start QEMU for a defined instance.",
+        fields: &[
+            NAME,
+            field(
+                "paused",
+                FieldType::Bool,
+                FieldDefault::Bool(false),
+                "Leave the guest's CPUs stopped once QEMU is up.",
+            ),
+            WAIT,
+        ],
+        build: |a| {
+            let (name, paused, wait) = (a.name("name"), a.bool("paused"), a.bool("wait"));
+            Some(ApiRequest::Start {
+                name: name?,
+                paused,
+                wait,
+            })
+        },
+    },
+    RequestSpec {
+        name: "stop",
+        doc: "Stop an instance: ACPI power button, then SIGTERM, then SIGKILL.",
+        fields: &[
+            NAME,
+            TIMEOUT,
+            field(
+                "force",
+                FieldType::Bool,
+                FieldDefault::Bool(false),
+                "Send SIGKILL at once.",
+            ),
+            WAIT,
+        ],
+        build: |a| {
+            let (name, timeout_s) = (a.name("name"), a.u64("timeout"));
+            let (force, wait) = (a.bool("force"), a.bool("wait"));
+            Some(ApiRequest::Stop {
+                name: name?,
+                timeout_s,
+                force,
+                wait,
+            })
+        },
+    },
+    RequestSpec {
+        name: "reboot",
+        doc: "Soft: stop and start with the current definition. Hard: reset in place.",
+        fields: &[
+            NAME,
+            field(
+                "hard",
+                FieldType::Bool,
+                FieldDefault::Bool(false),
+                "Reset in place (QMP system_reset) instead of stopping and starting.",
+            ),
+            field(
+                "timeout",
+                FieldType::Seconds,
+                FieldDefault::Absent("node.stop_timeout"),
+                "Soft reboot only: how long the stop half waits for the guest.",
+            ),
+            WAIT,
+        ],
+        build: |a| {
+            let (name, hard, timeout_s) = (a.name("name"), a.bool("hard"), a.u64("timeout"));
+            let wait = a.bool("wait");
+            if let (true, Some(t)) = (hard, timeout_s) {
+                a.bad(
+                    "timeout",
+                    &json!(t),
+                    "only applies to a soft reboot (hard is true)",
+                );
+            }
+            Some(ApiRequest::Reboot {
+                name: name?,
+                hard,
+                timeout_s,
+                wait,
+            })
+        },
+    },
+    RequestSpec {
+        name: "pause",
+        doc: "Freeze a running guest (QMP stop).",
+        fields: &[NAME],
+        build: |a| {
+            Some(ApiRequest::Pause {
+                name: a.name("name")?,
+            })
+        },
+    },
+    RequestSpec {
+        name: "resume",
+        doc: "Let a paused guest run (QMP cont).",
+        fields: &[NAME],
+        build: |a| {
+            Some(ApiRequest::Resume {
+                name: a.name("name")?,
+            })
+        },
+    },
+    RequestSpec {
+        name: "cleanup",
+        doc: "Remove a stopped instance's runtime files.",
+        fields: &[NAME],
+        build: |a| {
+            Some(ApiRequest::Cleanup {
+                name: a.name("name")?,
+            })
+        },
+    },
+    RequestSpec {
+        name: "reload",
+        doc: "Re-read the config file.",
+        fields: &[],
+        build: |_| Some(ApiRequest::Reload),
+    },
+    RequestSpec {
+        name: "jobs",
+        doc: "Jobs running and recently ended, oldest first.",
+        fields: &[field(
+            "name",
+            FieldType::Name,
+            FieldDefault::Absent("every instance's jobs"),
+            "Only this instance's jobs.",
+        )],
+        build: |a| {
+            Some(ApiRequest::Jobs {
+                name: a.opt_name("name")?,
+            })
+        },
+    },
+    RequestSpec {
+        name: "job",
+        doc: "One job: by id, or an instance's current (else latest) job. Give job_id or name.",
+        fields: &[
+            field(
+                "job_id",
+                FieldType::JobId,
+                FieldDefault::Absent("use name"),
+                "The job's id.",
+            ),
+            field(
+                "name",
+                FieldType::Name,
+                FieldDefault::Absent("use job_id"),
+                "The instance whose current (else latest) job to show.",
+            ),
+        ],
+        build: |a| {
+            let (id, name) = (a.u64("job_id"), a.opt_name("name")?);
+            let target = match (id, name, a.given("job_id")) {
+                (Some(id), None, _) => JobRef::Id(JobId(id)),
+                (None, Some(name), false) => JobRef::Instance(name),
+                (None, None, false) => {
+                    a.missing("job_id", "job needs job_id or name");
+                    return None;
+                }
+                (Some(id), Some(_), _) => {
+                    a.bad("job_id", &json!(id), "give job_id or name, not both");
+                    return None;
+                }
+                (None, _, true) => return None, // id was given but bad: already reported
+            };
+            Some(ApiRequest::Job { target })
+        },
+    },
+    RequestSpec {
+        name: "cancel",
+        doc: "Cancel a running start, stop or reboot job (it is rolled back where needed).",
+        fields: &[field(
+            "job_id",
+            FieldType::JobId,
+            FieldDefault::Required,
+            "The job to cancel.",
+        )],
+        build: |a| {
+            Some(ApiRequest::Cancel {
+                id: JobId(a.u64("job_id")?),
+            })
+        },
+    },
+    RequestSpec {
+        name: "subscribe",
+        doc: "Turn this connection into an event stream (see the stream lines).",
+        fields: &[
+            field(
+                "since",
+                FieldType::Seq,
+                FieldDefault::Absent("only events from now on"),
+                "Replay the kept events after this sequence number first.",
+            ),
+            field(
+                "follow",
+                FieldType::Bool,
+                FieldDefault::Bool(false),
+                "Keep the stream open for new events; false: replay, then `end`.",
+            ),
+        ],
+        build: |a| {
+            Some(ApiRequest::Subscribe {
+                since: a.u64("since"),
+                follow: a.bool("follow"),
+            })
+        },
+    },
+];
+
+/// The table entry of a request name.
+pub fn spec(name: &str) -> Option<&'static RequestSpec> {
+    REQUESTS.iter().find(|r| r.name == name)
+}
+
+/// Every request name, in table order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    REQUESTS.iter().map(|r| r.name)
+}
+
+/// A field value that passed its type check.
+enum Parsed {
+    Name(InstanceName),
+    Bool(bool),
+    U64(u64),
+}
+
+/// A request's fields once type-checked, and every problem found so far.
+pub struct Args {
+    spec: &'static RequestSpec,
+    values: BTreeMap<&'static str, Parsed>,
+    given: Vec<&'static str>,
+    errors: Vec<FieldError>,
+}
+
+impl Args {
+    fn bad(&mut self, field: &str, value: &Value, rule: impl Into<String>) {
+        self.errors.push(FieldError::new(field, echo(value), rule));
+    }
+
+    fn missing(&mut self, field: &str, rule: impl Into<String>) {
+        self.errors.push(FieldError::new(field, "(missing)", rule));
+    }
+
+    /// The field was present and not null (whether or not it was valid).
+    fn given(&self, key: &str) -> bool {
+        self.given.contains(&key)
+    }
+
+    fn name(&mut self, key: &str) -> Option<InstanceName> {
+        match self.values.get(key) {
+            Some(Parsed::Name(n)) => Some(n.clone()),
+            _ => None,
+        }
+    }
+
+    /// `Some(None)` when absent; `None` when given but invalid (already reported).
+    fn opt_name(&mut self, key: &str) -> Option<Option<InstanceName>> {
+        match self.name(key) {
+            Some(n) => Some(Some(n)),
+            None if self.given(key) => None,
+            None => Some(None),
+        }
+    }
+
+    /// A boolean, or the table's default when absent (false when invalid: already reported).
+    fn bool(&mut self, key: &str) -> bool {
+        match self.values.get(key) {
+            Some(Parsed::Bool(b)) => *b,
+            _ => matches!(
+                self.spec
+                    .fields
+                    .iter()
+                    .find(|f| f.name == key)
+                    .map(|f| f.default),
+                Some(FieldDefault::Bool(true))
+            ),
+        }
+    }
+
+    fn u64(&mut self, key: &str) -> Option<u64> {
+        match self.values.get(key) {
+            Some(Parsed::U64(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// Type-check one field's value; report what is wrong with it.
+    fn check(&mut self, f: &'static FieldSpec, v: Value) {
+        let parsed = match (f.ty, &v) {
+            (FieldType::Name, Value::String(s)) => match InstanceName::parse(s) {
+                Ok(n) => Some(Parsed::Name(n)),
+                Err(e) => {
+                    self.bad(f.name, &v, format!("{}; names are {NAME_RULE}", e.reason));
+                    return;
+                }
+            },
+            (FieldType::Name, _) => None,
+            (FieldType::Bool, Value::Bool(b)) => Some(Parsed::Bool(*b)),
+            (FieldType::Seconds, _) => v.as_u64().filter(|n| *n <= MAX_TIMEOUT_S).map(Parsed::U64),
+            (FieldType::Seq, _) => v.as_u64().map(Parsed::U64),
+            (FieldType::JobId, Value::String(s))
+                if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                s.parse().ok().map(Parsed::U64)
+            }
+            (FieldType::JobId, _) => v.as_u64().map(Parsed::U64),
+            _ => None,
+        };
+        match parsed {
+            Some(p) => {
+                self.values.insert(f.name, p);
+            }
+            None => {
+                let rule = match f.ty {
+                    FieldType::Name => "must be a string".to_string(),
+                    FieldType::Bool => "must be a boolean".to_string(),
+                    FieldType::Seconds => {
+                        format!("must be an integer between 0 and {MAX_TIMEOUT_S}")
+                    }
+                    FieldType::Seq => "must be a non-negative integer".to_string(),
+                    FieldType::JobId => "must be a job id (a non-negative integer)".to_string(),
+                };
+                self.bad(f.name, &v, rule);
+            }
+        }
+    }
+}
+
+/// The error for a request name that is not in the table.
+fn unknown_request(request: &str) -> ApiError {
+    let shown = echo(&Value::String(request.into()));
+    let mut e = ApiError::new(
+        ErrorCode::UnknownRequest,
+        format!("Unknown request {shown}"),
+    );
+    e.fields =
+        vec![FieldError::new("request", shown, "must be a known request").with_allowed(names())];
+    e
+}
+
+/// Build a request from its name and the other keys of the request object.
+pub(super) fn parse_fields(
+    request: &str,
+    mut map: Map<String, Value>,
+) -> Result<ApiRequest, ApiError> {
+    let spec = spec(request).ok_or_else(|| unknown_request(request))?;
+    let mut args = Args {
+        spec,
+        values: BTreeMap::new(),
+        given: Vec::new(),
+        errors: Vec::new(),
+    };
+    for f in spec.fields {
+        match map.remove(f.name) {
+            None | Some(Value::Null) if f.required() => {
+                args.missing(f.name, format!("is required by {}", spec.name));
+            }
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                args.given.push(f.name);
+                args.check(f, v);
+            }
+        }
+    }
+    let req = (spec.build)(&mut args);
+    for (k, v) in map {
+        let rule = format!("is not a field of {}", spec.name);
+        args.errors.push(
+            FieldError::new(k, echo(&v), rule).with_allowed(spec.fields.iter().map(|f| f.name)),
+        );
+    }
+    match (req, args.errors.is_empty()) {
+        (Some(req), true) => Ok(req),
+        (_, false) => Err(ApiError::invalid(args.errors)),
+        (None, true) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!(
+                "Request {} was not built and no field was refused",
+                spec.name
+            ),
+        )),
+    }
+}
+
+/// The request's name and its fields, as the table declares them.
+pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.to_string(), v);
+    };
+    let name = match req {
+        ApiRequest::Ping => "ping",
+        ApiRequest::List => "list",
+        ApiRequest::Reload => "reload",
+        ApiRequest::Info { name } | ApiRequest::Jobs { name } => {
+            if let Some(n) = name {
+                put("name", json!(n.as_str()));
+            }
+            if matches!(req, ApiRequest::Info { .. }) {
+                "info"
+            } else {
+                "jobs"
+            }
+        }
+        ApiRequest::Start { name, paused, wait } => {
+            put("name", json!(name.as_str()));
+            put("paused", json!(paused));
+            if !wait {
+                put("wait", json!(false));
+            }
+            "start"
+        }
+        ApiRequest::Stop {
+            name,
+            timeout_s,
+            force,
+            wait,
+        } => {
+            put("name", json!(name.as_str()));
+            put("timeout", json!(timeout_s));
+            put("force", json!(force));
+            if !wait {
+                put("wait", json!(false));
+            }
+            "stop"
+        }
+        ApiRequest::Reboot {
+            name,
+            hard,
+            timeout_s,
+            wait,
+        } => {
+            put("name", json!(name.as_str()));
+            put("hard", json!(hard));
+            put("timeout", json!(timeout_s));
+            if !wait {
+                put("wait", json!(false));
+            }
+            "reboot"
+        }
+        ApiRequest::Pause { name } => {
+            put("name", json!(name.as_str()));
+            "pause"
+        }
+        ApiRequest::Resume { name } => {
+            put("name", json!(name.as_str()));
+            "resume"
+        }
+        ApiRequest::Cleanup { name } => {
+            put("name", json!(name.as_str()));
+            "cleanup"
+        }
+        ApiRequest::Job { target } => {
+            match target {
+                JobRef::Id(id) => put("job_id", json!(id.0)),
+                JobRef::Instance(n) => put("name", json!(n.as_str())),
+            }
+            "job"
+        }
+        ApiRequest::Cancel { id } => {
+            put("job_id", json!(id.0));
+            "cancel"
+        }
+        ApiRequest::Subscribe { since, follow } => {
+            if let Some(s) = since {
+                put("since", json!(s));
+            }
+            put("follow", json!(follow));
+            "subscribe"
+        }
+    };
+    (name, m)
+}

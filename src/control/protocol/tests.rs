@@ -1,0 +1,515 @@
+use serde_json::{json, Value};
+
+use super::*;
+use crate::api::{
+    DaemonEvent, Event, EventKind, JobInfo, JobOutcome, JobRef, JobState, JobSummary, Progress,
+    QemuEvent, StopResult,
+};
+use crate::model::exit::{ExitKind, ExitRecord};
+use crate::model::field_error::FieldError;
+use crate::model::job::{JobId, Operation};
+use crate::model::state::{StopEnd, VmState};
+
+fn n(s: &str) -> InstanceName {
+    InstanceName::parse(s).unwrap()
+}
+
+fn err_of(line: &str) -> ApiError {
+    parse_request(line.as_bytes()).1.unwrap_err()
+}
+
+fn exit() -> ExitRecord {
+    ExitRecord {
+        kind: ExitKind::UserDown,
+        reason: "the guest powered itself off".into(),
+        exit_code: Some(0),
+        signal: None,
+        stderr_tail: vec!["qemu: warning\u{1b}[31m".into()],
+        pid: 4242,
+        at_ms: 1_700_000_000_000,
+    }
+}
+
+fn vm() -> VmInfo {
+    VmInfo {
+        name: n("web1"),
+        state: VmState::Stopping,
+        pid: Some(4243),
+        memory_mib: 256,
+        vcpus: 2,
+        cpu_time_ms: Some(1500),
+        uptime_s: Some(12),
+        started_at_ms: Some(1_700_000_000_100),
+        qemu_version: Some("QEMU emulator version 7.2.22".into()),
+        autostart: true,
+        in_config: true,
+        pending_changes: false,
+        job: Some(JobSummary {
+            id: JobId::new(1_700_000_000_200, 3),
+            kind: Operation::Stop,
+            phase: "acpi".into(),
+        }),
+        last_exit: Some(exit()),
+    }
+}
+
+fn job(state: JobState, outcome: Option<JobOutcome>) -> JobInfo {
+    JobInfo {
+        id: JobId::new(1_700_000_000_200, 3),
+        instance: n("web1"),
+        kind: Operation::Stop,
+        state,
+        phase: "sigterm".into(),
+        progress: Some(Progress {
+            done: 1,
+            total: 3,
+            unit: "phases".into(),
+        }),
+        started_at_ms: 1_700_000_000_200,
+        deadline_ms: Some(1_700_000_120_200),
+        ended_at_ms: outcome.as_ref().map(|_| 1_700_000_002_260),
+        resumed: true,
+        outcome,
+    }
+}
+
+fn some_jobs() -> Vec<JobInfo> {
+    vec![
+        job(JobState::Running, None),
+        job(
+            JobState::Succeeded,
+            Some(JobOutcome::Done {
+                stop: Some(StopResult {
+                    ended: StopEnd::Acpi,
+                    elapsed_ms: 2060,
+                }),
+            }),
+        ),
+        job(JobState::Succeeded, Some(JobOutcome::Done { stop: None })),
+        job(
+            JobState::Failed,
+            Some(JobOutcome::Failed(ApiError::new(
+                ErrorCode::StartFailed,
+                "QEMU did not come up",
+            ))),
+        ),
+        job(
+            JobState::Cancelled,
+            Some(JobOutcome::Cancelled {
+                reason: "cancelled by request".into(),
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn requests_parse_with_their_fields_and_defaults_from_the_table() {
+    let (id, r) = parse_request(
+        br#"{"id": 7, "request": "stop", "name": "web1", "timeout": 30, "force": true}"#,
+    );
+    assert_eq!(id, json!(7));
+    assert_eq!(
+        r.unwrap(),
+        ApiRequest::Stop {
+            name: n("web1"),
+            timeout_s: Some(30),
+            force: true,
+            wait: true
+        }
+    );
+    assert_eq!(
+        parse_request(br#"{"request": "info"}"#).1.unwrap(),
+        ApiRequest::Info { name: None }
+    );
+    assert_eq!(
+        parse_request(br#"{"request": "start", "name": "a", "wait": false}"#)
+            .1
+            .unwrap(),
+        ApiRequest::Start {
+            name: n("a"),
+            paused: false,
+            wait: false
+        }
+    );
+    assert_eq!(
+        parse_request(br#"{"request": "subscribe"}"#).1.unwrap(),
+        ApiRequest::Subscribe {
+            since: None,
+            follow: false
+        }
+    );
+    assert_eq!(
+        parse_request(br#"{"id": 1, "request": "job", "job_id": "123"}"#)
+            .1
+            .unwrap(),
+        ApiRequest::Job {
+            target: JobRef::Id(JobId(123))
+        },
+        "a job id may come as a string of digits"
+    );
+}
+
+#[test]
+fn bad_requests_get_stable_codes_and_name_the_field() {
+    assert_eq!(err_of("{nope").code, ErrorCode::BadRequest);
+    assert_eq!(err_of("[1]").code, ErrorCode::BadRequest);
+    let e = err_of(r#"{"request": "launch"}"#);
+    assert_eq!(e.code, ErrorCode::UnknownRequest);
+    assert!(e.fields[0].allowed.contains(&"subscribe".to_string()));
+    let e = err_of(r#"{"request": "start", "name": "../etc"}"#);
+    assert_eq!(
+        (e.code, e.fields[0].field.as_str()),
+        (ErrorCode::InvalidParameter, "name")
+    );
+    let e = err_of(r#"{"request": "start", "name": "a", "pause": true}"#);
+    assert_eq!(e.fields[0].field, "pause");
+    assert_eq!(e.fields[0].allowed, ["name", "paused", "wait"]);
+    let e = err_of(r#"{"request": "stop", "name": "a", "timeout": -1}"#);
+    assert_eq!(e.fields[0].field, "timeout");
+    let e = err_of(r#"{"request": "stop"}"#);
+    assert_eq!(
+        (e.fields[0].field.as_str(), e.fields[0].value.as_str()),
+        ("name", "(missing)")
+    );
+    let e = err_of(r#"{"id": 1, "request": "cancel"}"#);
+    assert_eq!(e.fields[0].field, "job_id");
+    let e = err_of(r#"{"request": "job"}"#);
+    assert_eq!(
+        (e.fields[0].field.as_str(), e.fields[0].rule.as_str()),
+        ("job_id", "job needs job_id or name")
+    );
+    let e = err_of(r#"{"request": "job", "job_id": 5, "name": "a"}"#);
+    assert_eq!(e.fields[0].rule, "give job_id or name, not both");
+    let e = err_of(r#"{"request": "subscribe", "since": -3, "follow": "yes"}"#);
+    let fields: Vec<_> = e.fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(fields, ["since", "follow"]);
+    let e = err_of(r#"{"request": "start", "name": "a", "wait": 1}"#);
+    assert_eq!(
+        (e.fields[0].field.as_str(), e.fields[0].rule.as_str()),
+        ("wait", "must be a boolean")
+    );
+}
+
+#[test]
+fn every_bad_field_is_reported_at_once_and_long_values_are_shortened() {
+    let long = "x".repeat(10_000);
+    let line = format!(
+        r#"{{"request": "stop", "name": "../etc", "timeout": "soon", "force": 1, "pad": "{long}"}}"#
+    );
+    let e = err_of(&line);
+    let fields: Vec<_> = e.fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(fields, ["name", "timeout", "force", "pad"]);
+    assert!(e.fields[3].value.len() < 300, "{}", e.fields[3].value.len());
+    assert!(e.fields[3].value.ends_with("(10002 bytes)"));
+    let e = err_of(r#"{"request": 7}"#);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = err_of(r#"{"request": "reboot", "name": "a", "hard": true, "timeout": 5}"#);
+    assert_eq!(e.fields[0].field, "timeout");
+    assert_eq!(
+        err_of(r#"{"request": "launch"}"#).message,
+        "Unknown request \"launch\""
+    );
+}
+
+#[test]
+fn the_request_table_documents_every_field_it_accepts() {
+    for spec in REQUESTS {
+        assert!(!spec.doc.is_empty(), "{} has a doc", spec.name);
+        for f in spec.fields {
+            assert!(!f.doc.is_empty(), "{}.{} has a doc", spec.name, f.name);
+        }
+    }
+    let start = REQUESTS.iter().find(|r| r.name == "start").unwrap();
+    let wait = start.fields.iter().find(|f| f.name == "wait").unwrap();
+    assert_eq!(
+        (wait.ty, wait.default),
+        (FieldType::Bool, FieldDefault::Bool(true))
+    );
+}
+
+#[test]
+fn every_request_round_trips() {
+    let id = || JobId::new(1_700_000_000_000, 7);
+    for req in [
+        ApiRequest::Ping,
+        ApiRequest::List,
+        ApiRequest::Info { name: Some(n("a")) },
+        ApiRequest::Info { name: None },
+        ApiRequest::Start {
+            name: n("a"),
+            paused: true,
+            wait: true,
+        },
+        ApiRequest::Start {
+            name: n("a"),
+            paused: false,
+            wait: false,
+        },
+        ApiRequest::Stop {
+            name: n("a"),
+            timeout_s: None,
+            force: false,
+            wait: true,
+        },
+        ApiRequest::Stop {
+            name: n("a"),
+            timeout_s: Some(0),
+            force: true,
+            wait: false,
+        },
+        ApiRequest::Reboot {
+            name: n("a"),
+            hard: false,
+            timeout_s: Some(9),
+            wait: true,
+        },
+        ApiRequest::Reboot {
+            name: n("a"),
+            hard: true,
+            timeout_s: None,
+            wait: false,
+        },
+        ApiRequest::Pause { name: n("a") },
+        ApiRequest::Resume { name: n("a") },
+        ApiRequest::Cleanup { name: n("a") },
+        ApiRequest::Reload,
+        ApiRequest::Jobs { name: None },
+        ApiRequest::Jobs { name: Some(n("a")) },
+        ApiRequest::Job {
+            target: JobRef::Id(id()),
+        },
+        ApiRequest::Job {
+            target: JobRef::Instance(n("a")),
+        },
+        ApiRequest::Cancel { id: id() },
+        ApiRequest::Subscribe {
+            since: None,
+            follow: true,
+        },
+        ApiRequest::Subscribe {
+            since: Some(0),
+            follow: false,
+        },
+    ] {
+        let line = encode_request(3, &req);
+        let (id, back) = parse_request(&line);
+        assert_eq!((id, back.unwrap()), (json!(3), req));
+    }
+}
+
+fn every_reply() -> Vec<ApiReply> {
+    let mut plain = vm();
+    plain.job = None;
+    plain.last_exit = None;
+    plain.pid = None;
+    vec![
+        ApiReply::Pong {
+            version: "0.2.0".into(),
+        },
+        ApiReply::List(vec![vm(), plain.clone()]),
+        ApiReply::Info(vec![]),
+        ApiReply::Started(plain.clone()),
+        ApiReply::Stopped {
+            ended: StopEnd::AlreadyStopped,
+            elapsed_ms: 0,
+            info: plain.clone(),
+        },
+        ApiReply::Rebooted(vm()),
+        ApiReply::Paused(vm()),
+        ApiReply::Resumed(vm()),
+        ApiReply::CleanedUp { name: n("old1") },
+        ApiReply::Reloaded {
+            added: vec!["web3".into()],
+            removed: vec![],
+            changed: vec!["web1".into()],
+            node_changed: true,
+        },
+        ApiReply::Accepted(job(JobState::Running, None)),
+        ApiReply::Jobs(some_jobs()),
+        ApiReply::Job(some_jobs().remove(3)),
+        ApiReply::Cancelling(job(JobState::Running, None)),
+        ApiReply::Subscribed { last_seq: 41 },
+    ]
+}
+
+#[test]
+fn every_reply_round_trips_and_names_its_kind() {
+    let replies = every_reply();
+    assert_eq!(replies.len(), REPLY_KINDS.len(), "one example per kind");
+    for reply in replies {
+        let line = encode_reply(&json!("abc"), &Ok(reply.clone()));
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["kind"], reply_kind(&reply));
+        assert!(REPLY_KINDS.contains(&reply_kind(&reply)));
+        assert_eq!(v["ok"], true);
+        let back = decode_reply(&line).unwrap();
+        assert_eq!(back.id, json!("abc"));
+        assert_eq!(back.result.unwrap(), reply);
+    }
+}
+
+#[test]
+fn ping_decodes_the_daemons_version_without_knowing_the_request() {
+    let line = br#"{"id":1,"ok":true,"kind":"pong","result":{"pong":true,"version":"9.9.9"}}"#;
+    assert_eq!(
+        decode_reply(line).unwrap().result.unwrap(),
+        ApiReply::Pong {
+            version: "9.9.9".into()
+        }
+    );
+}
+
+#[test]
+fn replies_of_a_kvmd_without_kinds_are_recognised_by_their_shape() {
+    let old = br#"{"id":1,"ok":true,"result":{"pong":true,"version":"0.1.0"}}"#;
+    assert_eq!(
+        decode_reply(old).unwrap().result.unwrap(),
+        ApiReply::Pong {
+            version: "0.1.0".into()
+        }
+    );
+    let old_vm = json!({"name":"web1","state":"stopping","pid":17,"memory_mib":256,"vcpus":1,
+        "cpu_time_ms":null,"uptime_s":null,"started_at_ms":null,"qemu_version":null,
+        "autostart":false,"in_config":true,"pending_changes":false,"operation":"reboot","last_exit":null});
+    let line = json!({"id": 2, "ok": true, "result": {"instances": [old_vm]}}).to_string();
+    match decode_reply(line.as_bytes()).unwrap().result.unwrap() {
+        ApiReply::Info(v) => assert_eq!(v[0].job.as_ref().map(|j| j.kind), Some(Operation::Reboot)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_unknown_reply_kind_is_a_decode_error_naming_it() {
+    let line = br#"{"id":1,"ok":true,"kind":"teleported","result":{}}"#;
+    let e = decode_reply(line).unwrap_err();
+    assert!(matches!(&e, ProtocolError::UnknownKind(k) if k == "teleported"));
+    assert_eq!(e.to_string(), "Unknown reply kind \"teleported\"");
+    let e = decode_reply(br#"{"ok":true,"kind":"pong","result":{"pong":true}}"#).unwrap_err();
+    assert_eq!(e.to_string(), "Missing field \"version\"");
+}
+
+#[test]
+fn errors_round_trip_with_fields_and_say_kind_error() {
+    let e = ApiError::invalid(vec![
+        FieldError::new("hvparams.acpi", "\"yes\"", "must be a boolean")
+            .with_allowed(["true", "false"]),
+        FieldError::new("memory", "0", "must be at least 64"),
+    ])
+    .with_details(vec!["line one".into()]);
+    let line = encode_reply(&json!(1), &Err(e.clone()));
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["ok"].as_bool()),
+        (Some("error"), Some(false))
+    );
+    assert_eq!(v["error"]["field"], "hvparams.acpi");
+    assert_eq!(v["error"]["code"], "invalid_parameter");
+    let back = decode_reply(&line).unwrap();
+    assert_eq!((back.id, back.result.unwrap_err()), (json!(1), e));
+}
+
+fn every_event() -> Vec<Event> {
+    let kinds = vec![
+        EventKind::State {
+            state: VmState::UserDown,
+            previous: VmState::Running,
+        },
+        EventKind::JobStarted(job(JobState::Running, None)),
+        EventKind::JobProgress(job(JobState::Running, None)),
+        EventKind::JobEnded(some_jobs().remove(1)),
+        EventKind::Exited(exit()),
+        EventKind::Qemu(QemuEvent::Shutdown {
+            guest: true,
+            reason: "guest-shutdown".into(),
+        }),
+        EventKind::Qemu(QemuEvent::Reset {
+            guest: false,
+            reason: "host-qmp-system-reset".into(),
+        }),
+        EventKind::Qemu(QemuEvent::Powerdown),
+        EventKind::Qemu(QemuEvent::GuestPanicked {
+            action: "pause".into(),
+        }),
+        EventKind::Qemu(QemuEvent::BlockIoError {
+            device: "disk0".into(),
+            operation: "write".into(),
+            action: "stop".into(),
+            reason: "No space left on device".into(),
+        }),
+        EventKind::Qemu(QemuEvent::Unresponsive {
+            command: "query-status".into(),
+        }),
+        EventKind::Qemu(QemuEvent::Responsive),
+        EventKind::Daemon(DaemonEvent::Started {
+            version: "0.2.0".into(),
+        }),
+        EventKind::Daemon(DaemonEvent::Stopping),
+        EventKind::Daemon(DaemonEvent::Reloaded {
+            added: vec!["a".into()],
+            removed: vec!["b".into()],
+            changed: vec![],
+        }),
+    ];
+    kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let daemon = matches!(kind, EventKind::Daemon(_));
+            Event {
+                seq: 100 + i as u64,
+                at_ms: 1_700_000_000_000 + i as u64,
+                instance: if daemon { None } else { Some(n("web1")) },
+                kind,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_stream_item_round_trips() {
+    let mut items: Vec<StreamItem> = every_event().into_iter().map(StreamItem::Event).collect();
+    items.push(StreamItem::Gap { from: 3, to: 17 });
+    items.push(StreamItem::End { last_seq: 99 });
+    let mut types = std::collections::BTreeSet::new();
+    for item in items {
+        let line = encode_stream_item(&item);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert!(STREAM_KINDS.contains(&v["kind"].as_str().unwrap()));
+        if let Some(t) = v["event"]["type"].as_str() {
+            types.insert(t.to_string());
+        }
+        assert_eq!(decode_stream_item(&line).unwrap(), item);
+    }
+    let all: std::collections::BTreeSet<_> =
+        values::EVENT_TYPES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(types, all, "every event type is exercised");
+}
+
+#[test]
+fn stream_lines_have_the_documented_shapes() {
+    let gap = encode_stream_item(&StreamItem::Gap { from: 5, to: 9 });
+    assert_eq!(gap, b"{\"from\":5,\"kind\":\"gap\",\"to\":9}\n");
+    let end = encode_stream_item(&StreamItem::End { last_seq: 12 });
+    assert_eq!(end, b"{\"kind\":\"end\",\"last_seq\":12}\n");
+    let ev = every_event().remove(4);
+    let v: Value = serde_json::from_slice(&encode_stream_item(&StreamItem::Event(ev))).unwrap();
+    assert_eq!(v["event"]["type"], "exited");
+    assert_eq!(
+        v["event"]["exit"]["kind"], "user-down",
+        "exit kinds are spelled by the protocol"
+    );
+    assert!(decode_stream_item(
+        br#"{"id":1,"ok":true,"kind":"pong","result":{"pong":true,"version":"1"}}"#
+    )
+    .is_err());
+    assert!(decode_reply(&gap).is_err(), "a stream line is not a reply");
+}
+
+#[test]
+fn vm_info_carries_its_job_and_the_old_operation_field() {
+    let v = values::vm_to_json(&vm());
+    assert_eq!(v["operation"], "stop");
+    assert_eq!(v["job"]["phase"], "acpi");
+    assert_eq!(v["job"]["kind"], "stop");
+    assert_eq!(v["last_exit"]["kind"], "user-down");
+}
