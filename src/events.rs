@@ -17,7 +17,6 @@
 //! wiped, in which case numbering restarts at 1). No JSON here.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -71,34 +70,14 @@ impl Ring {
     }
 }
 
-/// The first sequence number a kvmd should use, given the seq file left by earlier ones: one
-/// above the number it holds; 1 when there is no file. A damaged file cannot say where
-/// numbering stopped, so the current time in milliseconds is used (larger than any count of
-/// events a kvmd could have published).
+/// The first sequence number a kvmd should use, given the seq file left by earlier ones
+/// (see [`crate::store::seq_file::first_after`]).
 pub fn first_seq_from(path: &Path) -> u64 {
-    match std::fs::read_to_string(path) {
-        Ok(text) => match text.trim().parse::<u64>() {
-            Ok(n) => n.saturating_add(1),
-            Err(_) => {
-                warn!(path = %path.display(), "damaged event sequence file; numbering events from the current time");
-                now_ms().max(1)
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot read the event sequence file; numbering events from the current time");
-            now_ms().max(1)
-        }
-    }
+    crate::store::seq_file::first_after(path)
 }
 
-/// Write `value` to `path` atomically (temporary file, then rename).
 fn write_seq_file(path: &Path, value: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{value}")?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::store::seq_file::write(path, value)
 }
 
 impl EventBus {

@@ -8,17 +8,10 @@
 
 use std::fmt;
 
-/// A job's id: unique on this host across kvmd restarts (the creation time in milliseconds,
-/// shifted, plus a counter), and sortable by creation.
+/// A job's id: a small number, unique on this host across kvmd restarts and growing with
+/// creation (`vm::JobIds` hands them out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(pub u64);
-
-impl JobId {
-    /// The id of the `n`-th job created in millisecond `now_ms` (n < 4096).
-    pub fn new(now_ms: u64, n: u64) -> Self {
-        JobId((now_ms << 12) | (n & 0xfff))
-    }
-}
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,14 +162,6 @@ pub struct PersistedJob {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_sort_by_creation_and_do_not_collide_within_a_millisecond() {
-        let a = JobId::new(1_700_000_000_000, 1);
-        let b = JobId::new(1_700_000_000_000, 2);
-        let c = JobId::new(1_700_000_000_001, 0);
-        assert!(a < b && b < c);
-    }
 
     #[test]
     fn undo_steps_run_last_recorded_first() {

@@ -22,6 +22,7 @@
 pub mod files;
 pub mod job_file;
 pub mod runtime_file;
+pub mod seq_file;
 pub mod serial_log;
 
 type Job = Box<dyn FnOnce() + Send>;

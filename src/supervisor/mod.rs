@@ -69,12 +69,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     fn new(config: Config, store: Store, bus: EventBus) -> Self {
+        let ids = JobIds::persisted(&config.node.run_dir.join("jobs.seq"));
         Self {
             node: Arc::new(config.node.clone()),
             config,
             store,
             bus,
-            ids: JobIds::starting_at(now_ms()),
+            ids,
             vms: BTreeMap::new(),
             jobs: jobs::JobTable::new(256),
             recovering: tokio::sync::watch::Sender::new(0),

@@ -180,8 +180,9 @@ impl VmActor {
     pub fn new(s: VmSetup) -> Self {
         let now = Now {
             ms: now_ms(),
-            id: s.ids.next(),
+            id: s.ids.peek(),
         };
+        s.ids.take(now.id);
         let core = Core::new(
             s.name.clone(),
             s.spec,
@@ -211,7 +212,17 @@ impl VmActor {
     fn now(&self) -> Now {
         Now {
             ms: now_ms(),
-            id: self.ids.next(),
+            id: self.ids.peek(),
+        }
+    }
+
+    /// Take the peeked job id if a job began with it.
+    fn take_id(&self, now: Now, fx: &[Effect]) {
+        if fx
+            .iter()
+            .any(|e| matches!(e, Effect::JobUpdated(j) if j.id == now.id))
+        {
+            self.ids.take(now.id);
         }
     }
 
@@ -230,12 +241,14 @@ impl VmActor {
     fn feed_request(&mut self, ticket: Ticket, request: Request, ctx: &mut Context<Self>) {
         let now = self.now();
         let fx = self.core.request(ticket, request, now);
+        self.take_id(now, &fx);
         self.apply(fx, ctx);
     }
 
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
         let now = self.now();
         let fx = self.core.input(input, now);
+        self.take_id(now, &fx);
         self.apply(fx, ctx);
     }
 

@@ -2,8 +2,8 @@
 //! async methods, what they answer ([`VmAnswer`]), and what a VM tells its supervisor
 //! ([`VmNotice`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -68,18 +68,52 @@ pub enum VmNotice {
     Retirable(crate::model::name::InstanceName),
 }
 
-/// Job ids for the whole daemon: unique across restarts, increasing.
+/// Job ids for the whole daemon: small numbers that keep growing across kvmd restarts
+/// (a reservation in `run_dir/jobs.seq`, written once per [`JOB_ID_BLOCK`] ids).
 #[derive(Clone, Debug)]
-pub struct JobIds(Arc<AtomicU64>);
+pub struct JobIds(Arc<Mutex<IdState>>);
+
+/// How many ids one write of the reservation covers.
+pub const JOB_ID_BLOCK: u64 = 1000;
+
+#[derive(Debug)]
+struct IdState {
+    next: u64,
+    reserved: u64,
+    file: Option<PathBuf>,
+}
 
 impl JobIds {
-    /// Ids start at `now_ms << 12`, above every id of an earlier kvmd.
-    pub fn starting_at(now_ms: u64) -> Self {
-        JobIds(Arc::new(AtomicU64::new(JobId::new(now_ms, 0).0)))
+    /// Ids persisted in `path`: they continue above the last reservation.
+    pub fn persisted(path: &Path) -> Self {
+        let next = crate::store::seq_file::first_after(path);
+        JobIds(Arc::new(Mutex::new(IdState {
+            next,
+            reserved: next.saturating_sub(1),
+            file: Some(path.to_path_buf()),
+        })))
     }
 
-    pub fn next(&self) -> JobId {
-        JobId(self.0.fetch_add(1, Ordering::Relaxed))
+    /// The id the next job will get (not taken yet: see [`JobIds::take`]).
+    pub fn peek(&self) -> JobId {
+        JobId(self.0.lock().expect("job ids").next)
+    }
+
+    /// Take `id` if it is the next one (a job began with it).
+    pub fn take(&self, id: JobId) {
+        let mut s = self.0.lock().expect("job ids");
+        if s.next != id.0 {
+            return;
+        }
+        s.next += 1;
+        if id.0 > s.reserved {
+            s.reserved = id.0 + JOB_ID_BLOCK - 1;
+            if let Some(path) = &s.file {
+                if let Err(e) = crate::store::seq_file::write(path, s.reserved) {
+                    tracing::warn!(error = %e, "cannot write the job id reservation");
+                }
+            }
+        }
     }
 }
 
