@@ -45,7 +45,7 @@ fn vm() -> VmInfo {
         in_config: true,
         pending_changes: false,
         job: Some(JobSummary {
-            id: JobId::new(1_700_000_000_200, 3),
+            id: JobId(6963200000000003),
             kind: Operation::Stop,
             phase: "acpi".into(),
         }),
@@ -55,7 +55,7 @@ fn vm() -> VmInfo {
 
 fn job(state: JobState, outcome: Option<JobOutcome>) -> JobInfo {
     JobInfo {
-        id: JobId::new(1_700_000_000_200, 3),
+        id: JobId(6963200000000003),
         instance: n("web1"),
         kind: Operation::Stop,
         state,
