@@ -722,18 +722,21 @@ impl Handler<Internal> for VmActor {
                 let recover::Found { facts, adopted } = *found;
                 let gen = facts.gen;
                 if let Some(a) = adopted {
+                    // The handles first: the core may resume a job that needs them at once.
+                    let (qmp, notices) = match a.qmp {
+                        Some((q, n)) => (Some(q), Some(n)),
+                        None => (None, None),
+                    };
                     self.res = Resources {
                         gen,
                         process: Some(a.process),
                         exit: Some(a.exit.clone()),
-                        qmp: None,
-                        conn: 0,
+                        conn: u64::from(qmp.is_some()),
+                        qmp,
                     };
-                    let conn_given = a.qmp.is_some();
-                    self.feed(Input::Recovered(facts_with_conn(facts, conn_given)), ctx);
-                    if let Some((qmp, notices)) = a.qmp {
-                        self.res.conn = 1;
-                        self.res.qmp = Some(qmp);
+                    let connected = notices.is_some();
+                    self.feed(Input::Recovered(facts_with_conn(facts, connected)), ctx);
+                    if let Some(notices) = notices {
                         watching::forward_notices(
                             gen,
                             1,

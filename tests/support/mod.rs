@@ -102,6 +102,14 @@ impl Daemon {
     /// Like [`Daemon::start`], with extra `[node]` settings (`extra_node`). The directory is
     /// opened to other users (0755), so tests can reach the socket as them.
     pub fn start_with(extra_node: &str, instances: &str) -> Daemon {
+        let mut d = Self::prepare(extra_node, instances);
+        d.spawn();
+        d
+    }
+
+    /// The directory and config of a daemon, not started yet ([`Daemon::spawn`] or
+    /// [`Daemon::spawn_with_env`] starts it).
+    pub fn prepare(extra_node: &str, instances: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("kvmd-test-")
             .tempdir_in("/tmp")
@@ -115,13 +123,11 @@ impl Daemon {
         }
         let config = dir.path().join("kvmd.toml");
         std::fs::write(&config, node_toml(dir.path(), extra_node) + instances).unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             child: None,
             config,
-        };
-        d.spawn();
-        d
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -134,6 +140,11 @@ impl Daemon {
 
     /// Start (or restart) the kvmd process and wait until it answers.
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Like [`Daemon::spawn`], with extra environment (e.g. `KVMD_FAULTS`).
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,6 +155,7 @@ impl Daemon {
             .arg(&self.config)
             .arg("--log")
             .arg("kvmd=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

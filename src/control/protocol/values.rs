@@ -18,24 +18,6 @@ use crate::model::job::{JobId, Operation};
 use crate::model::name::InstanceName;
 use crate::model::state::{StopEnd, VmState};
 
-const STATES: [VmState; 8] = [
-    VmState::Stopped,
-    VmState::Starting,
-    VmState::Running,
-    VmState::Paused,
-    VmState::Stopping,
-    VmState::UserDown,
-    VmState::Crashed,
-    VmState::Unresponsive,
-];
-
-const STOP_ENDS: [StopEnd; 4] = [
-    StopEnd::Acpi,
-    StopEnd::Sigterm,
-    StopEnd::Sigkill,
-    StopEnd::AlreadyStopped,
-];
-
 fn exit_kind_str(k: ExitKind) -> &'static str {
     match k {
         ExitKind::Stopped => "stopped",
@@ -205,7 +187,7 @@ fn instance_name(key: &str, s: &str) -> Result<InstanceName, ProtocolError> {
 }
 
 fn state_of(o: &Obj, key: &str) -> Result<VmState, ProtocolError> {
-    named(key, o.str(key)?, &STATES, VmState::as_str, "state")
+    named(key, o.str(key)?, &VmState::ALL, VmState::as_str, "state")
 }
 
 fn operation_of(o: &Obj, key: &str) -> Result<Operation, ProtocolError> {
@@ -219,7 +201,13 @@ fn operation_of(o: &Obj, key: &str) -> Result<Operation, ProtocolError> {
 }
 
 pub(super) fn stop_end_of(o: &Obj, key: &str) -> Result<StopEnd, ProtocolError> {
-    named(key, o.str(key)?, &STOP_ENDS, StopEnd::as_str, "stop ending")
+    named(
+        key,
+        o.str(key)?,
+        &StopEnd::ALL,
+        StopEnd::as_str,
+        "stop ending",
+    )
 }
 
 // ---- exit records ----
