@@ -92,7 +92,7 @@ fn tap_of(d: &Daemon, vm: &str, nic: usize) -> String {
 
 #[test]
 fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environment() {
-    let br = Bridge::new("b", "10.77.0.1/24");
+    let br = Bridge::new("b", "192.0.2.1/24");
     let scratch = tempfile::tempdir().unwrap();
     let log = scratch.path().join("nic.log");
     let script = scratch.path().join("nic-script");
@@ -127,7 +127,7 @@ fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environmen
         "tap on the bridge"
     );
     d.wait_ready("net", 1);
-    let out = d.guest_run("net", "ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 3 10.77.0.1 >/dev/null && echo PING-OK");
+    let out = d.guest_run("net", "ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 3 192.0.2.1 >/dev/null && echo PING-OK");
     assert!(
         out.contains("PING-OK"),
         "guest could not reach the host over the bridge: {out}"
@@ -164,10 +164,10 @@ fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environmen
 
 #[test]
 fn a_routed_tap_nic_gets_a_host_route_that_goes_with_the_vm() {
-    let d = Daemon::start(&(instance_toml("rt", "[[instance.rt.nic]]\nmode = \"routed\"\nip = \"10.78.0.2\"\n[instance.rt.hvparams]\nvhost_net = false")));
+    let d = Daemon::start(&(instance_toml("rt", "[[instance.rt.nic]]\nmode = \"routed\"\nip = \"198.51.100.2\"\n[instance.rt.hvparams]\nvhost_net = false")));
     d.start_vm("rt");
     let tap = tap_of(&d, "rt", 0);
-    let route = route_to("10.78.0.2");
+    let route = route_to("198.51.100.2");
     assert!(route.contains(&format!("dev {tap}")), "{route}");
     d.call(ApiRequest::Stop {
         name: name("rt"),
@@ -176,7 +176,7 @@ fn a_routed_tap_nic_gets_a_host_route_that_goes_with_the_vm() {
         wait: true,
     })
     .unwrap();
-    let route = route_to("10.78.0.2");
+    let route = route_to("198.51.100.2");
     assert!(route.trim().is_empty(), "route left behind: {route}");
 }
 
@@ -202,16 +202,18 @@ fn scsi_disks_on_virtio_scsi_and_a_cdrom_are_really_there() {
     let d = Daemon::start(&instance_toml("sc", &extra));
     d.start_vm("sc");
     d.wait_ready("sc", 1);
-    let sizes = d.guest_run(
+    // Linux scans SCSI targets asynchronously: wait for both disks, and identify them by
+    // what they are (size, read-only flag, first bytes), never by the names sda/sdb.
+    let disks = d.guest_run(
         "sc",
-        "cat /sys/block/sda/size /sys/block/sdb/size /sys/block/sdb/ro",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do [ $(ls /sys/block | grep -c ^sd) -ge 2 ] && break; sleep 0.5; done; \
+         for b in /sys/block/sd*; do echo \"$(cat $b/size) $(cat $b/ro) $(head -c 9 /dev/${b##*/} | tr -c a-z- _)\"; done | sort -n",
     );
     assert_eq!(
-        sizes.split_whitespace().collect::<Vec<_>>(),
-        ["8192", "4096", "1"],
-        "{sizes}"
+        disks.lines().map(str::trim).collect::<Vec<_>>(),
+        ["4096 1 _________", "8192 0 scsi-disk"],
+        "{disks}"
     );
-    assert_eq!(d.guest_run("sc", "head -c 9 /dev/sda"), "scsi-disk");
     let block = hmp(&d, "sc", "info block");
     assert!(
         block.contains("cdrom1")

@@ -272,6 +272,11 @@ impl Core {
     ) {
         let kind = self.job.as_ref().map(|j| j.kind);
         if let (Ok(()), true) = (&result, gen == self.gen) {
+            // QEMU answered in time: it is not wedged (any more).
+            if self.unresponsive {
+                fx.push(Effect::Event(EventKind::Qemu(QemuEvent::Responsive)));
+                self.set_unresponsive(false, fx);
+            }
             match kind {
                 Some(Operation::Pause) if self.state == VmState::Running => {
                     self.set_state(VmState::Paused, fx)
