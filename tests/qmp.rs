@@ -561,23 +561,3 @@ fn connect_gives_up_when_the_process_is_dead() {
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     });
 }
-
-/// Callers not yet on the typed API keep working: raw events on an unbounded channel.
-#[test]
-fn the_legacy_entry_points_still_deliver_raw_events_and_replies() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("q");
-    rt().block_on(async {
-        fake(&sock, |v| {
-            let ev = "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"SHUTDOWN\", \"data\": {\"guest\": true, \"reason\": \"guest-shutdown\"}}\n";
-            Say::Now([ev.as_bytes().to_vec(), reply(&v, json!({"status": "running"}))].concat())
-        })
-        .await;
-        let (qmp, mut events) = Qmp::connect(&sock, Instant::now() + T, T, || true).await.unwrap();
-        let st = qmp.execute("query-status", None, T).await.unwrap();
-        assert_eq!(st["status"], "running");
-        let ev = events.recv().await.unwrap();
-        assert_eq!((ev.name.as_str(), ev.timestamp_us), ("SHUTDOWN", 1_000_002));
-        assert_eq!((ev.bool("guest"), ev.str("reason")), (Some(true), Some("guest-shutdown")));
-    });
-}

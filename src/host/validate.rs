@@ -218,24 +218,25 @@ impl Report {
 
 /// Validate every instance of a loaded config (blocking: probes each QEMU binary once).
 /// `syntax_only` skips the node checks.
-pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Report {
-    let mut instances = Vec::new();
-    for (name, spec) in &config.instances {
-        let hv = spec.effective_hvparams(&config.node);
+pub fn config_report(
+    node: &NodeConfig,
+    instances: &std::collections::BTreeMap<crate::model::name::InstanceName, InstanceSpec>,
+    syntax_only: bool,
+) -> Report {
+    let mut report = Vec::new();
+    for (name, spec) in instances {
+        let hv = spec.effective_hvparams(node);
         let mut errs = syntax(spec, &hv, host_cpus());
         if !syntax_only {
             errs.extend(files(spec, &hv));
-            if hv.str(key::SECURITY_MODEL) == "pool" && config.node.uid_pool.is_empty() {
+            if hv.str(key::SECURITY_MODEL) == "pool" && node.uid_pool.is_empty() {
                 errs.push(FieldError::new(
                     "hvparams.security_model",
                     "\"pool\"",
                     "needs node.uid_pool to be set",
                 ));
             }
-            match crate::host::probe::probe(
-                Path::new(hv.str(key::KVM_PATH)),
-                config.node.probe_timeout,
-            ) {
+            match crate::host::probe::probe(Path::new(hv.str(key::KVM_PATH)), node.probe_timeout) {
                 Ok(caps) => errs.extend(qemu(spec, &hv, &caps)),
                 Err(e) => {
                     if Path::new(hv.str(key::KVM_PATH)).is_file() {
@@ -248,7 +249,7 @@ pub fn config_report(config: &crate::config::Config, syntax_only: bool) -> Repor
                 }
             }
         }
-        instances.push((name.to_string(), errs));
+        report.push((name.to_string(), errs));
     }
-    Report { instances }
+    Report { instances: report }
 }

@@ -5,13 +5,11 @@
 //!   for a socket kvmd connected itself), the greeting and capabilities under a start-up
 //!   deadline, id-matched commands under a per-command deadline, fd passing with SCM_RIGHTS,
 //!   and the read loop that turns QEMU's lines into replies and [`Notice`]s.
-//! - `commands` — typed commands as methods on [`Qmp`] (`query_status`, `cont`, `getfd`, ...)
-//!   and their typed results ([`Status`], [`RunState`], [`CpuThread`], ...).
+//! - `commands` — typed commands as methods on [`Qmp`] (`query_status`, `cont`, `getfd`, ...).
+//! - `types` — their typed results ([`Status`], [`RunState`], [`CpuThread`], ...); pure.
 //! - `events` — typed events ([`QmpEvent`]) and what the owner receives ([`Notice`]); pure.
 //! - `wire` — the JSON: encoding commands, parsing the greeting, replies and events, decoding
 //!   typed results. The only file where serde_json looks inside a QMP message.
-//! - `legacy` — the untyped entry points ([`Qmp::connect`], [`Qmp::execute`], [`Event`]) kept
-//!   while callers move to the typed API.
 //!
 //! Invariant: no VM policy. A timeout or a dropped notice is reported, not acted upon: deciding
 //! that a VM is unresponsive, or what an event means for it, is the VM actor's job.
@@ -19,13 +17,12 @@
 mod client;
 mod commands;
 mod events;
-mod legacy;
+mod types;
 mod wire;
 
 pub use client::{ConnectOptions, Qmp, NOTICE_CAPACITY};
-pub use commands::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
 pub use events::{Notice, QmpEvent};
-pub use legacy::Event;
+pub use types::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
 
 /// What QEMU says about itself in the greeting (the same shape as `query-version`).
 pub type Greeting = QemuVersion;

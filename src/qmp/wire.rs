@@ -12,8 +12,8 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::commands::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
 use super::events::QmpEvent;
+use super::types::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
 use super::QmpError;
 
 /// Longest line accepted from QEMU (query-qmp-schema is ~200 KiB; leave room).
@@ -226,50 +226,6 @@ pub fn decode_event(name: String, data: Value) -> QmpEvent {
         tracing::debug!(event = %name, missing = ?f.missing, "QMP event lacks fields: using fallbacks");
     }
     typed.unwrap_or(QmpEvent::Other { name, data })
-}
-
-/// The `data` of an event as QEMU would have sent it (for the legacy untyped stream).
-pub fn event_data(event: &QmpEvent) -> Value {
-    match event {
-        QmpEvent::Shutdown { guest, reason } | QmpEvent::Reset { guest, reason } => {
-            json!({"guest": guest, "reason": reason})
-        }
-        QmpEvent::Stop | QmpEvent::Resume | QmpEvent::Powerdown => Value::Null,
-        QmpEvent::GuestPanicked { action } => json!({"action": action}),
-        QmpEvent::BlockIoError {
-            device,
-            node_name,
-            operation,
-            action,
-            nospace,
-            reason,
-        } => {
-            let mut v = json!({"device": device, "operation": operation, "action": action,
-                "nospace": nospace, "reason": reason});
-            if let Some(n) = node_name {
-                v["node-name"] = json!(n);
-            }
-            v
-        }
-        QmpEvent::DeviceDeleted { device, path } => match device {
-            Some(d) => json!({"device": d, "path": path}),
-            None => json!({"path": path}),
-        },
-        QmpEvent::BalloonChange { actual } => json!({"actual": actual}),
-        QmpEvent::Migration { status } => json!({"status": status}),
-        QmpEvent::MigrationPass { pass } => json!({"pass": pass}),
-        QmpEvent::Other { data, .. } => data.clone(),
-    }
-}
-
-/// A boolean field of an event's raw data.
-pub fn data_bool(data: &Value, key: &str) -> Option<bool> {
-    data.get(key).and_then(Value::as_bool)
-}
-
-/// A string field of an event's raw data.
-pub fn data_str<'a>(data: &'a Value, key: &str) -> Option<&'a str> {
-    data.get(key).and_then(Value::as_str)
 }
 
 // Arguments of typed commands.

@@ -317,22 +317,6 @@ fn an_overlong_event_line_keeps_the_event_but_not_its_data() {
 }
 
 #[test]
-fn typed_events_turn_back_into_the_data_qemu_sent_for_the_legacy_stream() {
-    for line in [
-        r#"{"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#,
-        r#"{"event": "GUEST_PANICKED", "data": {"action": "pause"}}"#,
-        r#"{"event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/nic1/virtio-backend"}}"#,
-        r#"{"event": "BALLOON_CHANGE", "data": {"actual": 134217728}}"#,
-        r#"{"event": "BLOCK_IO_ERROR", "data": {"device": "d", "node-name": "n", "operation": "write", "action": "stop", "nospace": false, "reason": "r"}}"#,
-        r#"{"event": "RTC_CHANGE", "data": {"offset": 1}}"#,
-    ] {
-        let sent: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(event_data(&ev(line)), sent["data"], "{line}");
-    }
-    assert_eq!(event_data(&QmpEvent::Stop), Value::Null);
-}
-
-#[test]
 fn replies_decode_into_typed_results() {
     let st = decode_status(json!({"status": "running", "singlestep": false, "running": true}));
     assert_eq!(

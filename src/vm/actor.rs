@@ -35,7 +35,8 @@ use crate::vm::core::{
     TaskControl, Ticket,
 };
 
-use super::handle::{JobIds, VmAnswer, VmAsk, VmNotice, VmReply};
+use super::messages::{JobIds, VmAnswer, VmAsk, VmNotice, VmReply};
+use super::report::{Internal, Reporter};
 use super::{recover, start, stop, undo, watch as watching};
 
 /// The per-VM log span. A root span, so that work started from inside another VM's span
@@ -71,63 +72,6 @@ pub(super) struct GetJob;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct VmNotify(pub VmNotice);
-
-/// What tasks report.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) enum Internal {
-    /// A fact for the core.
-    Input(Input),
-    /// A request whose checks ran off the actor.
-    Request {
-        ticket: Ticket,
-        request: Request,
-    },
-    /// A QEMU of generation `gen` was spawned: its handle and exit watch.
-    Process {
-        gen: u64,
-        process: Arc<QemuProcess>,
-        exit: watch::Receiver<Option<ExitStatus>>,
-    },
-    /// A QMP connection to the QEMU of `gen` is up.
-    Qmp {
-        gen: u64,
-        qmp: Qmp,
-        notices: mpsc::Receiver<Notice>,
-    },
-    Recovered(Box<recover::Found>),
-}
-
-/// The typed sender tasks report through.
-#[derive(Clone)]
-pub(super) struct Reporter(Recipient<Internal>);
-
-impl Reporter {
-    pub fn input(&self, input: Input) {
-        self.0.do_send(Internal::Input(input));
-    }
-
-    pub fn process(
-        &self,
-        gen: u64,
-        process: Arc<QemuProcess>,
-        exit: watch::Receiver<Option<ExitStatus>>,
-    ) {
-        self.0.do_send(Internal::Process { gen, process, exit });
-    }
-
-    pub fn qmp(&self, gen: u64, qmp: Qmp, notices: mpsc::Receiver<Notice>) {
-        self.0.do_send(Internal::Qmp { gen, qmp, notices });
-    }
-
-    fn request(&self, ticket: Ticket, request: Request) {
-        self.0.do_send(Internal::Request { ticket, request });
-    }
-
-    fn recovered(&self, found: recover::Found) {
-        self.0.do_send(Internal::Recovered(Box::new(found)));
-    }
-}
 
 /// The OS resources of the current QEMU.
 #[derive(Default)]

@@ -1,133 +1,25 @@
-//! How the rest of kvmd talks to a VM actor without importing actix: [`VmHandle`] with named
-//! async methods, what they answer ([`VmAnswer`]), and what a VM tells its supervisor
-//! ([`VmNotice`]).
-
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! How the rest of kvmd talks to a VM actor without importing actix: [`VmHandle`], with named
+//! async methods.
 
 use actix::prelude::*;
 
-use crate::api::{ApiError, ErrorCode, JobInfo, VmInfo};
-use crate::model::job::JobId;
+use crate::api::{ApiError, ErrorCode, JobInfo};
 use crate::model::spec::InstanceSpec;
 
 use super::actor::{Ask, GetJob, Manage, VmActor};
-
-/// What an operator asks of one VM (the supervisor's view of the core's requests).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmAsk {
-    Start {
-        paused: bool,
-    },
-    Stop {
-        timeout: Option<Duration>,
-        force: bool,
-    },
-    Reboot {
-        timeout: Option<Duration>,
-    },
-    Reset,
-    Pause,
-    Resume,
-    Cleanup,
-    Cancel {
-        id: JobId,
-    },
-}
-
-/// How a VM answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmReply {
-    /// The job that served the request: ended (or just begun, for a caller that does not
-    /// wait).
-    Job(JobInfo),
-    /// A stop with nothing to stop.
-    AlreadyStopped,
-    /// A stop that cancelled a start (rolled back).
-    StartCancelled,
-    /// A cancel was accepted.
-    Cancelling(JobInfo),
-}
-
-/// A reply and the VM's state right after it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmAnswer {
-    pub reply: VmReply,
-    pub info: VmInfo,
-}
-
-/// What a VM tells its supervisor.
-#[derive(Clone, Debug)]
-pub enum VmNotice {
-    /// What `info` shows changed.
-    Updated(VmInfo),
-    /// A job began, moved on or ended.
-    Job(JobInfo),
-    /// The VM left the config, has no QEMU, no job and no files: it may be forgotten.
-    Retirable(crate::model::name::InstanceName),
-}
-
-/// Job ids for the whole daemon: small numbers that keep growing across kvmd restarts
-/// (a reservation in `run_dir/jobs.seq`, written once per [`JOB_ID_BLOCK`] ids).
-#[derive(Clone, Debug)]
-pub struct JobIds(Arc<Mutex<IdState>>);
-
-/// How many ids one write of the reservation covers.
-pub const JOB_ID_BLOCK: u64 = 1000;
-
-#[derive(Debug)]
-struct IdState {
-    next: u64,
-    reserved: u64,
-    file: Option<PathBuf>,
-}
-
-impl JobIds {
-    /// Ids persisted in `path`: they continue above the last reservation.
-    pub fn persisted(path: &Path) -> Self {
-        let next = crate::store::seq_file::first_after(path);
-        JobIds(Arc::new(Mutex::new(IdState {
-            next,
-            reserved: next.saturating_sub(1),
-            file: Some(path.to_path_buf()),
-        })))
-    }
-
-    /// The id the next job will get (not taken yet: see [`JobIds::take`]).
-    pub fn peek(&self) -> JobId {
-        JobId(self.0.lock().expect("job ids").next)
-    }
-
-    /// Take `id` if it is the next one (a job began with it).
-    pub fn take(&self, id: JobId) {
-        let mut s = self.0.lock().expect("job ids");
-        if s.next != id.0 {
-            return;
-        }
-        s.next += 1;
-        if id.0 > s.reserved {
-            s.reserved = id.0 + JOB_ID_BLOCK - 1;
-            if let Some(path) = &s.file {
-                if let Err(e) = crate::store::seq_file::write(path, s.reserved) {
-                    tracing::warn!(error = %e, "cannot write the job id reservation");
-                }
-            }
-        }
-    }
-}
-
-/// A cheap, cloneable handle on one VM actor.
-#[derive(Clone)]
-pub struct VmHandle {
-    pub(super) addr: Addr<VmActor>,
-}
+use super::messages::{VmAnswer, VmAsk};
 
 fn gone(e: MailboxError) -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
         format!("VM actor unavailable ({e}); it is being rebuilt, retry"),
     )
+}
+
+/// A cheap, cloneable handle on one VM actor.
+#[derive(Clone)]
+pub struct VmHandle {
+    pub(super) addr: Addr<VmActor>,
 }
 
 impl VmHandle {

@@ -11,14 +11,18 @@ mod actor;
 pub mod core;
 pub mod error;
 mod handle;
+mod messages;
+mod observe;
 mod recover;
+mod report;
 mod start;
 mod stop;
 mod undo;
 mod watch;
 
 pub use actor::{VmActor, VmNotify, VmSetup};
-pub use handle::{JobIds, VmAnswer, VmAsk, VmHandle, VmNotice, VmReply};
+pub use handle::VmHandle;
+pub use messages::{JobIds, VmAnswer, VmAsk, VmNotice, VmReply};
 
 /// Start a VM actor for one instance.
 pub fn spawn(setup: VmSetup) -> VmHandle {

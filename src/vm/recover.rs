@@ -119,7 +119,7 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
                 }
                 (Identity::Ours, Ok(process)) => {
                     let process = Arc::new(process);
-                    match super::watch::exit_watch(&process) {
+                    match super::observe::exit_watch(&process) {
                         Err(e) => {
                             warn!(pid, error = %e, "our QEMU runs but cannot be watched");
                             FoundQemu::Adopted {
@@ -145,7 +145,7 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
                                     let s = q.query_status().await.ok();
                                     (
                                         Some((q, n)),
-                                        s.map(|s| super::watch::run_state(s.run_state)),
+                                        s.map(|s| super::observe::run_state(s.run_state)),
                                     )
                                 }
                                 Err(e) => {

@@ -35,8 +35,8 @@ use crate::store::runtime_file::RuntimeFile;
 use crate::store::Store;
 use crate::vm::core::{Input, RunInfo, TaskControl};
 
-use super::actor::Reporter;
 use super::error::{chain, PinError, VmError};
+use super::report::Reporter;
 use super::undo::{self, UndoCtx};
 use super::watch::STDERR_LINES;
 
@@ -191,7 +191,7 @@ async fn launch(
     let process =
         Arc::new(QemuProcess::open(pid, true).map_err(|source| VmError::Watch { pid, source })?);
     let exit =
-        super::watch::exit_watch(&process).map_err(|source| VmError::Watch { pid, source })?;
+        super::observe::exit_watch(&process).map_err(|source| VmError::Watch { pid, source })?;
     *spawned = Some(Spawned {
         process: process.clone(),
         exit: exit.clone(),

@@ -25,8 +25,8 @@ use crate::model::state::StopEnd;
 use crate::qmp::Qmp;
 use crate::vm::core::{Input, StopPhase, TaskControl};
 
-use super::actor::Reporter;
 use super::error::VmError;
+use super::report::Reporter;
 
 pub(super) struct StopCtx {
     pub job: JobId,

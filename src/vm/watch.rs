@@ -10,38 +10,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn, Instrument};
 
-use crate::host::process::{self, QemuProcess};
+use crate::host::process;
 use crate::model::exit::{ExitKind, ExitRecord, ExitStatus};
 use crate::model::layout::RunPaths;
 use crate::model::spec::{InstanceSpec, NodeConfig};
-use crate::qmp::{ConnectOptions, Notice, Qmp, QmpEvent};
+use crate::qmp::{ConnectOptions, Notice, Qmp};
 use crate::store::Store;
-use crate::vm::core::{GuestEvent, Input, RunState};
+use crate::vm::core::Input;
 
-use super::actor::Reporter;
+use super::report::Reporter;
 
 /// Lines of QEMU's stderr kept with a crash.
 pub(super) const STDERR_LINES: usize = 20;
-
-/// Watch a QEMU's pidfd; the status is published on the returned channel when it exits.
-pub(super) fn exit_watch(
-    process: &QemuProcess,
-) -> std::io::Result<watch::Receiver<Option<ExitStatus>>> {
-    let pidfd = process.try_clone_pidfd()?;
-    let (pid, own) = (process.pid, process.own_child);
-    let (tx, rx) = watch::channel(None);
-    actix::spawn(async move {
-        let status = match process::wait_exit(pidfd, pid, own).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(pid, error = %e, "waiting for QEMU exit failed");
-                ExitStatus::default()
-            }
-        };
-        let _ = tx.send(Some(status));
-    });
-    Ok(rx)
-}
 
 /// Tell the actor when the QEMU of `gen` exits.
 pub(super) fn forward_exit(
@@ -55,42 +35,6 @@ pub(super) fn forward_exit(
             report.input(Input::Exited { gen, status });
         }
     });
-}
-
-/// The core's view of a QMP event (`None`: nothing the core acts on).
-pub(super) fn guest_event(e: QmpEvent) -> Option<GuestEvent> {
-    Some(match e {
-        QmpEvent::Shutdown { guest, reason } => GuestEvent::Shutdown { guest, reason },
-        QmpEvent::Reset { guest, reason } => GuestEvent::Reset { guest, reason },
-        QmpEvent::Stop => GuestEvent::Stop,
-        QmpEvent::Resume => GuestEvent::Resume,
-        QmpEvent::Powerdown => GuestEvent::Powerdown,
-        QmpEvent::GuestPanicked { action } => GuestEvent::Panicked { action },
-        QmpEvent::BlockIoError {
-            device,
-            operation,
-            action,
-            reason,
-            ..
-        } => GuestEvent::BlockIoError {
-            device,
-            operation,
-            action,
-            reason,
-        },
-        _ => return None,
-    })
-}
-
-/// The core's view of QEMU's run state.
-pub(super) fn run_state(s: crate::qmp::RunState) -> RunState {
-    use crate::qmp::RunState as Q;
-    match s {
-        Q::Running => RunState::Running,
-        Q::Paused | Q::Suspended => RunState::Paused,
-        Q::Prelaunch => RunState::Prelaunch,
-        other => RunState::Other(other.as_str().to_string()),
-    }
 }
 
 /// Forward a connection's notices to the actor, then its end (after the last event).
@@ -107,7 +51,7 @@ pub(super) fn forward_notices(
                 match n {
                     Notice::Event { event, .. } => {
                         debug!(event = event.name(), "QMP event");
-                        if let Some(event) = guest_event(event) {
+                        if let Some(event) = super::observe::guest_event(event) {
                             report.input(Input::Guest { gen, event });
                         }
                     }
@@ -167,7 +111,7 @@ pub(super) async fn health(h: HealthCtx) {
     let status = qmp
         .query_status()
         .await
-        .map(|s| run_state(s.run_state))
+        .map(|s| super::observe::run_state(s.run_state))
         .map_err(|e| e.to_string());
     h.report.input(Input::Health { gen: h.gen, status });
 }

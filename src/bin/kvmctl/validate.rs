@@ -40,7 +40,7 @@ pub fn run(file: &Path, syntax_only: bool, as_json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = kvmd::host::validate::config_report(&config, syntax_only);
+    let report = kvmd::host::validate::config_report(&config.node, &config.instances, syntax_only);
     if as_json {
         let instances: serde_json::Map<String, Value> = report
             .instances
