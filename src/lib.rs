@@ -1,31 +1,28 @@
 //! kvmd: a node agent that supervises QEMU virtual machines — Ganeti's KVM hypervisor layer
 //! as a long-running daemon.
 //!
-//! Requests arrive on a Unix socket (`control`), are parsed (`protocol`) into operations
-//! (`api`), and go to the root `supervisor` actor, which owns one `vm` actor per instance. A VM
-//! actor owns its QEMU process (`process`), its QMP connection (`qmp`), its exit and
-//! user-shutdown detection (`vmstate`) and its runtime files (`runtime`). VMs outlive kvmd: a
-//! restarted kvmd re-adopts them from the run dir.
+//! Requests arrive on a Unix socket (`control`), are parsed into operations (`api`), and go to
+//! the root `supervisor` actor, which owns one `vm` actor per instance. Each VM actor is a thin
+//! shell around a pure state machine (`vm::core`): every operation is a job, admitted by one
+//! table, persisted when long, so a restarted kvmd finishes or rolls back what was in flight.
+//! VMs outlive kvmd: a restarted kvmd re-adopts them from the run dir. Every state change,
+//! job and notable QMP event goes to an event bus (`events`) that clients can follow.
 //!
-//! # Layout
-//! - `daemon` — process setup: run dir, socket, actor system, signals.
-//! - `events` — the event bus: a bounded ring of events with sequence numbers.
-//! - `control`, `protocol`, `client` — the control socket: server, wire format, client.
-//! - `api` — operations, results and error codes as domain types.
-//! - `supervisor` — root actor: config, VM actors, reloads, `list`/`info`.
-//! - `vm` — one actor per instance: start, stop, reboot, events, exits, re-adoption.
-//! - `vmstate` — pure: states and exit classification.
-//! - `config`, `spec`, `hvparams`, `name`, `check` — pure: the config file, instance
-//!   definitions, Ganeti's hvparams, instance names, field errors.
-//! - `pinning` — pure: vCPU pinning plans from `cpu_mask`.
-//! - `cmdline`, `probe` — QEMU's argv (pure) and what a QEMU binary offers.
-//! - `net` — tap devices and NIC setup per Ganeti mode (bridged, routed, openvswitch).
-//! - `qmp` — our QMP client.
-//! - `process` — QEMU as a process: spawn, identity, exit, signals.
-//! - `uidpool` — Ganeti's uid pool for `security_model = pool`.
-//! - `runtime` — runtime files on disk and the persistence thread.
-//! - `validate` — checking an instance against this node (files, users, what QEMU offers).
-//! - `sys` — the only `unsafe`: pidfds and the new-session hook.
+//! # Layout (bottom up; nothing imports upwards)
+//! - `model` — pure domain: names, definitions, Ganeti's hvparams (typed keys), states, exits
+//!   and their classification, jobs and undo steps, the run dir layout, pinning plans.
+//! - `api` — pure control surface: requests, replies, jobs, events, errors.
+//! - `qemu` — pure QEMU knowledge: the command line, capabilities parsing, checks, and the one
+//!   builder of a start's host facts.
+//! - `qmp` — our QMP client, the only module that knows QMP's JSON (typed commands/events).
+//! - `host` — OS adapters: syscalls (`sys`, the only `unsafe`), processes, external programs
+//!   with deadlines, taps, probing, node checks, uid pool, affinity, limits, fault injection.
+//! - `store` — the run dir on disk and the persistence thread (file jobs only).
+//! - `events` — the sequenced event bus with gap markers.
+//! - `vm` — `core` (pure state machine) and the actor, its tasks and its handle.
+//! - `supervisor` — root actor: VM actors, `list`/`info`, the job table, reloads.
+//! - `control` — the socket: server, wire format (`protocol`), client.
+//! - `config`, `daemon` — the config file; process setup and signals.
 #![deny(unsafe_code)]
 
 pub mod api;
