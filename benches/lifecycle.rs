@@ -46,8 +46,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// Raw QEMU: same argv with its paths moved to `dir` and without `-S`; time until QMP says
-/// running.
+/// Raw QEMU: same argv with its paths moved to `dir`, without `-S`, and with QEMU binding
+/// its QMP socket itself (kvmd passes a socket it bound: `fd=N`); time until QMP says running.
 fn raw_start(
     argv: &[String],
     from: &str,
@@ -55,12 +55,21 @@ fn raw_start(
     rt: &tokio::runtime::Runtime,
 ) -> Duration {
     let to = dir.display().to_string();
+    let qmp_path = dir.join("qmp.sock");
     let args: Vec<String> = argv
         .iter()
         .filter(|a| *a != "-S")
-        .map(|a| a.replace(from, &to))
+        .map(|a| {
+            if a.starts_with("socket,id=qmp0,fd=") {
+                format!(
+                    "socket,id=qmp0,path={},server=on,wait=off",
+                    qmp_path.display()
+                )
+            } else {
+                a.replace(from, &to)
+            }
+        })
         .collect();
-    let qmp_path = dir.join("qmp.sock");
     let _ = std::fs::remove_file(&qmp_path);
     let t0 = Instant::now();
     let mut child = Command::new(&args[0])
@@ -154,6 +163,52 @@ fn main() {
         km / rm,
         (km - rm) / rm * 100.0
     );
+    // kvmd's own share of a start, from its debug timeline: everything but QEMU's time from
+    // spawn to its QMP greeting (and capabilities answer).
+    let log = d.log();
+    let field = |line: &str, key: &str| -> Option<f64> {
+        let at = line.find(&format!("{key}="))? + key.len() + 1;
+        let rest = &line[at..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse::<f64>().ok().map(|us| us / 1000.0)
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("start timeline"))
+        .skip(1) // the first start probes QEMU
+        .collect();
+    let mut share: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| field(l, "kvmd_share_us"))
+        .collect();
+    let mut qemu: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| field(l, "qemu_startup_us"))
+        .collect();
+    let mut total: Vec<f64> = lines.iter().filter_map(|l| field(l, "total_us")).collect();
+    let mut spawn: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| field(l, "spawned_us"))
+        .collect();
+    if !share.is_empty() {
+        println!(
+            "  kvmd's own share (timeline, {} starts): median {:.2} ms (p90 {:.2}; goal ≤ 2 ms); request to spawn {:.2} ms; QEMU spawn → greeting {:.1} ms; task total {:.1} ms",
+            share.len(),
+            median(&mut share),
+            pct(&mut share, 0.9),
+            median(&mut spawn),
+            median(&mut qemu),
+            median(&mut total)
+        );
+        // And end to end, from the client: the reply minus QEMU's own start-up.
+        let mut e2e: Vec<f64> = k.iter().zip(qemu.iter()).map(|(k, q)| k - q).collect();
+        println!(
+            "  end to end minus QEMU's start-up (client's clock): median {:.2} ms",
+            median(&mut e2e)
+        );
+    }
 
     // --- list / info --all with 1, 10, 30 paused VMs ---
     println!("\nlist / info --all latency (one connection, 300 calls each):");

@@ -16,7 +16,7 @@ use crate::model::layout::RunPaths;
 use crate::model::spec::{InstanceSpec, NodeConfig};
 use crate::qmp::{ConnectOptions, Notice, Qmp};
 use crate::store::Store;
-use crate::vm::core::Input;
+use crate::vm::core::{Input, Unanswered};
 
 use super::report::Reporter;
 
@@ -101,7 +101,10 @@ pub(super) async fn health(h: HealthCtx) {
                 Err(e) => {
                     h.report.input(Input::Health {
                         gen: h.gen,
-                        status: Err(format!("reconnect: {e}")),
+                        status: Err(Unanswered {
+                            command: "qmp_capabilities".into(),
+                            reason: e.to_string(),
+                        }),
                     });
                     return;
                 }
@@ -112,7 +115,10 @@ pub(super) async fn health(h: HealthCtx) {
         .query_status()
         .await
         .map(|s| super::observe::run_state(s.run_state))
-        .map_err(|e| e.to_string());
+        .map_err(|e| Unanswered {
+            command: "query-status".into(),
+            reason: e.to_string(),
+        });
     h.report.input(Input::Health { gen: h.gen, status });
 }
 

@@ -95,7 +95,7 @@ impl Core {
         }
     }
 
-    pub(super) fn on_health(&mut self, status: Result<RunState, String>, fx: &mut Vec<Effect>) {
+    pub(super) fn on_health(&mut self, status: Result<RunState, Unanswered>, fx: &mut Vec<Effect>) {
         match status {
             Ok(s) => {
                 if self.unresponsive {
@@ -108,7 +108,7 @@ impl Core {
                     _ => {}
                 }
             }
-            Err(command) => {
+            Err(Unanswered { command, .. }) => {
                 if !self.unresponsive {
                     fx.push(Effect::Event(EventKind::Qemu(QemuEvent::Unresponsive {
                         command,

@@ -124,6 +124,13 @@ pub enum GuestEvent {
     },
 }
 
+/// A QMP command QEMU did not answer (in time, or at all), and what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    pub command: String,
+    pub reason: String,
+}
+
 /// QEMU's run state as `query-status` reports it, as far as the core cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -306,7 +313,7 @@ pub enum Input {
     /// A health check's `query-status`.
     Health {
         gen: u64,
-        status: Result<RunState, String>,
+        status: Result<RunState, Unanswered>,
     },
     Exited {
         gen: u64,

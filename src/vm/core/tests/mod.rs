@@ -331,7 +331,10 @@ fn facts_about_an_older_qemu_change_nothing() {
         },
         Input::Health {
             gen: old,
-            status: Err("query-status".into()),
+            status: Err(Unanswered {
+                command: "query-status".into(),
+                reason: "timed out".into(),
+            }),
         },
     ] {
         assert!(t.input(late).is_empty());
