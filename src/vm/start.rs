@@ -242,12 +242,12 @@ async fn launch(
     configure(s, &qmp, pid, &hv, &plan.pre_run).await?;
     let t_resumed = t0.elapsed();
     // The new QEMU is up: the instance is no longer "user down" (Ganeti clears the marker at
-    // start too). Done before replying, so the reply and the disk agree.
+    // start too). Queued, not awaited: the reply leaves through the same queue after it, so
+    // the reply and the disk still agree.
     let marker = s.paths.shutdown_marker();
-    s.store
-        .run(move || crate::store::files::remove_file(&marker))
-        .await?
-        .map_err(VmError::RunDir)?;
+    s.store.spawn(move || {
+        let _ = crate::store::files::remove_file(&marker);
+    });
     let total = t0.elapsed();
     let qemu = t_greeted.saturating_sub(t_spawned);
     debug!(
