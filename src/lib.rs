@@ -25,7 +25,7 @@
 //! - `uidpool` — Ganeti's uid pool for `security_model = pool`.
 //! - `runtime` — runtime files on disk and the persistence thread.
 //! - `validate` — checking an instance against this node (files, users, what QEMU offers).
-//! - `sys` — the only `unsafe`: pidfds and the new-session hook.
+//! - `sys` — the only `unsafe`: pidfds, the new-session hook, tun ioctls, `SO_PEERGROUPS`.
 #![deny(unsafe_code)]
 
 pub mod api;
