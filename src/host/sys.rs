@@ -2,8 +2,9 @@
 //!
 //! Owns: pidfds (`pidfd_open`, `pidfd_send_signal`, `async_pidfd`), the `pre_exec` hooks that
 //! put QEMU in its own session (and let it inherit tap fds), the tun ioctls (`TUNGETFEATURES`,
-//! `TUNSETIFF`) and `SO_PEERGROUPS` (`peer_groups`). Every block holds exactly one unsafe
-//! operation and carries its own `// SAFETY:` comment.
+//! `TUNSETIFF`) and `SO_PEERGROUPS` (`peer_groups`), plus `pid_t`, the one place a std `u32` pid
+//! becomes the kernel's type. Every block holds exactly one unsafe operation and carries its own
+//! `// SAFETY:` comment.
 //!
 //! Invariant: no policy here; callers decide what to signal and when.
 #![allow(unsafe_code)]
@@ -12,6 +13,13 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+
+/// `pid` (or a tid) as the kernel's `pid_t`; std and `/proc` hand them out as `u32`.
+// The kernel never issues a pid above PID_MAX_LIMIT (2^22), so the cast cannot wrap.
+#[allow(clippy::cast_possible_wrap)]
+pub fn pid_t(pid: u32) -> libc::pid_t {
+    pid as libc::pid_t
+}
 
 /// Open a pidfd for `pid`. It becomes readable when the process exits, whether or not it is
 /// our child, which is how kvmd notices the exit of an adopted QEMU without polling.
