@@ -27,7 +27,10 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    // p is a fraction in 0..=1: a non-negative index at most len, which `as` floors.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let i = (v.len() as f64 * p) as usize;
+    v[i.min(v.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -269,11 +272,7 @@ fn main() {
     for _ in 0..5 {
         let pid = d.start_vm("vm01").pid.unwrap();
         let t0 = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix_pid(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
         while d.info("vm01").state.as_str() != "crashed" {}
         crash.push(ms(t0.elapsed()));
     }

@@ -115,7 +115,6 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
         socket: o.abs_path("socket", errs).unwrap_or(d.socket),
         socket_mode: o
             .int("socket_mode", 0, 0o777, errs)
-            .map(|m| m as u32)
             .unwrap_or(d.socket_mode),
         socket_group: o.string("socket_group", errs).filter(|s| !s.is_empty()),
         run_dir: o.abs_path("run_dir", errs).unwrap_or(d.run_dir),
@@ -126,19 +125,18 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
             .unwrap_or(d.accelerator),
         qmp_timeout: o
             .int("qmp_timeout_ms", 10, 600_000, errs)
-            .map(|v| Duration::from_millis(v as u64))
+            .map(Duration::from_millis)
             .unwrap_or(d.qmp_timeout),
         stop_timeout: o
             .int("stop_timeout", 0, 86_400, errs)
-            .map(|v| Duration::from_secs(v as u64))
+            .map(Duration::from_secs)
             .unwrap_or(d.stop_timeout),
         acpi_resend_interval: o
             .int("acpi_resend_interval", 1, 3_600, errs)
-            .map(|v| Duration::from_secs(v as u64))
+            .map(Duration::from_secs)
             .unwrap_or(d.acpi_resend_interval),
         max_request_bytes: o
             .int("max_request_bytes", 1024, 16 << 20, errs)
-            .map(|v| v as usize)
             .unwrap_or(d.max_request_bytes),
         hvparams: o
             .table("hvparams")
@@ -161,39 +159,34 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
         },
         hook_timeout: o
             .int("hook_timeout_ms", 100, 3_600_000, errs)
-            .map(|v| Duration::from_millis(v as u64))
+            .map(Duration::from_millis)
             .unwrap_or(d.hook_timeout),
         probe_timeout: o
             .int("probe_timeout_ms", 100, 600_000, errs)
-            .map(|v| Duration::from_millis(v as u64))
+            .map(Duration::from_millis)
             .unwrap_or(d.probe_timeout),
         startup_timeout: o
             .int("startup_timeout_ms", 100, 3_600_000, errs)
-            .map(|v| Duration::from_millis(v as u64))
+            .map(Duration::from_millis)
             .unwrap_or(d.startup_timeout),
         health_interval: o
             .int("health_interval_ms", 100, 3_600_000, errs)
-            .map(|v| Duration::from_millis(v as u64))
+            .map(Duration::from_millis)
             .unwrap_or(d.health_interval),
         serial_log_max_bytes: o
             .int("serial_log_max_bytes", 4096, 1 << 40, errs)
-            .map(|v| v as u64)
             .unwrap_or(d.serial_log_max_bytes),
         serial_log_keep_bytes: o
             .int("serial_log_keep_bytes", 0, 1 << 40, errs)
-            .map(|v| v as u64)
             .unwrap_or(d.serial_log_keep_bytes),
         max_connections: o
             .int("max_connections", 1, 65_536, errs)
-            .map(|v| v as usize)
             .unwrap_or(d.max_connections),
         max_connections_per_peer: o
             .int("max_connections_per_peer", 1, 65_536, errs)
-            .map(|v| v as usize)
             .unwrap_or(d.max_connections_per_peer),
         event_history: o
             .int("event_history", 16, 1 << 20, errs)
-            .map(|v| v as usize)
             .unwrap_or(d.event_history),
     };
     if node.hvparams.contains_key("kvm_path") && o.had("qemu") {
@@ -225,7 +218,7 @@ fn parse_instance(
         }
         None => uuid_from_name(name.as_str()),
     };
-    let memory = o.int("memory", 16, 4 << 20, errs).unwrap_or(0) as u64;
+    let memory: u64 = o.int("memory", 16, 4 << 20, errs).unwrap_or(0);
     if !o.had("memory") {
         errs.push(FieldError::new(
             o.path("memory"),
@@ -233,11 +226,8 @@ fn parse_instance(
             "is required (MiB)",
         ));
     }
-    let vcpus = o.int("vcpus", 1, 255, errs).unwrap_or(1) as u32;
-    let min_memory = o
-        .int("min_memory", 16, 4 << 20, errs)
-        .map(|m| m as u64)
-        .unwrap_or(memory);
+    let vcpus: u32 = o.int("vcpus", 1, 255, errs).unwrap_or(1);
+    let min_memory = o.int("min_memory", 16, 4 << 20, errs).unwrap_or(memory);
     if min_memory > memory && o.had("memory") {
         errs.push(FieldError::new(
             o.path("min_memory"),
@@ -245,7 +235,7 @@ fn parse_instance(
             format!("must not exceed memory ({memory})"),
         ));
     }
-    let network_port = o.int("network_port", 1, 65535, errs).map(|p| p as u16);
+    let network_port: Option<u16> = o.int("network_port", 1, 65535, errs);
     let autostart = o.bool("autostart", errs).unwrap_or(false);
     let mut disks = Vec::new();
     for (i, t) in o.array_of_tables("disk", errs).into_iter().enumerate() {
@@ -433,17 +423,27 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn int(&mut self, key: &str, min: i64, max: i64, errs: &mut Vec<FieldError>) -> Option<i64> {
+    /// An integer in `min..=max`, as the `T` the caller stores it in. The bounds fit `T`, so
+    /// every value in range converts; one that does not is reported like any out-of-range one.
+    fn int<T: TryFrom<i64>>(
+        &mut self,
+        key: &str,
+        min: i64,
+        max: i64,
+        errs: &mut Vec<FieldError>,
+    ) -> Option<T> {
         match self.take(key)? {
-            Value::Integer(i) if (min..=max).contains(i) => Some(*i),
-            Value::Integer(i) => {
-                errs.push(FieldError::new(
-                    self.path(key),
-                    i.to_string(),
-                    format!("must be between {min} and {max}"),
-                ));
-                None
-            }
+            Value::Integer(i) => match T::try_from(*i) {
+                Ok(v) if (min..=max).contains(i) => Some(v),
+                _ => {
+                    errs.push(FieldError::new(
+                        self.path(key),
+                        i.to_string(),
+                        format!("must be between {min} and {max}"),
+                    ));
+                    None
+                }
+            },
             v => {
                 self.wrong(key, v, "an integer", errs);
                 None

@@ -63,6 +63,15 @@ struct Ring {
     seq_file: Option<PathBuf>,
 }
 
+/// The last published sequence number; never the events themselves (there may be a million).
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("published", &*self.inner.published.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Ring {
     /// The oldest sequence number still kept (`next_seq` when the ring is empty).
     fn oldest(&self) -> u64 {
@@ -196,6 +205,7 @@ impl EventBus {
 
 /// One reader of the bus. It holds no events itself: it remembers the next sequence number it
 /// wants and copies events out of the ring.
+#[derive(Debug)]
 pub struct Subscription {
     bus: EventBus,
     next: u64,

@@ -15,8 +15,9 @@
 //! - `qemu` — pure QEMU knowledge: the command line, capabilities parsing, checks, and the one
 //!   builder of a start's host facts.
 //! - `qmp` — our QMP client, the only module that knows QMP's JSON (typed commands/events).
-//! - `host` — OS adapters: syscalls (`sys`, the only `unsafe`), processes, external programs
-//!   with deadlines, taps, probing, node checks, uid pool, affinity, limits, fault injection.
+//! - `host` — OS adapters: syscalls (`sys`, the only `unsafe`: pidfds, tun ioctls, the pre-exec
+//!   hooks, `SO_PEERGROUPS`), processes, external programs with deadlines, taps, probing, node
+//!   checks, uid pool, affinity, limits, fault injection.
 //! - `store` — the run dir on disk and the persistence thread (file jobs only).
 //! - `events` — the sequenced event bus with gap markers.
 //! - `vm` — `core` (pure state machine) and the actor, its tasks and its handle.

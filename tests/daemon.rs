@@ -85,7 +85,7 @@ fn a_reused_pid_is_not_adopted() {
     let mut rt: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     rt["pid"] = std::process::id().into();
     std::fs::write(&path, rt.to_string()).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix_pid(pid), Signal::SIGKILL).unwrap();
     d.spawn();
     let info = d.wait_state("z", "crashed", Duration::from_secs(10));
     assert!(info
@@ -120,12 +120,10 @@ fn autostart_at_start_and_after_sighup_reload() {
     // A restarted kvmd does not start the same VMs twice.
     d.kill9();
     d.spawn();
-    assert_eq!(
-        d.wait_state("late", "running", Duration::from_secs(10))
-            .pid
-            .is_some(),
-        true
-    );
+    assert!(d
+        .wait_state("late", "running", Duration::from_secs(10))
+        .pid
+        .is_some());
     // An invalid config on reload is refused and the old one kept.
     std::fs::write(
         &d.config,
@@ -170,7 +168,7 @@ fn a_wedged_qemu_is_unresponsive_and_slows_nothing_else() {
     let p1 = d.start_vm("w1").pid.unwrap();
     d.start_vm("w2");
     // SIGSTOP freezes QEMU for real: its QMP socket stops answering.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p1 as i32), Signal::SIGSTOP).unwrap();
+    nix::sys::signal::kill(nix_pid(p1), Signal::SIGSTOP).unwrap();
     d.wait_state("w1", "unresponsive", Duration::from_secs(15));
     let mut c = d.client();
     let t0 = Instant::now();
@@ -183,7 +181,7 @@ fn a_wedged_qemu_is_unresponsive_and_slows_nothing_else() {
         "list took {per_call:?} with a wedged VM"
     );
     assert_eq!(d.info("w2").state.as_str(), "running");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p1 as i32), Signal::SIGCONT).unwrap();
+    nix::sys::signal::kill(nix_pid(p1), Signal::SIGCONT).unwrap();
     d.wait_state("w1", "running", Duration::from_secs(15));
 }
 
@@ -446,7 +444,7 @@ fn pause_resume_and_a_refused_reboot_leave_the_vm_usable() {
 fn the_last_exit_survives_a_start_a_restart_and_a_failed_start() {
     let mut d = Daemon::start(&instance_toml("h", ""));
     let pid = d.start_vm("h").pid.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix_pid(pid), Signal::SIGKILL).unwrap();
     d.wait_state("h", "crashed", Duration::from_secs(5));
     let pid2 = d.start_vm("h").pid.unwrap();
     let i = d.info("h");

@@ -34,7 +34,7 @@ fn jobs(d: &Daemon) -> Vec<JobInfo> {
 }
 
 fn kill(pid: u32) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix_pid(pid), Signal::SIGKILL).unwrap();
 }
 
 /// Must show: `kill -9` of kvmd during a stop with a 20 s grace on a guest that ignores ACPI;
@@ -65,7 +65,7 @@ fn a_stop_interrupted_by_kill9_ends_by_its_original_deadline_and_says_how() {
     let info = d.wait_state("s20", "stopped", Duration::from_secs(40));
     let exit = info.last_exit.unwrap();
     assert_eq!(exit.kind, ExitKind::Stopped);
-    let off_by = exit.at_ms as i64 - deadline as i64;
+    let off_by = i64::try_from(exit.at_ms).unwrap() - i64::try_from(deadline).unwrap();
     eprintln!("the interrupted stop ended {off_by} ms from its original deadline");
     assert!(
         (-2000..=2000).contains(&off_by),

@@ -255,11 +255,7 @@ fn guest_poweroff_is_a_user_shutdown_and_survives_a_kvmd_restart() {
 fn killed_qemu_is_crashed_with_its_signal_and_survives_a_kvmd_restart() {
     let mut d = Daemon::start(&instance_toml("c", ""));
     let pid = d.start_vm("c").pid.unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix_pid(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let info = d.wait_state("c", "crashed", Duration::from_secs(5));
     let exit = info.last_exit.unwrap();
     assert_eq!(exit.signal, Some(9));

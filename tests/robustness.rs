@@ -108,7 +108,7 @@ fn a_hanging_hook_is_killed_at_its_deadline_and_slows_no_other_vm() {
     );
     assert!(d.log().contains("hook"), "the timeout is logged");
     for pid in sleepers("1001") {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix_pid(pid), Signal::SIGKILL);
     }
 }
 
@@ -220,7 +220,7 @@ fn a_chatty_guest_cannot_grow_its_serial_log_without_bound() {
 fn a_command_that_misses_its_deadline_marks_the_vm_unresponsive_at_once() {
     let d = Daemon::start_with("health_interval_ms = 600000", &instance_toml("wedge", ""));
     let pid = d.start_vm("wedge").pid.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    nix::sys::signal::kill(nix_pid(pid), Signal::SIGSTOP).unwrap();
     let t0 = Instant::now();
     let e = d
         .call(ApiRequest::Pause {
@@ -231,7 +231,7 @@ fn a_command_that_misses_its_deadline_marks_the_vm_unresponsive_at_once() {
     // The QMP deadline of the test config is 2 s.
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     assert_eq!(d.info("wedge").state, VmState::Unresponsive);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
+    nix::sys::signal::kill(nix_pid(pid), Signal::SIGCONT).unwrap();
     // A command answered in time clears it (no health check needed).
     match d.call(ApiRequest::Pause {
         name: name("wedge"),

@@ -290,6 +290,8 @@ pub enum DaemonEvent {
 }
 
 /// What a subscribed connection carries after [`ApiReply::Subscribed`].
+// Nearly every item is an Event: boxing it would cost an allocation per item and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamItem {
     Event(Event),

@@ -144,8 +144,12 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         name,
         memory: v["memory"].as_u64().unwrap_or(128),
         min_memory: v["memory"].as_u64().unwrap_or(128),
-        vcpus: v["vcpus"].as_u64().unwrap_or(1) as u32,
-        network_port: v["network_port"].as_u64().map(|p| p as u16),
+        vcpus: u32::try_from(v["vcpus"].as_u64().unwrap_or(1)).context("vcpus out of range")?,
+        network_port: v["network_port"]
+            .as_u64()
+            .map(u16::try_from)
+            .transpose()
+            .context("network_port out of range")?,
         disks: v["disks"]
             .as_array()
             .into_iter()
@@ -170,8 +174,8 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
     let plan = kvmd::qemu::host_facts::plan(&spec, &hv, &caps, &facts, &paths, false);
     let mut fd = 10;
     let mut next = |n: usize| -> Vec<i32> {
-        let v: Vec<i32> = (fd..fd + n as i32).collect();
-        fd += n as i32;
+        let v: Vec<i32> = (fd..).take(n).collect();
+        fd = v.last().map_or(fd, |last| last + 1);
         v
     };
     let taps = plan

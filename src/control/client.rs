@@ -109,6 +109,7 @@ fn connect_error(path: &Path, source: std::io::Error) -> ClientError {
 }
 
 /// One connection to kvmd.
+#[derive(Debug)]
 pub struct Client {
     reader: BufReader<UnixStream>,
     /// A line being read (kept across a read timeout, so no bytes are lost).
@@ -117,6 +118,7 @@ pub struct Client {
 }
 
 /// One answered request: the decoded result and the raw reply line (for `--json`).
+#[derive(Debug)]
 pub struct Answer {
     pub result: Result<ApiReply, ApiError>,
     pub raw: String,
@@ -195,6 +197,7 @@ impl Client {
 
 /// The items of a subscribed connection, in order. Ends after `end`; a connection lost
 /// before `end` yields one [`ClientError::Closed`] (or `Io`) first.
+#[derive(Debug)]
 pub struct EventStream {
     client: Client,
     last_seq: u64,

@@ -10,7 +10,10 @@ pub fn apply(pin: &Pin, host_cpus: u32) -> nix::Result<()> {
     for cpu in pin.cpus.clone().unwrap_or_else(|| (0..host_cpus).collect()) {
         set.set(cpu as usize)?;
     }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pin.tid as i32), &set)
+    nix::sched::sched_setaffinity(
+        nix::unistd::Pid::from_raw(crate::host::sys::pid_t(pin.tid)),
+        &set,
+    )
 }
 
 #[cfg(test)]
@@ -19,8 +22,9 @@ mod tests {
 
     #[test]
     fn this_thread_can_be_pinned_to_cpu_0_and_back() {
-        let tid = nix::unistd::gettid().as_raw() as u32;
-        let host = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let tid = u32::try_from(nix::unistd::gettid().as_raw()).unwrap();
+        let host = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
         apply(
             &Pin {
                 tid,

@@ -30,7 +30,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tracing::warn;
 
-use crate::host::sys;
+use crate::host::sys::{self, pid_t};
 
 /// Bytes of stdout, and of stderr, kept per program by [`run`].
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
@@ -140,7 +140,7 @@ pub fn run_with_limit(
     let mut err =
         Stream::new(group.child.stderr.take().map(OwnedFd::from), limit).map_err(spawn_err)?;
     // Our unreaped child: its pid cannot have been reused yet.
-    let pidfd = sys::pidfd_open(group.child.id() as i32).map_err(spawn_err)?;
+    let pidfd = sys::pidfd_open(pid_t(group.child.id())).map_err(spawn_err)?;
 
     loop {
         let remaining = end.saturating_duration_since(Instant::now());
@@ -218,7 +218,7 @@ fn wait_ready(
         }
     }
     // Round up so that a sub-millisecond remainder does not spin.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
     let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
     match poll(&mut fds, timeout) {
         Ok(_) => {}
@@ -286,7 +286,7 @@ impl Group {
     /// SIGKILL the whole process group, then reap the child.
     fn kill(&mut self) {
         // Not reaped yet, so the group id (the child's pid) still names our group.
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = killpg(Pid::from_raw(pid_t(self.child.id())), Signal::SIGKILL);
         let _ = self.reap();
     }
 
@@ -339,8 +339,7 @@ mod tests {
             return true; // no such process
         };
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        let ms = within.as_millis() as i32;
-        poll(&mut fds, PollTimeout::try_from(ms).unwrap()).unwrap() == 1
+        poll(&mut fds, PollTimeout::try_from(within).unwrap()).unwrap() == 1
     }
 
     fn read_pid(path: &Path) -> i32 {
@@ -414,7 +413,7 @@ mod tests {
         assert!(took < deadline + Duration::from_millis(700), "{took:?}");
         // It was our child and has been reaped: the pid is gone.
         let pid = read_pid(&pidfile);
-        assert!(crate::host::process::read_stat(pid as u32).is_err());
+        assert!(crate::host::process::read_stat(u32::try_from(pid).unwrap()).is_err());
     }
 
     #[test]

@@ -112,6 +112,7 @@ fn run(program: &str, args: &[&str], deadline: Duration) -> Result<(), NetError>
 }
 
 /// Everything a NIC hook needs to know.
+#[derive(Debug)]
 pub struct NicContext<'a> {
     pub instance: &'a InstanceName,
     pub index: usize,

@@ -259,7 +259,7 @@ struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         // Not reaped yet, so its pid still names its process group.
-        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let pgid = nix::unistd::Pid::from_raw(crate::host::sys::pid_t(self.0.id()));
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }

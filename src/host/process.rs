@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::host::sys;
+use crate::host::sys::{self, pid_t};
 use crate::model::exit::ExitStatus;
 
 /// The fields of `/proc/PID/stat` kvmd uses.
@@ -53,7 +53,7 @@ pub fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .map(|v| v as u64)
+        .and_then(|v| u64::try_from(v).ok())
         .unwrap_or(100)
 }
 
@@ -138,7 +138,7 @@ impl QemuProcess {
         }
         Ok(Self {
             pid,
-            pidfd: sys::pidfd_open(pid as i32)?,
+            pidfd: sys::pidfd_open(pid_t(pid))?,
             own_child,
         })
     }
@@ -165,7 +165,7 @@ pub async fn wait_exit(pidfd: OwnedFd, pid: u32, own_child: bool) -> io::Result<
     }
     // The pidfd is readable once the child is a zombie, so WNOHANG finds it at once.
     loop {
-        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        match waitpid(Pid::from_raw(pid_t(pid)), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => {
                 return Ok(ExitStatus {
                     code: Some(code),

@@ -1,15 +1,25 @@
 //! The only module with `unsafe`: raw syscalls that `nix` and `std` do not wrap.
 //!
-//! Owns: pidfds (`pidfd_open`, `pidfd_send_signal`) and the `pre_exec` hook that puts QEMU in
-//! its own session. Every block carries a `// SAFETY:` comment.
+//! Owns: pidfds (`pidfd_open`, `pidfd_send_signal`, `async_pidfd`), the `pre_exec` hooks that
+//! put QEMU in its own session (and let it inherit tap fds), the tun ioctls (`TUNGETFEATURES`,
+//! `TUNSETIFF`) and `SO_PEERGROUPS` (`peer_groups`), plus `pid_t`, the one place a std `u32` pid
+//! becomes the kernel's type. Every block holds exactly one unsafe operation and carries its own
+//! `// SAFETY:` comment.
 //!
 //! Invariant: no policy here; callers decide what to signal and when.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+
+/// `pid` (or a tid) as the kernel's `pid_t`; std and `/proc` hand them out as `u32`.
+// The kernel never issues a pid above PID_MAX_LIMIT (2^22), so the cast cannot wrap.
+#[allow(clippy::cast_possible_wrap)]
+pub fn pid_t(pid: u32) -> libc::pid_t {
+    pid as libc::pid_t
+}
 
 /// Open a pidfd for `pid`. It becomes readable when the process exits, whether or not it is
 /// our child, which is how kvmd notices the exit of an adopted QEMU without polling.
@@ -20,8 +30,11 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // A pidfd is an int; the syscall only returns it widened to a long.
+    #[allow(clippy::cast_possible_truncation)]
+    let fd = fd as RawFd;
     // SAFETY: the kernel just returned this fd to us and nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Send `sig` through a pidfd: unlike kill(2) this cannot hit a new process that reused the pid.
@@ -47,17 +60,21 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 /// terminal or process group (Ctrl-C, SIGHUP) never reach it and it outlives kvmd, and give it
 /// umask 077 so the files it creates (sockets, logs) are private.
 pub fn spawn_in_new_session(cmd: &mut Command) -> &mut Command {
-    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2) and
+    // SAFETY: the hook runs in the child between fork and exec and only calls setsid(2) and
     // umask(2), which are async-signal-safe and touch no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::umask(0o077);
-            Ok(())
-        })
+    unsafe { cmd.pre_exec(enter_new_session) }
+}
+
+/// The child's side of the `pre_exec` hooks: a new session and umask 077. Only ever run in the
+/// child between fork and exec.
+fn enter_new_session() -> io::Result<()> {
+    // SAFETY: setsid(2) takes no arguments, touches no memory and is async-signal-safe.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: umask(2) takes the mask by value, cannot fail and is async-signal-safe.
+    unsafe { libc::umask(0o077) };
+    Ok(())
 }
 
 /// Register a pidfd with tokio's reactor so its exit can be awaited.
@@ -102,6 +119,8 @@ pub fn tun_features(tun: BorrowedFd<'_>) -> io::Result<u16> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    // The features are `ifr_flags` bits, a short; the ioctl only hands them over in an int.
+    #[allow(clippy::cast_possible_truncation)]
     Ok(features as u16)
 }
 
@@ -138,19 +157,27 @@ pub fn spawn_in_new_session_with_fds(cmd: &mut Command, fds: Vec<i32>) -> &mut C
     // umask(2) and fcntl(2), all async-signal-safe; `fds` was allocated before fork and is only read.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::umask(0o077);
+            enter_new_session()?;
             for &fd in &fds {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                inherit_fd(fd)?;
             }
             Ok(())
         })
     }
+}
+
+/// Clear `fd`'s close-on-exec flag. Only ever run in the child between fork and exec, so the
+/// parent's copy keeps its flag.
+fn inherit_fd(fd: i32) -> io::Result<()> {
+    // SAFETY: F_GETFD takes no third argument and only reads `fd`'s descriptor flags; fcntl(2)
+    // is async-signal-safe and an invalid fd only makes it fail.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    // SAFETY: F_SETFD takes the new flags by value and only changes this process's descriptor
+    // `fd`; fcntl(2) is async-signal-safe and an invalid fd only makes it fail.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The supplementary groups of the peer of a connected Unix socket, as the kernel recorded
@@ -162,7 +189,8 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
     // The peer's group list cannot change after connect, so a retry with the size the kernel
     // asked for succeeds; the bound only guards against a kernel that keeps saying ERANGE.
     for _ in 0..8 {
-        let mut len = (groups.len() * GID_SIZE) as libc::socklen_t;
+        let mut len = libc::socklen_t::try_from(groups.len() * GID_SIZE)
+            .map_err(|_| io::Error::other("SO_PEERGROUPS asked for a buffer over 4 GiB"))?;
         // SAFETY: the fd is open for the duration of the borrow; optval points to `groups`,
         // a live buffer of exactly `len` bytes, and optlen to a live socklen_t. The kernel
         // writes at most `len` bytes and stores the size it used (or needs) in `len`.

@@ -19,7 +19,7 @@ use crate::qemu::caps::QemuCaps;
 use crate::qemu::checks::{qemu, syntax};
 
 pub fn host_cpus() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 /// Checks that need the file system but not QEMU (run before probing it).
@@ -46,7 +46,8 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
     for k in [key::CDROM_IMAGE_PATH, key::CDROM2_IMAGE_PATH] {
         let p = hv.str(k);
         let url = p.starts_with("http://") || p.starts_with("https://");
-        if !p.is_empty() && !url && !(p.starts_with('/') && Path::new(p).is_file()) {
+        let acceptable = p.is_empty() || url || (p.starts_with('/') && Path::new(p).is_file());
+        if !acceptable {
             errs.push(FieldError::new(
                 k.field(),
                 val(k),
@@ -193,18 +194,8 @@ pub fn interface_address(name: &str, family: i64) -> Option<String> {
     .map(|a| a.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_resolves_to_its_address() {
-        assert_eq!(interface_address("lo", 4).as_deref(), Some("127.0.0.1"));
-        assert_eq!(interface_address("doesnotexist0", 0), None);
-    }
-}
-
 /// The result of validating every instance of a config file.
+#[derive(Debug)]
 pub struct Report {
     /// Per instance, every problem (empty = valid).
     pub instances: Vec<(String, Vec<FieldError>)>,
@@ -252,4 +243,15 @@ pub fn config_report(
         report.push((name.to_string(), errs));
     }
     Report { instances: report }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_resolves_to_its_address() {
+        assert_eq!(interface_address("lo", 4).as_deref(), Some("127.0.0.1"));
+        assert_eq!(interface_address("doesnotexist0", 0), None);
+    }
 }

@@ -249,10 +249,13 @@ pub type HvOverrides = BTreeMap<String, HvValue>;
 /// Marker types of typed keys.
 pub mod kinds {
     /// A string parameter.
+    #[derive(Debug)]
     pub enum Str {}
     /// A boolean parameter.
+    #[derive(Debug)]
     pub enum Bool {}
     /// An integer parameter.
+    #[derive(Debug)]
     pub enum Int {}
 }
 

@@ -216,8 +216,8 @@ impl<'de> Deserialize<'de> for InstanceName {
 /// same definition always gets the same `-uuid`.
 pub fn uuid_from_name(name: &str) -> String {
     let mut h: [u64; 2] = [0xcbf2_9ce4_8422_2325, 0x8422_2325_cbf2_9ce4];
-    for (i, lane) in h.iter_mut().enumerate() {
-        for b in name.bytes().chain(std::iter::once(i as u8)) {
+    for (lane, i) in h.iter_mut().zip(0u8..) {
+        for b in name.bytes().chain(std::iter::once(i)) {
             *lane ^= u64::from(b);
             *lane = lane.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -242,7 +242,8 @@ pub fn uuid_from_name(name: &str) -> String {
 /// QEMU's own prefix, which operators recognise).
 pub fn mac_from_uuid(uuid: &str, index: usize) -> String {
     let mut h: u32 = 0x811c_9dc5;
-    for b in uuid.bytes().chain(std::iter::once(index as u8)) {
+    // The hash takes the index's low byte.
+    for b in uuid.bytes().chain(std::iter::once(index.to_le_bytes()[0])) {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }

@@ -109,10 +109,8 @@ pub fn qemu(spec: &InstanceSpec, hv: &HvParams, caps: &QemuCaps) -> Vec<FieldErr
         ));
     }
     let security = hv.str(key::SECURITY_MODEL) != "none" || hv.bool(key::USE_CHROOT);
-    if security
-        && !caps.options.run_with
-        && !(caps.options.runas || !hv.str(key::SECURITY_MODEL).eq("user"))
-    {
+    let needs_runas = hv.str(key::SECURITY_MODEL) == "user";
+    if security && needs_runas && !caps.options.run_with && !caps.options.runas {
         errs.push(FieldError::new(
             key::SECURITY_MODEL.field(),
             val(key::SECURITY_MODEL),

@@ -356,7 +356,7 @@ impl Drops {
         self.unreported += 1;
         if self
             .last_warning
-            .map_or(true, |t| t.elapsed() >= DROP_WARNING_EVERY)
+            .is_none_or(|t| t.elapsed() >= DROP_WARNING_EVERY)
         {
             self.warn();
         }

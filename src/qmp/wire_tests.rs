@@ -387,7 +387,7 @@ fn replies_decode_into_typed_results() {
 #[test]
 fn a_log_excerpt_is_bounded_escaped_and_marked_when_cut() {
     let mut line = b"bad \x1b[31m\"line\"".to_vec();
-    line.extend(std::iter::repeat(b'z').take(8 << 20));
+    line.extend(std::iter::repeat_n(b'z', 8 << 20));
     line.push(b'\n');
     let e = excerpt(&line);
     assert!(e.starts_with(r#"bad \u{1b}[31m\"line\""#), "{e}");

@@ -40,7 +40,7 @@ pub enum StoreError {
 
 /// The persistence thread: runs file-system jobs one at a time, in order, off the actors'
 /// threads. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Store {
     tx: crossbeam_channel::Sender<Job>,
 }

@@ -67,7 +67,9 @@ pub fn rotate_if_needed(log: &Path, max_bytes: u64, keep_bytes: u64) -> io::Resu
     // Right after the last size check: QEMU's next O_APPEND write lands at offset 0.
     f.set_len(0)?;
     if caught_up {
-        let excess = tail.len().saturating_sub(keep_bytes as usize);
+        let excess = tail
+            .len()
+            .saturating_sub(usize::try_from(keep_bytes).unwrap_or(usize::MAX));
         tail.drain(..excess);
         write_atomic(&rotated, &tail)?;
     }
@@ -76,7 +78,9 @@ pub fn rotate_if_needed(log: &Path, max_bytes: u64, keep_bytes: u64) -> io::Resu
 
 /// Bytes `start..end` of `f`, fewer if the file is shorter by now.
 fn read_range(f: &std::fs::File, start: u64, end: u64) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; end.saturating_sub(start) as usize];
+    let len = usize::try_from(end.saturating_sub(start))
+        .map_err(|_| io::Error::other("too many bytes to read at once"))?;
+    let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < buf.len() {
         match f.read_at(&mut buf[got..], start + got as u64) {
@@ -99,7 +103,7 @@ mod tests {
     use std::sync::Arc;
 
     fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i % 251) as u8 + 1).collect()
+        (0..n).map(|i| u8::try_from(i % 251).unwrap() + 1).collect()
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::store::Store;
 use super::{Call, Supervisor};
 
 /// A cheap, cloneable way to call the supervisor.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SupervisorHandle {
     addr: Addr<Supervisor>,
     bus: EventBus,

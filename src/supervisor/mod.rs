@@ -187,6 +187,15 @@ fn instances_on_disk(run_dir: &std::path::Path) -> Vec<InstanceName> {
         .collect()
 }
 
+/// An actor's state is not for printing: which config it serves says which supervisor it is.
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("config", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
 

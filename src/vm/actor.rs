@@ -69,7 +69,7 @@ pub(super) enum Manage {
 pub(super) struct GetJob;
 
 /// What a VM tells its supervisor, as an actix message.
-#[derive(Message)]
+#[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct VmNotify(pub VmNotice);
 
@@ -108,6 +108,7 @@ pub struct VmActor {
 }
 
 /// What the actor needs to exist.
+#[derive(Debug)]
 pub struct VmSetup {
     pub name: InstanceName,
     pub spec: Option<InstanceSpec>,
@@ -549,6 +550,15 @@ fn log_job_end(span: &tracing::Span, job: &JobInfo) {
             info!(parent: span, job = %job.id, kind = %job.kind, %reason, "job cancelled")
         }
         _ => info!(parent: span, job = %job.id, kind = %job.kind, "job done"),
+    }
+}
+
+/// An actor's state is not for printing: its instance name says which one it is.
+impl std::fmt::Debug for VmActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmActor")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

@@ -17,7 +17,7 @@ fn gone(e: MailboxError) -> ApiError {
 }
 
 /// A cheap, cloneable handle on one VM actor.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct VmHandle {
     pub(super) addr: Addr<VmActor>,
 }

@@ -12,7 +12,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -40,6 +40,13 @@ use super::report::Reporter;
 use super::undo::{self, UndoCtx};
 use super::watch::STDERR_LINES;
 
+/// A resumed start's QEMU as recovery had it: its handle, exit watch and QMP connection.
+pub(super) type ExistingQemu = (
+    Option<Arc<QemuProcess>>,
+    Option<watch::Receiver<Option<ExitStatus>>>,
+    Option<Qmp>,
+);
+
 /// What a start needs.
 pub(super) struct StartCtx {
     pub job: JobId,
@@ -48,11 +55,7 @@ pub(super) struct StartCtx {
     pub paused: bool,
     pub resume: bool,
     /// A resumed start's QEMU: its handle, exit watch and QMP connection, if recovery had them.
-    pub existing: Option<(
-        Option<Arc<QemuProcess>>,
-        Option<watch::Receiver<Option<ExitStatus>>>,
-        Option<Qmp>,
-    )>,
+    pub existing: Option<ExistingQemu>,
     pub undo: Vec<Undo>,
     pub node: Arc<NodeConfig>,
     pub paths: RunPaths,
@@ -199,7 +202,7 @@ async fn launch(
     s.report.process(s.gen, process.clone(), exit.clone());
     s.report.input(Input::Spawned { gen: s.gen, pid });
     phase(s, "connecting", undo);
-    info!(pid, us = t_spawned.as_micros() as u64, "QEMU spawned");
+    info!(pid, us = us(t_spawned), "QEMU spawned");
     // 4. QMP (the greeting comes when QEMU is ready) while the runtime file is written.
     let runtime = RuntimeFile {
         version: 1,
@@ -251,14 +254,14 @@ async fn launch(
     let total = t0.elapsed();
     let qemu = t_greeted.saturating_sub(t_spawned);
     debug!(
-        checked_us = t_checked.as_micros() as u64,
-        run_dir_us = t_dir.as_micros() as u64,
-        spawned_us = t_spawned.as_micros() as u64,
-        greeted_us = t_greeted.as_micros() as u64,
-        resumed_us = t_resumed.as_micros() as u64,
-        total_us = total.as_micros() as u64,
-        qemu_startup_us = qemu.as_micros() as u64,
-        kvmd_share_us = total.saturating_sub(qemu).as_micros() as u64,
+        checked_us = us(t_checked),
+        run_dir_us = us(t_dir),
+        spawned_us = us(t_spawned),
+        greeted_us = us(t_greeted),
+        resumed_us = us(t_resumed),
+        total_us = us(total),
+        qemu_startup_us = us(qemu),
+        kvmd_share_us = us(total.saturating_sub(qemu)),
         "start timeline"
     );
     Ok(super::recover::run_info(&runtime))
@@ -589,4 +592,9 @@ async fn roll_back(
     }
     warn!(error = %chain(&e).escape_debug(), stderr = ?stderr, "start failed; undone");
     api
+}
+
+/// Microseconds for the log (saturating: no start takes 584 000 years).
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -37,6 +37,11 @@ pub fn name(s: &str) -> InstanceName {
     InstanceName::parse(s).unwrap()
 }
 
+/// A pid as std and the API give it (`u32`), for nix's signal calls.
+pub fn nix_pid(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(kvmd::host::sys::pid_t(pid))
+}
+
 /// Poll `f` every 20 ms until it returns Some or the deadline passes.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -185,7 +190,7 @@ impl Daemon {
 
     /// Send a signal to the daemon.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+        nix::sys::signal::kill(nix_pid(self.pid()), sig).unwrap();
     }
 
     pub fn log(&self) -> String {
@@ -377,10 +382,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         for pid in qemus_under(self.dir.path()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix_pid(pid), nix::sys::signal::Signal::SIGKILL);
         }
         if std::thread::panicking() {
             eprintln!("---- kvmd log ----\n{}", self.log());

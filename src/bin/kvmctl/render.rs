@@ -73,6 +73,8 @@ pub fn dur(s: u64) -> String {
 /// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS.mmm`.
 pub fn time(ms: u64) -> String {
     let (secs, millis) = (ms / 1000, ms % 1000);
+    // u64::MAX / 86_400 is below 2^48: the day count always fits.
+    #[allow(clippy::cast_possible_wrap)]
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;

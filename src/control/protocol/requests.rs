@@ -88,6 +88,7 @@ impl FieldSpec {
 }
 
 /// One request: its name, fields and how it is built from them.
+#[derive(Debug)]
 pub struct RequestSpec {
     pub name: &'static str,
     pub doc: &'static str,
@@ -379,6 +380,7 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 }
 
 /// A field value that passed its type check.
+#[derive(Debug)]
 enum Parsed {
     Name(InstanceName),
     Bool(bool),
@@ -386,6 +388,7 @@ enum Parsed {
 }
 
 /// A request's fields once type-checked, and every problem found so far.
+#[derive(Debug)]
 pub struct Args {
     spec: &'static RequestSpec,
     values: BTreeMap<&'static str, Parsed>,

@@ -42,7 +42,8 @@ pub fn plan_slots(
     let bus = if q35 { "pcie.0" } else { "pci.0" };
     // q35 keeps slot 0x1f for its ICH9 functions.
     let last: u8 = if q35 { 30 } else { 31 };
-    let mut next = hv.int(key::KVM_PCI_RESERVATIONS) as u8;
+    // Checked to be 0..=32; anything else leaves no slot.
+    let mut next = u8::try_from(hv.int(key::KVM_PCI_RESERVATIONS)).unwrap_or(u8::MAX);
     let mut pci = |what: &str| -> Result<Slot, FieldError> {
         if next > last {
             return Err(FieldError::new(

@@ -75,6 +75,7 @@ pub struct Host {
 }
 
 /// The inputs of one QEMU command line.
+#[derive(Debug)]
 pub struct Launch<'a> {
     pub spec: &'a InstanceSpec,
     pub hv: &'a HvParams,

@@ -144,7 +144,7 @@ impl Core {
                 .as_ref()
                 .is_some_and(|r| r.exited.is_some() || r.shutdown.is_some()),
             state: self.state,
-            watched: self.run.as_ref().map_or(true, |r| r.watched),
+            watched: self.run.as_ref().is_none_or(|r| r.watched),
         }
     }
 

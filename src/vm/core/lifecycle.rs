@@ -306,7 +306,7 @@ impl Core {
         let Some(run) = self.run.as_mut() else { return };
         run.stop_requested = true;
         let gen = run.gen;
-        let acpi = run.info.as_ref().map_or(true, |i| i.acpi);
+        let acpi = run.info.as_ref().is_none_or(|i| i.acpi);
         let Some(job) = self.job.as_mut() else { return };
         let acpi = acpi && self.state != VmState::Paused && !job.force;
         let from = if job.force { StopPhase::Sigkill } else { from };

@@ -453,18 +453,16 @@ impl Core {
                     self.on_exit(status, now, &mut fx);
                 }
             }
+            // Fill in QEMU's last words, unless the record is gone (cleaned up) or newer.
             Input::ExitRecorded {
                 gen,
                 epoch,
                 stderr_tail,
-            } => {
-                // Fill in QEMU's last words, unless the record is gone (cleaned up) or newer.
-                if epoch == self.epoch && gen == self.gen && self.run.is_none() {
-                    if let Some(rec) = self.last_exit.as_mut() {
-                        if rec.stderr_tail.is_empty() && !stderr_tail.is_empty() {
-                            rec.stderr_tail = stderr_tail;
-                            fx.push(Effect::Publish);
-                        }
+            } if epoch == self.epoch && gen == self.gen && self.run.is_none() => {
+                if let Some(rec) = self.last_exit.as_mut() {
+                    if rec.stderr_tail.is_empty() && !stderr_tail.is_empty() {
+                        rec.stderr_tail = stderr_tail;
+                        fx.push(Effect::Publish);
                     }
                 }
             }

@@ -89,6 +89,9 @@ pub enum Outcome {
 }
 
 /// An immediate answer.
+// Boxing the JobInfo would save nothing: Answer travels in an Outcome, whose other variants
+// hold a JobInfo inline.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// A stop of an instance without QEMU.
