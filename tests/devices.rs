@@ -92,7 +92,8 @@ fn tap_of(d: &Daemon, vm: &str, nic: usize) -> String {
 
 #[test]
 fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environment() {
-    let br = Bridge::new("b", "192.0.2.1/24");
+    let net = free_test_net();
+    let br = Bridge::new("b", &format!("{net}.1/24"));
     let scratch = tempfile::tempdir().unwrap();
     let log = scratch.path().join("nic.log");
     let script = scratch.path().join("nic-script");
@@ -127,7 +128,10 @@ fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environmen
         "tap on the bridge"
     );
     d.wait_ready("net", 1);
-    let out = d.guest_run("net", "ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 3 192.0.2.1 >/dev/null && echo PING-OK");
+    let out = d.guest_run(
+        "net",
+        &format!("ip addr add {net}.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 3 {net}.1 >/dev/null && echo PING-OK"),
+    );
     assert!(
         out.contains("PING-OK"),
         "guest could not reach the host over the bridge: {out}"
@@ -164,10 +168,14 @@ fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environmen
 
 #[test]
 fn a_routed_tap_nic_gets_a_host_route_that_goes_with_the_vm() {
-    let d = Daemon::start(&(instance_toml("rt", "[[instance.rt.nic]]\nmode = \"routed\"\nip = \"198.51.100.2\"\n[instance.rt.hvparams]\nvhost_net = false")));
+    let ip = format!("{}.2", free_test_net());
+    let d = Daemon::start(&instance_toml(
+        "rt",
+        &format!("[[instance.rt.nic]]\nmode = \"routed\"\nip = \"{ip}\"\n[instance.rt.hvparams]\nvhost_net = false"),
+    ));
     d.start_vm("rt");
     let tap = tap_of(&d, "rt", 0);
-    let route = route_to("198.51.100.2");
+    let route = route_to(&ip);
     assert!(route.contains(&format!("dev {tap}")), "{route}");
     d.call(ApiRequest::Stop {
         name: name("rt"),
@@ -176,7 +184,7 @@ fn a_routed_tap_nic_gets_a_host_route_that_goes_with_the_vm() {
         wait: true,
     })
     .unwrap();
-    let route = route_to("198.51.100.2");
+    let route = route_to(&ip);
     assert!(route.trim().is_empty(), "route left behind: {route}");
 }
 

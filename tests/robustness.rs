@@ -68,7 +68,7 @@ fn a_hanging_hook_is_killed_at_its_deadline_and_slows_no_other_vm() {
         &format!("nic_script = \"{}\"\nhook_timeout_ms = 6000", hook.display()),
         &(instance_toml(
             "hooked",
-            "[[instance.hooked.nic]]\nmode = \"routed\"\nip = \"198.51.100.7\"\n[instance.hooked.hvparams]\nvhost_net = false",
+            &format!("[[instance.hooked.nic]]\nmode = \"routed\"\nip = \"{}.7\"\n[instance.hooked.hvparams]\nvhost_net = false", free_test_net()),
         ) + &instance_toml("other", "")),
     );
     d.start_vm("other");
@@ -130,7 +130,7 @@ fn a_failed_start_runs_the_down_hook_of_every_nic_it_brought_up() {
         &format!("nic_script = \"{}\"", hook.display()),
         &instance_toml(
             "bad",
-            "[[instance.bad.nic]]\nmode = \"routed\"\nip = \"198.51.100.8\"\n[[instance.bad.nic]]\nmode = \"routed\"\nip = \"198.51.100.9\"\n[instance.bad.hvparams]\nvhost_net = false\nkvm_extra = \"-no-such-option\"",
+            &format!("[[instance.bad.nic]]\nmode = \"routed\"\nip = \"{net}.8\"\n[[instance.bad.nic]]\nmode = \"routed\"\nip = \"{net}.9\"\n[instance.bad.hvparams]\nvhost_net = false\nkvm_extra = \"-no-such-option\"", net = free_test_net()),
         ),
     );
     let e = d

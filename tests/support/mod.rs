@@ -389,3 +389,24 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A documentation /24 (RFC 5737) that this host does not route already, as its first three
+/// octets: test addresses go there, never to a network the host uses (a machine may well sit
+/// on 192.0.2.0/24 itself).
+pub fn free_test_net() -> &'static str {
+    static NET: OnceLock<&'static str> = OnceLock::new();
+    NET.get_or_init(|| {
+        let routes = String::from_utf8(
+            Command::new("ip")
+                .args(["-4", "route", "show", "table", "all"])
+                .output()
+                .expect("ip route")
+                .stdout,
+        )
+        .unwrap();
+        ["203.0.113", "198.51.100", "192.0.2"]
+            .into_iter()
+            .find(|net| !routes.contains(&format!("{net}.")))
+            .expect("a documentation /24 this host does not use")
+    })
+}
