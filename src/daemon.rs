@@ -129,6 +129,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let bus = EventBus::new(node.event_history, events::first_seq_from(&seq_path))
         .with_seq_file(&seq_path)
         .map_err(DaemonError::Events)?;
+    let ids = crate::vm::JobIds::persisted(&node.run_dir.join("jobs.seq"));
     let std_listener = bind_socket(&node.socket, node.socket_mode, gid)?;
     let socket_inode = std::fs::metadata(&node.socket).map(|m| m.ino()).ok();
     let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<i32>();
@@ -157,6 +158,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         max_connections_per_peer: node.max_connections_per_peer,
     };
     let bus_for_actors = bus.clone();
+    let ids_for_actors = ids.clone();
     let bind_result = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let bus = bus_for_actors;
@@ -166,7 +168,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             }),
         );
-        let sup = SupervisorHandle::start(config, store_for_actors, bus.clone());
+        let sup = SupervisorHandle::start(config, store_for_actors, bus.clone(), ids_for_actors);
         let (stop_tx, stop_rx) = watch::channel(false);
         actix::spawn(control::serve(listener, sup.clone(), limits, stop_rx));
         actix::spawn(async move {
@@ -205,6 +207,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // The next kvmd numbers its events right after ours.
     if let Err(e) = bus.checkpoint() {
         warn!(error = %e, "cannot record the last event sequence number; the next kvmd skips some");
+    }
+    // And its jobs right after ours.
+    if let Err(e) = ids.checkpoint() {
+        warn!(error = %e, "cannot record the last job id; the next kvmd skips some");
     }
     sig_handle.close();
     // Remove the socket only if it is still ours (not one a successor already bound).

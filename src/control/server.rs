@@ -221,6 +221,7 @@ pub async fn serve(
 ) {
     let requests = Arc::new(Tracker::default());
     let streams = Arc::new(Tracker::default());
+    let (drained_tx, drained_rx) = watch::channel(false);
     let slots = Arc::new(Slots {
         max_total: limits.max_connections,
         max_per_peer: limits.max_connections_per_peer,
@@ -275,6 +276,7 @@ pub async fn serve(
             requests: requests.clone(),
             streams: streams.clone(),
             shutdown: shutdown.clone(),
+            drained: drained_rx.clone(),
         };
         actix::spawn(async move {
             conn.run(stream).await;
@@ -293,6 +295,7 @@ pub async fn serve(
     {
         warn!("in-flight requests did not finish in time; exiting anyway (VMs keep running)");
     }
+    let _ = drained_tx.send(true);
     if tokio::time::timeout(STREAM_FLUSH_TIMEOUT, streams.wait_idle())
         .await
         .is_err()
@@ -310,6 +313,9 @@ struct Connection {
     requests: Arc<Tracker>,
     streams: Arc<Tracker>,
     shutdown: watch::Receiver<bool>,
+    /// Turns true once in-flight requests have finished at shutdown: event streams go on
+    /// until then, so the events of those requests still reach their subscribers.
+    drained: watch::Receiver<bool>,
 }
 
 impl Connection {
@@ -437,7 +443,7 @@ impl Connection {
                     Ok(0) | Err(_) => return,
                     Ok(_) => continue,
                 },
-                _ = self.shutdown.wait_for(|s| *s) => break,
+                _ = self.drained.wait_for(|s| *s) => break,
             };
             if write
                 .write_all(&protocol::encode_stream_item(&item))

@@ -7,6 +7,7 @@ use crate::api::{ApiError, ApiReply, ApiRequest, ErrorCode};
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::store::Store;
+use crate::vm::JobIds;
 
 use super::{Call, Supervisor};
 
@@ -18,9 +19,9 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
-    pub fn start(config: Config, store: Store, bus: EventBus) -> Self {
+    pub fn start(config: Config, store: Store, bus: EventBus, ids: JobIds) -> Self {
         Self {
-            addr: Supervisor::new(config, store, bus.clone()).start(),
+            addr: Supervisor::new(config, store, bus.clone(), ids).start(),
             bus,
         }
     }

@@ -68,8 +68,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(config: Config, store: Store, bus: EventBus) -> Self {
-        let ids = JobIds::persisted(&config.node.run_dir.join("jobs.seq"));
+    fn new(config: Config, store: Store, bus: EventBus, ids: JobIds) -> Self {
         Self {
             node: Arc::new(config.node.clone()),
             config,

@@ -202,7 +202,7 @@ impl VmActor {
         let mut publish = false;
         for e in fx {
             match e {
-                Effect::Answer(ticket, outcome) => self.answer(ticket, outcome),
+                Effect::Answer(ticket, outcome, info) => self.answer(ticket, outcome, *info),
                 Effect::Publish => publish = true,
                 Effect::Event(kind) => {
                     self.bus.publish(Some(self.name.clone()), kind);
@@ -296,7 +296,7 @@ impl VmActor {
         }
     }
 
-    fn answer(&mut self, ticket: Ticket, outcome: Outcome) {
+    fn answer(&mut self, ticket: Ticket, outcome: Outcome, info: VmInfo) {
         let reply = match outcome {
             Outcome::Accepted(job) => {
                 if self.waiters.get(&ticket).is_some_and(|w| w.wait) {
@@ -311,7 +311,6 @@ impl VmActor {
             Outcome::Now(Err(e)) => Err(e),
         };
         if let Some(w) = self.waiters.remove(&ticket) {
-            let info = self.core.info();
             // Through the store's queue: whatever the job wrote before (its job file cleared,
             // an exit record) is on disk before the client hears, so a kvmd killed right
             // after the answer never contradicts it on restart.

@@ -90,6 +90,18 @@ impl JobIds {
         })))
     }
 
+    /// Record the last id handed out exactly (at a clean exit), so the next kvmd continues
+    /// right after it instead of after the whole reservation.
+    pub fn checkpoint(&self) -> std::io::Result<()> {
+        let mut s = self.0.lock().expect("job ids");
+        let last = s.next.saturating_sub(1);
+        if let Some(path) = &s.file {
+            crate::store::seq_file::write(path, last)?;
+        }
+        s.reserved = last;
+        Ok(())
+    }
+
     /// The id the next job will get (not taken yet: see [`JobIds::take`]).
     pub fn peek(&self) -> JobId {
         JobId(self.0.lock().expect("job ids").next)

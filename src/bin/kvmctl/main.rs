@@ -35,7 +35,8 @@ const EXIT_OK: u8 = 0;
 const EXIT_FAILED: u8 = 1;
 /// A bad command line.
 const EXIT_USAGE: u8 = 2;
-/// kvmd could not be reached, or the connection was lost.
+/// kvmd could not be reached or would not serve this client (socket permissions, a refused
+/// peer, too many connections), or the connection was lost.
 const EXIT_UNREACHABLE: u8 = 3;
 
 /// Why a command did not succeed, before or instead of kvmd's answer.
@@ -191,10 +192,18 @@ fn print_answer(ctx: &Ctx, answer: &Answer) -> u8 {
             Err(err) => render::print_error(err),
         }
     }
-    if answer.result.is_ok() {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
+    match &answer.result {
+        Ok(_) => EXIT_OK,
+        // kvmd does not serve this client at all: like not reaching it.
+        Err(e)
+            if matches!(
+                e.code,
+                kvmd::api::ErrorCode::PermissionDenied | kvmd::api::ErrorCode::TooManyConnections
+            ) =>
+        {
+            EXIT_UNREACHABLE
+        }
+        Err(_) => EXIT_FAILED,
     }
 }
 

@@ -166,7 +166,7 @@ impl Core {
         };
         let verb = match code {
             ErrorCode::Busy => "is busy",
-            ErrorCode::AlreadyRunning => "is already running",
+            ErrorCode::AlreadyRunning => "cannot start",
             _ => "cannot do that",
         };
         let message = match code {
@@ -179,8 +179,12 @@ impl Core {
         ApiError::new(code, message)
     }
 
-    fn answer(ticket: Ticket, r: Result<Answer, ApiError>, fx: &mut Vec<Effect>) {
-        fx.push(Effect::Answer(ticket, Outcome::Now(r)));
+    fn answer(&self, ticket: Ticket, r: Result<Answer, ApiError>, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Answer(
+            ticket,
+            Outcome::Now(r),
+            Box::new(self.info()),
+        ));
     }
 
     /// Decide on one request (a new one, or a deferred one whose turn came).
@@ -193,11 +197,11 @@ impl Core {
     ) {
         let Some(ask) = ask_of(&request) else { return };
         match rule(ask, self.running(), self.facts()) {
-            Rule::Refuse(code, why) => Self::answer(ticket, Err(self.refusal(code, why)), fx),
+            Rule::Refuse(code, why) => self.answer(ticket, Err(self.refusal(code, why)), fx),
             Rule::AlreadyStopped if self.start_cancelled_by_stop => {
-                Self::answer(ticket, Ok(Answer::StartCancelled), fx)
+                self.answer(ticket, Ok(Answer::StartCancelled), fx)
             }
-            Rule::AlreadyStopped => Self::answer(ticket, Ok(Answer::AlreadyStopped), fx),
+            Rule::AlreadyStopped => self.answer(ticket, Ok(Answer::AlreadyStopped), fx),
             Rule::Defer => self.defer(ticket, request, fx),
             Rule::CancelThenDefer => {
                 if let Some(id) = self.job_id() {
@@ -222,7 +226,11 @@ impl Core {
                     job.tickets.push(ticket);
                     let job = job.clone();
                     let info = self.describe(&job, None, None);
-                    fx.push(Effect::Answer(ticket, Outcome::Accepted(info)));
+                    fx.push(Effect::Answer(
+                        ticket,
+                        Outcome::Accepted(info),
+                        Box::new(self.info()),
+                    ));
                 }
             }
             Rule::Begin => self.begin_request(ticket, request, now, fx),
@@ -239,7 +247,7 @@ impl Core {
                     self.deferred.len()
                 ),
             );
-            Self::answer(ticket, Err(e), fx);
+            self.answer(ticket, Err(e), fx);
             return;
         }
         self.deferred.push_back(Deferred { ticket, request });
@@ -250,7 +258,7 @@ impl Core {
         match request {
             Request::Start { paused, check } => {
                 if let Some(e) = self.startable(check) {
-                    return Self::answer(ticket, Err(e), fx);
+                    return self.answer(ticket, Err(e), fx);
                 }
                 self.begin_start(Some(ticket), paused, now, fx);
             }
@@ -267,7 +275,7 @@ impl Core {
             }
             Request::Reboot { timeout, check } => {
                 if let Some(e) = self.startable(check) {
-                    return Self::answer(ticket, Err(e), fx);
+                    return self.answer(ticket, Err(e), fx);
                 }
                 let mut job = self.new_job(now, Operation::Reboot, StopPhase::Acpi.as_str());
                 job.timeout = timeout.unwrap_or(self.settings.stop_timeout);

@@ -166,6 +166,8 @@ impl Core {
             Some(mut j) if j.kind == Operation::Reboot => {
                 j.restarting = true;
                 j.phase = "starting".into();
+                // The stop half's deadlines are over.
+                j.deadline_ms = None;
                 j.phase_deadline_ms = None;
                 j
             }
@@ -309,7 +311,15 @@ impl Core {
         let acpi = run.info.as_ref().is_none_or(|i| i.acpi);
         let Some(job) = self.job.as_mut() else { return };
         let acpi = acpi && self.state != VmState::Paused && !job.force;
-        let from = if job.force { StopPhase::Sigkill } else { from };
+        let from = match from {
+            _ if job.force => StopPhase::Sigkill,
+            // A guest that cannot hear the button (paused, or no ACPI) gets SIGTERM at once.
+            StopPhase::Acpi if !acpi => StopPhase::Sigterm,
+            other => other,
+        };
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            job.before_stop = Some(self.state);
+        }
         let deadline_ms = *job.deadline_ms.get_or_insert(now.ms + ms(job.timeout));
         job.phase = from.as_str().into();
         let task = Task::Stop {
@@ -335,11 +345,6 @@ impl Core {
             Ok(_) if self.has_qemu() => {} // the exit is on its way
             Ok(ended) => {
                 let elapsed_ms = now.ms.saturating_sub(job.started_at_ms);
-                let ended = if job.stops_a_start {
-                    StopEnd::StartCancelled
-                } else {
-                    ended
-                };
                 if job.kind == Operation::Reboot {
                     if job.cancelled.is_some() {
                         let reason = job.cancelled.clone().unwrap_or_default();
@@ -360,7 +365,7 @@ impl Core {
                     run.stop_requested = false;
                 }
                 if self.state == VmState::Stopping {
-                    self.set_state(VmState::Running, fx);
+                    self.set_state(job.before_stop.unwrap_or(VmState::Running), fx);
                 }
                 let outcome = match job.cancelled.clone() {
                     Some(reason) => JobOutcome::Cancelled { reason },
@@ -469,7 +474,21 @@ impl Core {
             ));
         };
         match job.kind {
-            Operation::Start | Operation::Stop | Operation::Reboot => {}
+            Operation::Start => {}
+            // A signal cannot be taken back: only the power-button phase of a stop (or of a
+            // reboot's stop half) can be cancelled.
+            Operation::Stop | Operation::Reboot
+                if job.restarting || job.phase == StopPhase::Acpi.as_str() => {}
+            Operation::Stop | Operation::Reboot => {
+                return Err(ApiError::new(
+                    ErrorCode::NotCancellable,
+                    format!(
+                    "The {} job {id} is past the power button ({} sent): it cannot be taken back",
+                    job.kind,
+                    job.phase.to_uppercase()
+                ),
+                ))
+            }
             other => {
                 return Err(ApiError::new(
                     ErrorCode::NotCancellable,

@@ -87,8 +87,8 @@ pub(super) struct Job {
     stop_end: Option<Result<StopEnd, ApiError>>,
     /// What a failed start goes back to.
     before: Option<Before>,
-    /// A stop that began by cancelling a start answers `start-cancelled`.
-    stops_a_start: bool,
+    /// What a stop that does not happen goes back to (running or paused).
+    before_stop: Option<VmState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +291,7 @@ impl Core {
             undo: Vec::new(),
             stop_end: None,
             before: None,
-            stops_a_start: false,
+            before_stop: None,
         }
     }
 
@@ -320,7 +320,11 @@ impl Core {
             fx.push(Effect::PersistJob(Self::persisted(&job)));
         }
         for t in &job.tickets {
-            fx.push(Effect::Answer(*t, Outcome::Accepted(info.clone())));
+            fx.push(Effect::Answer(
+                *t,
+                Outcome::Accepted(info.clone()),
+                Box::new(self.info()),
+            ));
         }
         fx.push(Effect::JobUpdated(info.clone()));
         fx.push(Effect::Event(EventKind::JobStarted(info)));
@@ -335,8 +339,9 @@ impl Core {
         if job.kind.persisted() {
             fx.push(Effect::ClearJob);
         }
+        let vm = Box::new(self.info());
         for t in &job.tickets {
-            fx.push(Effect::Answer(*t, Outcome::Ended(info.clone())));
+            fx.push(Effect::Answer(*t, Outcome::Ended(info.clone()), vm.clone()));
         }
         fx.push(Effect::JobUpdated(info.clone()));
         fx.push(Effect::Event(EventKind::JobEnded(info)));
@@ -392,7 +397,11 @@ impl Core {
         let mut fx = Vec::new();
         if let Request::Cancel { id } = request {
             let answer = self.cancel(id, "cancelled by the operator", &mut fx);
-            fx.push(Effect::Answer(ticket, Outcome::Now(answer)));
+            fx.push(Effect::Answer(
+                ticket,
+                Outcome::Now(answer),
+                Box::new(self.info()),
+            ));
             return fx;
         }
         self.admit(ticket, request, now, &mut fx);

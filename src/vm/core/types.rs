@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::api::{ApiError, EventKind, JobInfo, Progress};
+use crate::api::{ApiError, EventKind, JobInfo, Progress, VmInfo};
 use crate::model::exit::{ExitRecord, ExitStatus};
 use crate::model::job::{JobId, PersistedJob, Undo};
 use crate::model::spec::InstanceSpec;
@@ -234,8 +234,9 @@ pub enum TaskControl {
 /// What the actor must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// Answer a waiting request.
-    Answer(Ticket, Outcome),
+    /// Answer a waiting request; with the VM as it was at that moment (not after whatever
+    /// the same step went on to begin).
+    Answer(Ticket, Outcome, Box<VmInfo>),
     /// What `info` shows changed: publish it to the supervisor.
     Publish,
     /// Tell subscribers.

@@ -162,7 +162,7 @@ fn stop_task(fx: &[Effect]) -> Option<(JobId, bool, StopPhase, u64)> {
 
 fn answer(fx: &[Effect], ticket: Ticket) -> Option<Outcome> {
     fx.iter().find_map(|e| match e {
-        Effect::Answer(t, o) if *t == ticket => Some(o.clone()),
+        Effect::Answer(t, o, _) if *t == ticket => Some(o.clone()),
         _ => None,
     })
 }
@@ -572,6 +572,74 @@ fn a_cancelled_stop_leaves_the_vm_running() {
     });
     assert_eq!(ended(&fx, ticket).state, JobState::Cancelled);
     assert_eq!(t.core.state(), VmState::Running);
+}
+
+#[test]
+fn a_stop_past_the_power_button_cannot_be_cancelled() {
+    let mut t = T::running(false);
+    let (_, fx) = t.req(stop(false));
+    let (job, ..) = stop_task(&fx).unwrap();
+    t.input(Input::Phase {
+        job,
+        phase: "sigterm".into(),
+        deadline_ms: Some(t.ms + 10_000),
+        progress: None,
+        undo: None,
+    });
+    let (c, fx) = t.req(Request::Cancel { id: job });
+    assert_eq!(refused(&fx, c), ErrorCode::NotCancellable);
+    assert!(!fx.contains(&Effect::Control(job, TaskControl::Cancel)));
+}
+
+#[test]
+fn a_failed_stop_of_a_paused_guest_leaves_it_paused() {
+    let mut t = T::running(false);
+    t.input(Input::Guest {
+        gen: t.core.gen(),
+        event: GuestEvent::Stop,
+    });
+    let (_, fx) = t.req(stop(false));
+    let (job, acpi, from, _) = stop_task(&fx).unwrap();
+    assert!(
+        !acpi && from == StopPhase::Sigterm,
+        "no button for a paused guest"
+    );
+    assert_eq!(t.core.job_info().unwrap().phase, "sigterm");
+    t.input(Input::StopDone {
+        job,
+        gen: t.core.gen(),
+        result: Err(ApiError::new(
+            ErrorCode::Internal,
+            "QEMU did not exit after SIGKILL",
+        )),
+    });
+    assert_eq!(t.core.state(), VmState::Paused);
+}
+
+#[test]
+fn an_answer_shows_the_vm_as_the_job_left_it_not_as_the_next_job_found_it() {
+    let mut t = T::running(false);
+    let (pause, _) = t.req(Request::Pause);
+    let job = t.job();
+    t.req(stop(false));
+    let fx = t.input(Input::QmpDone {
+        job,
+        gen: t.core.gen(),
+        result: Ok(()),
+    });
+    let info = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Answer(tk, Outcome::Ended(_), info) if *tk == pause => Some(info.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((info.state, info.job), (VmState::Paused, None));
+    assert_eq!(
+        t.core.state(),
+        VmState::Stopping,
+        "the deferred stop began after"
+    );
 }
 
 #[test]
