@@ -58,10 +58,8 @@ impl Config {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: path.to_path_buf(),
-                    message: crate::model::text::escape_control(
-                        &e.to_string().trim().replace('\n', " "),
-                    )
-                    .into_owned(),
+                    message: crate::model::text::escape(&e.to_string().trim().replace('\n', " "))
+                        .into_owned(),
                 })?;
         let mut errs = Vec::new();
         let mut root = Obj::new("", &table);
@@ -124,16 +122,18 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
             .map(|a| if a == "tcg" { Accel::Tcg } else { Accel::Kvm })
             .unwrap_or(d.accelerator),
         qmp_timeout: o
-            .int("qmp_timeout_ms", 10, 600_000, errs)
-            .map(Duration::from_millis)
+            .duration("qmp_timeout_ms", (10, 600_000), Duration::from_millis, errs)
             .unwrap_or(d.qmp_timeout),
         stop_timeout: o
-            .int("stop_timeout", 0, 86_400, errs)
-            .map(Duration::from_secs)
+            .duration("stop_timeout", (0, 86_400), Duration::from_secs, errs)
             .unwrap_or(d.stop_timeout),
         acpi_resend_interval: o
-            .int("acpi_resend_interval", 1, 3_600, errs)
-            .map(Duration::from_secs)
+            .duration(
+                "acpi_resend_interval",
+                (1, 3_600),
+                Duration::from_secs,
+                errs,
+            )
             .unwrap_or(d.acpi_resend_interval),
         max_request_bytes: o
             .int("max_request_bytes", 1024, 16 << 20, errs)
@@ -158,20 +158,36 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
             None => Vec::new(),
         },
         hook_timeout: o
-            .int("hook_timeout_ms", 100, 3_600_000, errs)
-            .map(Duration::from_millis)
+            .duration(
+                "hook_timeout_ms",
+                (100, 3_600_000),
+                Duration::from_millis,
+                errs,
+            )
             .unwrap_or(d.hook_timeout),
         probe_timeout: o
-            .int("probe_timeout_ms", 100, 600_000, errs)
-            .map(Duration::from_millis)
+            .duration(
+                "probe_timeout_ms",
+                (100, 600_000),
+                Duration::from_millis,
+                errs,
+            )
             .unwrap_or(d.probe_timeout),
         startup_timeout: o
-            .int("startup_timeout_ms", 100, 3_600_000, errs)
-            .map(Duration::from_millis)
+            .duration(
+                "startup_timeout_ms",
+                (100, 3_600_000),
+                Duration::from_millis,
+                errs,
+            )
             .unwrap_or(d.startup_timeout),
         health_interval: o
-            .int("health_interval_ms", 100, 3_600_000, errs)
-            .map(Duration::from_millis)
+            .duration(
+                "health_interval_ms",
+                (100, 3_600_000),
+                Duration::from_millis,
+                errs,
+            )
             .unwrap_or(d.health_interval),
         serial_log_max_bytes: o
             .int("serial_log_max_bytes", 4096, 1 << 40, errs)
@@ -449,6 +465,17 @@ impl<'a> Obj<'a> {
                 None
             }
         }
+    }
+
+    /// A duration in `min..=max` units (`Duration::from_millis` or `from_secs`).
+    fn duration(
+        &mut self,
+        key: &str,
+        (min, max): (i64, i64),
+        unit: fn(u64) -> Duration,
+        errs: &mut Vec<FieldError>,
+    ) -> Option<Duration> {
+        self.int(key, min, max, errs).map(unit)
     }
 
     fn one_of(

@@ -68,21 +68,6 @@ fn start_with_tmpdir(
     (d, tmp)
 }
 
-/// Write an executable script with `install`, so that no fork of this (multi-threaded) test
-/// process holds it open for writing when kvmd runs it (ETXTBSY).
-fn write_script(path: &Path, text: &str) {
-    let src = path.with_extension("src");
-    std::fs::write(&src, text).unwrap();
-    let st = Command::new("install")
-        .args(["-m", "0755"])
-        .arg(&src)
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::remove_file(src).unwrap();
-}
-
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

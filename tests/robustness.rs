@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,11 +14,7 @@ use support::*;
 
 fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
     let p = dir.join(name);
-    let tmp = dir.join(format!(".{name}"));
-    std::fs::write(&tmp, body).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // A rename, so no concurrent fork holds the file open for writing (ETXTBSY).
-    std::fs::rename(&tmp, &p).unwrap();
+    write_script(&p, body);
     p
 }
 

@@ -139,7 +139,7 @@ impl fmt::Display for ApiError {
         write!(
             f,
             "{} ({})",
-            crate::model::text::escape_control(&self.message),
+            crate::model::text::escape(&self.message),
             self.code.as_str()
         )
     }

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes, control characters escaped (they may quote the config file).
 fn print_chain(e: &anyhow::Error) {
-    use kvmd::model::text::escape_control as esc;
+    use kvmd::model::text::escape as esc;
     eprintln!("kvmd: error: {}", esc(&e.to_string()));
     for cause in e.chain().skip(1) {
         eprintln!("  caused by: {}", esc(&cause.to_string()));

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::api::{ApiError, ApiReply, ApiRequest, StreamItem};
 use crate::control::protocol::{self, ProtocolError};
-use crate::control::text::escape;
+use crate::model::text::escape;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

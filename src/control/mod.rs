@@ -1,10 +1,8 @@
 //! The control socket: the server (`server`), the wire format (`protocol`, the only module that
-//! knows the control JSON), a blocking client (`client`) for kvmctl, tests and benchmarks, and
-//! escaping of untrusted text for logs and terminals (`text`).
+//! knows the control JSON) and a blocking client (`client`) for kvmctl, tests and benchmarks.
 //!
 //! Invariant: nothing outside `protocol` builds or reads control JSON.
 
 pub mod client;
 pub mod protocol;
 pub mod server;
-pub mod text;

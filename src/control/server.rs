@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::{ApiError, ApiReply, ApiRequest, ErrorCode, StreamItem};
 use crate::control::protocol;
-use crate::control::text::escape;
 use crate::events::EventBus;
+use crate::model::text::escape;
 use crate::supervisor::SupervisorHandle;
 
 /// Who may talk to kvmd and how much.

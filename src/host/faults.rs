@@ -93,7 +93,7 @@ fn table() -> &'static std::sync::Mutex<Faults> {
         let faults = match Faults::parse(&text) {
             Ok(f) => {
                 if !f.is_empty() {
-                    let shown = crate::host::exec::escape(&text, 256);
+                    let shown = crate::model::text::escape_clipped(&text, 256);
                     tracing::warn!(faults = %shown, "fault injection is armed (KVMD_FAULTS)");
                 }
                 f

@@ -56,15 +56,7 @@ pub fn create_tap(queues: usize, vnet_hdr: bool, vhost: bool) -> Result<Tap, Net
     let mut fds = Vec::new();
     let mut vhost_fds = Vec::new();
     for _ in 0..queues.max(1) {
-        let tun: OwnedFd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .map_err(|source| NetError::Open {
-                path: "/dev/net/tun",
-                source,
-            })?
-            .into();
+        let tun = open_rw("/dev/net/tun")?;
         let features = sys::tun_features(tun.as_fd()).unwrap_or(0);
         let mut flags = sys::IFF_TAP | sys::IFF_NO_PI;
         if vnet_hdr && features & sys::IFF_VNET_HDR != 0 {
@@ -79,16 +71,7 @@ pub fn create_tap(queues: usize, vnet_hdr: bool, vhost: bool) -> Result<Tap, Net
         name = sys::tun_set_iff(tun.as_fd(), &name, flags).map_err(NetError::Tap)?;
         fds.push(tun);
         if vhost {
-            let v: OwnedFd = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/vhost-net")
-                .map_err(|source| NetError::Open {
-                    path: "/dev/vhost-net",
-                    source,
-                })?
-                .into();
-            vhost_fds.push(v);
+            vhost_fds.push(open_rw("/dev/vhost-net")?);
         }
     }
     Ok(Tap {
@@ -96,6 +79,15 @@ pub fn create_tap(queues: usize, vnet_hdr: bool, vhost: bool) -> Result<Tap, Net
         fds,
         vhost_fds,
     })
+}
+
+fn open_rw(path: &'static str) -> Result<OwnedFd, NetError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| NetError::Open { path, source })
 }
 
 /// Is vhost-net usable on this host?

@@ -52,7 +52,7 @@ impl FieldError {
 /// file or a client, and must not forge a log line.
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use crate::model::text::escape_control as esc;
+        use crate::model::text::escape as esc;
         write!(
             f,
             "{} = {}: {}",

@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use super::events::QmpEvent;
 use super::types::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
 use super::QmpError;
+use crate::model::text::{escape_bytes_clipped, escape_clipped};
 
 /// Longest line accepted from QEMU (query-qmp-schema is ~200 KiB; leave room).
 pub const MAX_LINE: usize = 8 << 20;
@@ -27,33 +28,13 @@ pub const EXCERPT: usize = 256;
 /// The first [`EXCERPT`] bytes of `line`, escaped, with `…` when cut: safe to log.
 pub fn excerpt(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let cut = &line[..line.len().min(EXCERPT)];
-    let mut s: String = String::from_utf8_lossy(cut).escape_debug().collect();
-    if line.len() > EXCERPT {
-        s.push('…');
-    }
-    s
+    escape_bytes_clipped(line, EXCERPT)
 }
 
 /// `s` cut to [`EXCERPT`] bytes (at a character boundary) with control characters escaped:
 /// for QEMU's strings that end up in our error messages.
 fn clip(s: &str) -> String {
-    let mut end = s.len().min(EXCERPT);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = String::with_capacity(end + 4);
-    for c in s[..end].chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    if end < s.len() {
-        out.push('…');
-    }
-    out
+    escape_clipped(s, EXCERPT)
 }
 
 /// One command line: `{"execute": ..., "arguments": ..., "id": ...}` and a newline.

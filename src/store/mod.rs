@@ -90,7 +90,7 @@ impl Store {
                     .map(|s| s.to_string())
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                tracing::error!(panic = %what.escape_debug(), "a store job panicked");
+                tracing::error!(panic = %crate::model::text::escape(&what), "a store job panicked");
                 StoreError::Panicked(what)
             });
             let _ = tx.send(r);

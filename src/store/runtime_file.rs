@@ -74,16 +74,23 @@ pub struct OnDisk {
     pub job: Option<PersistedJob>,
 }
 
-pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
-    if !paths.dir.is_dir() {
-        return OnDisk {
+impl OnDisk {
+    /// No run dir: the instance has not run since boot (or was cleaned up).
+    pub fn absent() -> OnDisk {
+        OnDisk {
             runtime: Ok(None),
             exit: None,
             exists: false,
             stopping: false,
             pidfile_pid: None,
             job: None,
-        };
+        }
+    }
+}
+
+pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
+    if !paths.dir.is_dir() {
+        return OnDisk::absent();
     }
     OnDisk {
         runtime: read_json(&paths.runtime()).map_err(|e| e.to_string()),

@@ -543,7 +543,7 @@ fn log_job_end(span: &tracing::Span, job: &JobInfo) {
     use crate::api::JobOutcome;
     match &job.outcome {
         Some(JobOutcome::Failed(e)) => {
-            warn!(parent: span, job = %job.id, kind = %job.kind, error = %e.message.escape_debug(), "job failed")
+            warn!(parent: span, job = %job.id, kind = %job.kind, error = %crate::model::text::escape(&e.message), "job failed")
         }
         Some(JobOutcome::Cancelled { reason }) => {
             info!(parent: span, job = %job.id, kind = %job.kind, %reason, "job cancelled")

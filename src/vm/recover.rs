@@ -65,14 +65,7 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "cannot read the run dir");
-            crate::store::runtime_file::OnDisk {
-                runtime: Ok(None),
-                exit: None,
-                exists: false,
-                stopping: false,
-                pidfile_pid: None,
-                job: None,
-            }
+            OnDisk::absent()
         }
     };
     let (runtime, pid, ticks) = match &on_disk.runtime {
@@ -86,7 +79,7 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
         ),
         Ok(None) => (RuntimeState::Missing, on_disk.pidfile_pid, None),
         Err(e) => {
-            warn!(error = %e.escape_debug(), "damaged runtime file; looking for the QEMU by its pidfile");
+            warn!(error = %crate::model::text::escape(e), "damaged runtime file; looking for the QEMU by its pidfile");
             (RuntimeState::Damaged(e.clone()), on_disk.pidfile_pid, None)
         }
     };

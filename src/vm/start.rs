@@ -590,7 +590,7 @@ async fn roll_back(
             api.details = stderr.clone();
         }
     }
-    warn!(error = %chain(&e).escape_debug(), stderr = ?stderr, "start failed; undone");
+    warn!(error = %crate::model::text::escape(&chain(&e)), stderr = ?stderr, "start failed; undone");
     api
 }
 

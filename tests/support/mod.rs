@@ -33,6 +33,21 @@ pub fn guest_dir() -> &'static Path {
     })
 }
 
+/// Write an executable script at `path` with `install`, so that no fork of this
+/// (multi-threaded) test process holds it open for writing when kvmd runs it (ETXTBSY).
+pub fn write_script(path: &Path, text: &str) {
+    let src = path.with_extension("src");
+    std::fs::write(&src, text).unwrap();
+    let st = Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&src)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_file(src).unwrap();
+}
+
 pub fn name(s: &str) -> InstanceName {
     InstanceName::parse(s).unwrap()
 }

@@ -11,8 +11,8 @@ use std::path::Path;
 use kvmd::api::{
     ApiError, ApiReply, DaemonEvent, Event, EventKind, JobInfo, JobOutcome, QemuEvent, VmInfo,
 };
-use kvmd::control::text::escape;
 use kvmd::model::exit::ExitKind;
+use kvmd::model::text::escape;
 use serde_json::Value;
 
 /// `escape`, as an owned string for format arguments.

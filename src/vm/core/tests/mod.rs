@@ -138,6 +138,50 @@ fn stop(force: bool) -> Request {
     }
 }
 
+/// The guest powered itself off.
+fn guest_off(gen: u64) -> Input {
+    Input::Guest {
+        gen,
+        event: GuestEvent::Shutdown {
+            guest: true,
+            reason: "guest-shutdown".into(),
+        },
+    }
+}
+
+/// The guest rebooted itself (under `reboot_behavior=exit`, QEMU then exits).
+fn guest_reboot(gen: u64) -> Input {
+    Input::Guest {
+        gen,
+        event: GuestEvent::Shutdown {
+            guest: true,
+            reason: "guest-reset".into(),
+        },
+    }
+}
+
+/// QEMU exited with status 0.
+fn exited_ok(gen: u64) -> Input {
+    Input::Exited {
+        gen,
+        status: ExitStatus {
+            code: Some(0),
+            signal: None,
+        },
+    }
+}
+
+/// QEMU was killed with SIGKILL.
+fn killed(gen: u64) -> Input {
+    Input::Exited {
+        gen,
+        status: ExitStatus {
+            code: None,
+            signal: Some(9),
+        },
+    }
+}
+
 fn started_job(fx: &[Effect]) -> JobId {
     fx.iter()
         .find_map(|e| match e {
@@ -299,13 +343,7 @@ fn facts_about_an_older_qemu_change_nothing() {
     let old = t.core.gen();
     let (_, fx) = t.req(stop(true));
     let (job, ..) = stop_task(&fx).unwrap();
-    t.input(Input::Exited {
-        gen: old,
-        status: ExitStatus {
-            code: None,
-            signal: Some(9),
-        },
-    });
+    t.input(killed(old));
     t.input(Input::QmpClosed { gen: old, conn: 1 });
     t.input(Input::StopDone {
         job,
@@ -322,13 +360,7 @@ fn facts_about_an_older_qemu_change_nothing() {
             status: ExitStatus::default(),
         },
         Input::QmpClosed { gen: old, conn: 1 },
-        Input::Guest {
-            gen: old,
-            event: GuestEvent::Shutdown {
-                guest: true,
-                reason: "guest-shutdown".into(),
-            },
-        },
+        guest_off(old),
         Input::Health {
             gen: old,
             status: Err(Unanswered {
@@ -349,23 +381,11 @@ fn facts_about_an_older_qemu_change_nothing() {
 fn an_exit_is_classified_only_after_qmp_delivered_its_last_event() {
     let mut t = T::running(false);
     let gen = t.core.gen();
-    let fx = t.input(Input::Exited {
-        gen,
-        status: ExitStatus {
-            code: Some(0),
-            signal: None,
-        },
-    });
+    let fx = t.input(exited_ok(gen));
     assert!(recorded(&fx).is_none(), "not before QMP closed");
     assert!(fx.iter().any(|e| matches!(e, Effect::ArmExitSettle { .. })));
     // The SHUTDOWN event that was still in the socket arrives after the pidfd fired.
-    t.input(Input::Guest {
-        gen,
-        event: GuestEvent::Shutdown {
-            guest: true,
-            reason: "guest-shutdown".into(),
-        },
-    });
+    t.input(guest_off(gen));
     let fx = t.input(Input::QmpClosed { gen, conn: 1 });
     let rec = recorded(&fx).expect("classified at QMP close");
     assert_eq!(rec.kind, ExitKind::UserDown);
@@ -376,13 +396,7 @@ fn an_exit_is_classified_only_after_qmp_delivered_its_last_event() {
 fn a_silent_qmp_does_not_hold_an_exit_forever() {
     let mut t = T::running(false);
     let gen = t.core.gen();
-    t.input(Input::Exited {
-        gen,
-        status: ExitStatus {
-            code: None,
-            signal: Some(9),
-        },
-    });
+    t.input(killed(gen));
     let fx = t.input(Input::ExitSettled { gen });
     assert_eq!(recorded(&fx).unwrap().kind, ExitKind::Crashed);
     assert_eq!(t.core.state(), VmState::Crashed);
@@ -395,24 +409,12 @@ fn the_end_of_an_old_qmp_connection_says_nothing_about_the_new_one() {
     // A health check reconnected after the first connection died.
     t.input(Input::QmpUp { gen, conn: 2 });
     t.input(Input::QmpClosed { gen, conn: 1 });
-    let fx = t.input(Input::Exited {
-        gen,
-        status: ExitStatus {
-            code: Some(0),
-            signal: None,
-        },
-    });
+    let fx = t.input(exited_ok(gen));
     assert!(
         recorded(&fx).is_none(),
         "connection 2 still has events to deliver"
     );
-    t.input(Input::Guest {
-        gen,
-        event: GuestEvent::Shutdown {
-            guest: true,
-            reason: "guest-shutdown".into(),
-        },
-    });
+    t.input(guest_off(gen));
     let fx = t.input(Input::QmpClosed { gen, conn: 2 });
     assert_eq!(recorded(&fx).unwrap().kind, ExitKind::UserDown);
 }
@@ -421,13 +423,7 @@ fn the_end_of_an_old_qmp_connection_says_nothing_about_the_new_one() {
 fn a_guest_reboot_under_reboot_behavior_exit_starts_it_again_at_once() {
     let mut t = T::running(true);
     let gen = t.core.gen();
-    t.input(Input::Guest {
-        gen,
-        event: GuestEvent::Shutdown {
-            guest: true,
-            reason: "guest-reset".into(),
-        },
-    });
+    t.input(guest_reboot(gen));
     t.input(Input::Exited {
         gen,
         status: ExitStatus::default(),
@@ -445,13 +441,7 @@ fn a_guest_reboot_under_reboot_behavior_exit_starts_it_again_at_once() {
 fn a_stop_in_the_window_after_a_reboot_exit_cancels_the_restart() {
     let mut t = T::running(true);
     let gen = t.core.gen();
-    t.input(Input::Guest {
-        gen,
-        event: GuestEvent::Shutdown {
-            guest: true,
-            reason: "guest-reset".into(),
-        },
-    });
+    t.input(guest_reboot(gen));
     t.input(Input::Exited {
         gen,
         status: ExitStatus::default(),
@@ -479,20 +469,8 @@ fn a_stop_in_the_window_after_a_reboot_exit_cancels_the_restart() {
 
 fn stopped_by(t: &mut T, job: JobId, end: StopEnd) -> Vec<Effect> {
     let gen = t.core.gen();
-    let mut fx = t.input(Input::Guest {
-        gen,
-        event: GuestEvent::Shutdown {
-            guest: true,
-            reason: "guest-shutdown".into(),
-        },
-    });
-    fx.extend(t.input(Input::Exited {
-        gen,
-        status: ExitStatus {
-            code: Some(0),
-            signal: None,
-        },
-    }));
+    let mut fx = t.input(guest_off(gen));
+    fx.extend(t.input(exited_ok(gen)));
     fx.extend(t.input(Input::QmpClosed { gen, conn: 1 }));
     fx.extend(t.input(Input::StopDone {
         job,
@@ -544,13 +522,7 @@ fn a_failed_stop_goes_back_to_running() {
     assert_eq!(t.core.state(), VmState::Running);
     // A later power-off is the guest's own again, not an admin stop.
     let gen = t.core.gen();
-    t.input(Input::Guest {
-        gen,
-        event: GuestEvent::Shutdown {
-            guest: true,
-            reason: "guest-shutdown".into(),
-        },
-    });
+    t.input(guest_off(gen));
     assert_eq!(t.core.state(), VmState::UserDown);
 }
 
@@ -720,13 +692,7 @@ fn a_stop_during_a_start_cancels_it_and_answers_start_cancelled() {
 fn a_failed_start_restores_exactly_what_was_there() {
     let mut t = T::running(false);
     let gen = t.core.gen();
-    t.input(Input::Exited {
-        gen,
-        status: ExitStatus {
-            code: None,
-            signal: Some(9),
-        },
-    });
+    t.input(killed(gen));
     t.input(Input::QmpClosed { gen, conn: 1 });
     let before = t.core.info();
     assert_eq!(before.state, VmState::Crashed);
@@ -779,23 +745,11 @@ fn an_instance_removed_from_the_config_cannot_be_started_or_rebooted() {
 fn a_cleanup_right_after_a_power_off_is_not_undone_by_the_late_exit_record() {
     let mut t = T::running(false);
     let gen = t.core.gen();
-    t.input(Input::Guest {
-        gen,
-        event: GuestEvent::Shutdown {
-            guest: true,
-            reason: "guest-shutdown".into(),
-        },
-    });
+    t.input(guest_off(gen));
     // The guest shows user-down at once; the cleanup arrives while QEMU is still exiting.
     let (ticket, fx) = t.req(Request::Cleanup);
     assert!(answer(&fx, ticket).is_none(), "waits for the exit");
-    t.input(Input::Exited {
-        gen,
-        status: ExitStatus {
-            code: Some(0),
-            signal: None,
-        },
-    });
+    t.input(exited_ok(gen));
     let fx = t.input(Input::QmpClosed { gen, conn: 1 });
     let epoch_of_record = fx
         .iter()
