@@ -22,7 +22,7 @@ use crate::api::{ApiError, ErrorCode, JobInfo, VmInfo};
 use crate::events::EventBus;
 use crate::host::clock::now_ms;
 use crate::host::process::QemuProcess;
-use crate::model::exit::ExitStatus;
+use crate::model::exit::{ExitKind, ExitRecord, ExitStatus};
 use crate::model::hvparams::HvParams;
 use crate::model::job::JobId;
 use crate::model::layout::RunPaths;
@@ -246,6 +246,7 @@ impl VmActor {
                     spec,
                 } => {
                     self.res = Resources::default();
+                    log_exit(&self.span, &record);
                     watching::record_exit(
                         watching::ExitJob {
                             gen,
@@ -546,9 +547,19 @@ fn log_job_end(span: &tracing::Span, job: &JobInfo) {
             warn!(parent: span, job = %job.id, kind = %job.kind, error = %crate::model::text::escape(&e.message), "job failed")
         }
         Some(JobOutcome::Cancelled { reason }) => {
-            info!(parent: span, job = %job.id, kind = %job.kind, %reason, "job cancelled")
+            info!(parent: span, job = %job.id, kind = %job.kind, reason = %crate::model::text::escape(reason), "job cancelled")
         }
         _ => info!(parent: span, job = %job.id, kind = %job.kind, "job done"),
+    }
+}
+
+/// How QEMU ended, in kvmd's log: a crash is a warning, anything else is news.
+fn log_exit(span: &tracing::Span, record: &ExitRecord) {
+    let reason = crate::model::text::escape(&record.reason);
+    if record.kind == ExitKind::Crashed {
+        warn!(parent: span, pid = record.pid, code = ?record.exit_code, signal = ?record.signal, %reason, "QEMU crashed");
+    } else {
+        info!(parent: span, pid = record.pid, kind = ?record.kind, %reason, "QEMU exited");
     }
 }
 

@@ -32,6 +32,7 @@ pub(super) fn forward_exit(
     actix::spawn(async move {
         if let Ok(status) = exit.wait_for(|s| s.is_some()).await {
             let status = status.unwrap_or_default();
+            debug!(code = ?status.code, signal = ?status.signal, "QEMU exited");
             report.input(Input::Exited { gen, status });
         }
     });
@@ -61,6 +62,7 @@ pub(super) fn forward_notices(
                     }
                 }
             }
+            debug!(conn, "QMP connection closed");
             report.input(Input::QmpClosed { gen, conn });
         }
         .instrument(span),
