@@ -3,8 +3,9 @@
 # daemon with config/demo.toml (which autostarts the "demo" VM), and show it running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ -x $HOME/.cargo/bin/cargo ]] && export PATH=$HOME/.cargo/bin:$PATH
 bash scripts/install-deps.sh
+# install-deps may just have installed Rust with rustup.
+[[ -x $HOME/.cargo/bin/cargo ]] && export PATH=$HOME/.cargo/bin:$PATH
 bash tests/guest/build-guest.sh /var/lib/kvmd/guest
 cargo build --release --locked
 install -m 755 target/release/kvmd target/release/kvmctl /usr/local/bin/
