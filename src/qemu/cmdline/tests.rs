@@ -68,15 +68,26 @@ fn build_with(
     hv: &HvParams,
     host: &Host,
 ) -> Result<CommandLine, Vec<FieldError>> {
+    build_on(&caps(), Accel::Tcg, spec, hv, host)
+}
+
+/// The command line for a QEMU with capabilities `caps`, run dir `/run/kvmd/web1`.
+fn build_on(
+    caps: &QemuCaps,
+    accel: Accel,
+    spec: &InstanceSpec,
+    hv: &HvParams,
+    host: &Host,
+) -> Result<CommandLine, Vec<FieldError>> {
     let paths = RunPaths {
         dir: PathBuf::from("/run/kvmd/web1"),
     };
     build_command_line(&Launch {
         spec,
         hv,
-        caps: &caps(),
+        caps,
         paths: &paths,
-        accel: Accel::Tcg,
+        accel,
         host,
     })
 }
@@ -143,18 +154,7 @@ fn acpi_off_without_no_acpi_goes_on_the_machine() {
     let (o, h) = hv(&[("acpi", HvValue::Bool(false))]);
     let mut c = caps();
     c.options.no_acpi = false;
-    let paths = RunPaths {
-        dir: PathBuf::from("/r"),
-    };
-    let cl = build_command_line(&Launch {
-        spec: &spec(o),
-        hv: &h,
-        caps: &c,
-        paths: &paths,
-        accel: Accel::Kvm,
-        host: &Host::default(),
-    })
-    .unwrap();
+    let cl = build_on(&c, Accel::Kvm, &spec(o), &h, &Host::default()).unwrap();
     assert!(cl
         .argv
         .join(" ")
@@ -388,18 +388,7 @@ fn security_models_and_chroot_use_runas_and_chroot_on_qemu_7_2() {
     ]);
     let mut c = caps();
     c.options.run_with = true;
-    let paths = RunPaths {
-        dir: PathBuf::from("/r"),
-    };
-    let cl = build_command_line(&Launch {
-        spec: &spec(o),
-        hv: &h,
-        caps: &c,
-        paths: &paths,
-        accel: Accel::Kvm,
-        host: &host,
-    })
-    .unwrap();
+    let cl = build_on(&c, Accel::Kvm, &spec(o), &h, &host).unwrap();
     assert!(cl
         .argv
         .join(" ")
