@@ -128,6 +128,112 @@ fn a_start_cut_short_by_sigterm_is_finished_by_the_next_kvmd() {
     );
 }
 
+/// A start whose QEMU was spawned but not yet recorded, cut short by `kill -9` of kvmd: the
+/// next kvmd rolls it back (that QEMU never ran the guest: it was started with -S) and leaves
+/// no QEMU and no runtime files behind; the instance then starts normally.
+#[test]
+fn a_start_cut_by_kill9_before_it_was_recorded_is_rolled_back() {
+    let mut d = Daemon::prepare(
+        "",
+        &instance_toml("cut", "[instance.cut.hvparams]\ncpu_mask = \"0\""),
+    );
+    // The fault holds the runtime file's write (on the store thread) for 30 s.
+    d.spawn_with_env(&[("KVMD_FAULTS", "delay_before_runtime_ms=30000")]);
+    let job = accepted(
+        &d,
+        ApiRequest::Start {
+            name: name("cut"),
+            paused: false,
+            wait: false,
+        },
+    );
+    let pid = wait_for("QEMU to be spawned", Duration::from_secs(20), || {
+        d.try_info("cut").and_then(|i| i.pid)
+    });
+    assert!(!d.run_dir("cut").join("runtime.json").exists());
+    d.kill9();
+    assert!(alive(pid), "kvmd's death does not take QEMU with it");
+    d.spawn();
+    wait_for(
+        "the unrecorded QEMU to be killed",
+        Duration::from_secs(20),
+        || (!alive(pid)).then_some(()),
+    );
+    let info = d.wait_state("cut", "stopped", Duration::from_secs(20));
+    assert_eq!(info.pid, None);
+    let ended = wait_for("the start job to end", Duration::from_secs(20), || {
+        jobs(&d)
+            .into_iter()
+            .find(|j| j.id == job.id && j.outcome.is_some())
+    });
+    assert!(ended.resumed, "{ended:?}");
+    assert_eq!(ended.state, JobState::Failed, "{ended:?}");
+    match &ended.outcome {
+        Some(JobOutcome::Failed(e)) => {
+            assert_eq!(e.code, ErrorCode::StartFailed);
+            assert!(
+                e.message.contains("before the start was recorded"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(qemus_under(d.dir.path()).is_empty());
+    for f in ["runtime.json", "qmp.sock", "qemu.pid"] {
+        assert!(!d.run_dir("cut").join(f).exists(), "{f} left behind");
+    }
+    // Nothing half-done stands in the way of the next start.
+    let started = d.start_vm("cut");
+    assert_ne!(started.pid, Some(pid));
+    assert_eq!(started.state, VmState::Running);
+}
+
+/// A start whose QEMU was recorded but not yet resumed, cut short by `kill -9` of kvmd: the
+/// next kvmd finishes it with the same QEMU.
+#[test]
+fn a_start_cut_by_kill9_after_it_was_recorded_is_finished() {
+    let mut d = Daemon::prepare(
+        "",
+        &instance_toml("held", "[instance.held.hvparams]\ncpu_mask = \"0\""),
+    );
+    // Pinning makes QEMU start with -S; the fault holds the start before `cont`.
+    d.spawn_with_env(&[("KVMD_FAULTS", "delay_before_cont_ms=30000")]);
+    let job = accepted(
+        &d,
+        ApiRequest::Start {
+            name: name("held"),
+            paused: false,
+            wait: false,
+        },
+    );
+    let pid = wait_for(
+        "the start to reach configuring",
+        Duration::from_secs(20),
+        || {
+            jobs(&d)
+                .into_iter()
+                .find(|j| j.id == job.id && j.phase == "configuring")
+                .and(d.try_info("held").and_then(|i| i.pid))
+        },
+    );
+    assert!(d.run_dir("held").join("runtime.json").exists());
+    d.kill9();
+    assert!(alive(pid));
+    d.spawn();
+    let info = d.wait_state("held", "running", Duration::from_secs(20));
+    assert_eq!(info.pid, Some(pid), "the same QEMU, resumed");
+    d.wait_ready("held", 1);
+    let ended = jobs(&d)
+        .into_iter()
+        .find(|j| j.id == job.id)
+        .expect("the start job");
+    assert!(
+        ended.resumed && ended.state == JobState::Succeeded,
+        "{ended:?}"
+    );
+}
+
 /// Regression: one failed `pidfd_open` during recovery recorded a live QEMU as exited, and
 /// the next start ran a second QEMU for the same instance.
 #[test]

@@ -7,7 +7,8 @@
 //! - `delay_POINT_ms=N` makes [`delay`]`("POINT")` return `N` ms, every time.
 //!
 //! Points used today: `pidfd_open` ([`crate::host::process::QemuProcess::open`] fails with
-//! `EMFILE`).
+//! `EMFILE`); delays `before_cont` (a start holds before resuming the guest) and
+//! `before_runtime` (a start holds before its runtime file is written, on the store thread).
 //!
 //! Invariant: compiled only with `debug_assertions`; in release builds [`fail`] and [`delay`]
 //! are constant no-ops and `KVMD_FAULTS` is never read. Without `KVMD_FAULTS` nothing changes.

@@ -220,9 +220,12 @@ async fn launch(
         pool_uid: l.pool_uid,
     };
     let (rt, p) = (runtime.clone(), s.paths.clone());
-    let written = s
-        .store
-        .run(move || crate::store::files::write_json(&p.runtime(), &rt));
+    let written = s.store.run(move || {
+        if let Some(d) = crate::host::faults::delay("before_runtime") {
+            std::thread::sleep(d);
+        }
+        crate::store::files::write_json(&p.runtime(), &rt)
+    });
     let stream = tokio::net::UnixStream::from_std(l.qmp).map_err(VmError::QmpSocket)?;
     let opts = ConnectOptions {
         connect_deadline: Instant::now(),
@@ -242,6 +245,7 @@ async fn launch(
     s.report.qmp(s.gen, qmp.clone(), notices);
     written?.map_err(VmError::RuntimeFile)?;
     // 5-6. Pin, passwords, resume.
+    phase(s, "configuring", undo);
     configure(s, &qmp, pid, &hv, &plan.pre_run).await?;
     let t_resumed = t0.elapsed();
     // The new QEMU is up: the instance is no longer "user down" (Ganeti clears the marker at

@@ -277,6 +277,9 @@ impl Core {
         if !steps.contains(&Undo::DropRunFiles) {
             steps.insert(0, Undo::DropRunFiles);
         }
+        // A persisted KillQemu is kept even when no QEMU was found: a QEMU killed with kvmd
+        // moments after its spawn may not have written its pidfile yet. The step checks the
+        // process's start time and `-pidfile` argument before it signals anything.
         if let Some(pid) = pid {
             if !steps.iter().any(|s| matches!(s, Undo::KillQemu { .. })) {
                 steps.push(Undo::KillQemu {
@@ -284,8 +287,6 @@ impl Core {
                     start_ticks: 0,
                 });
             }
-        } else {
-            steps.retain(|s| !matches!(s, Undo::KillQemu { .. }));
         }
         steps.reverse();
         let id = j.id;
@@ -323,12 +324,19 @@ impl Core {
             .as_ref()
             .filter(|p| p.kind == Operation::Start || (p.kind == Operation::Reboot && p.restarting))
         {
-            self.roll_back(
-                p,
-                None,
-                "kvmd restarted during the start and QEMU is gone",
-                fx,
-            );
+            let why = if matches!(f.runtime, RuntimeState::Missing) {
+                "kvmd restarted before the start was recorded"
+            } else {
+                "kvmd restarted during the start and QEMU is gone"
+            };
+            // Kill steps stay unless that very process is known to be gone: finding no QEMU
+            // (no pidfile yet) is not knowing it is gone.
+            let mut p = p.clone();
+            if let FoundQemu::Gone { pid: dead } = gone {
+                p.undo
+                    .retain(|u| !matches!(u, Undo::KillQemu { pid, .. } if *pid == dead));
+            }
+            self.roll_back(&p, None, why, fx);
             return;
         }
         let stopping = job

@@ -173,6 +173,55 @@ fn a_start_whose_qemu_died_while_kvmd_was_down_is_rolled_back_without_a_crash_re
 }
 
 #[test]
+fn a_start_cut_before_its_qemu_wrote_a_pidfile_still_kills_that_qemu() {
+    let mut t = T::new_core(false, Some(spec()));
+    let mut f = adopted(RunState::Running);
+    f.runtime = RuntimeState::Missing;
+    f.pidfile_pid = None;
+    f.qemu = FoundQemu::None;
+    let mut p = persisted(Operation::Start, "connecting");
+    p.undo = vec![
+        Undo::DropRunFiles,
+        Undo::KillQemu {
+            pid: 4242,
+            start_ticks: 9,
+        },
+    ];
+    f.job = Some(p);
+    let fx = t.input(Input::Recovered(f));
+    let steps = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Undo { steps, .. } => Some(steps.clone()),
+            _ => None,
+        })
+        .expect("rolled back");
+    assert_eq!(
+        steps,
+        vec![
+            Undo::KillQemu {
+                pid: 4242,
+                start_ticks: 9
+            },
+            Undo::DropRunFiles
+        ],
+        "the QEMU is killed (after its identity is checked) before its files go"
+    );
+    let fx = t.input(Input::UndoDone { job: JobId(77) });
+    let ended = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::JobUpdated(j) if j.outcome.is_some() => Some(j.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        matches!(&ended.outcome, Some(JobOutcome::Failed(e)) if e.message.contains("before the start was recorded")),
+        "{ended:?}"
+    );
+}
+
+#[test]
 fn a_qemu_that_cannot_be_watched_is_kept_not_recorded_as_exited() {
     let mut t = T::new_core(false, Some(spec()));
     let mut f = adopted(RunState::Running);
