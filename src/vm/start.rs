@@ -244,8 +244,11 @@ async fn launch(
     let t_greeted = t0.elapsed();
     s.report.qmp(s.gen, qmp.clone(), notices);
     written?.map_err(VmError::RuntimeFile)?;
-    // 5-6. Pin, passwords, resume.
-    phase(s, "configuring", undo);
+    // 5-6. Pin, passwords, resume (a phase of its own only when there is something to do:
+    // QEMU was started with -S).
+    if plan.pre_run.stops_at_start() {
+        phase(s, "configuring", undo);
+    }
     configure(s, &qmp, pid, &hv, &plan.pre_run).await?;
     let t_resumed = t0.elapsed();
     // The new QEMU is up: the instance is no longer "user down" (Ganeti clears the marker at
