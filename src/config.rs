@@ -86,7 +86,9 @@ impl Config {
                     errs.push(FieldError::new(path, value.to_string(), "must be a table"));
                     continue;
                 };
-                if let Some(spec) = parse_instance(name.clone(), Obj::new(&path, t), &mut errs) {
+                if let Some(spec) =
+                    parse_instance(name.clone(), Obj::new(&path, t), &node, &mut errs)
+                {
                     instances.insert(name, spec);
                 }
             }
@@ -216,9 +218,12 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
     node
 }
 
+/// One instance; `None` when it has errors. All its errors are listed: an instance with
+/// per-key errors also gets the combination rules checked over its other hvparams.
 fn parse_instance(
     name: InstanceName,
     mut o: Obj<'_>,
+    node: &NodeConfig,
     errs: &mut Vec<FieldError>,
 ) -> Option<InstanceSpec> {
     let before = errs.len();
@@ -315,7 +320,16 @@ fn parse_instance(
         .table("hvparams")
         .map(|t| parse_hvparams(&o.path("hvparams"), t, errs))
         .unwrap_or_default();
+    let prefix = o.path("hvparams");
     o.finish(errs);
+    if errs.len() != before {
+        // The per-key errors are in; the rules that combine keys still apply to the rest.
+        errs.extend(
+            hvparams::check_combinations(&node.hvparams_with(&hvparams))
+                .into_iter()
+                .map(|e| e.under(&prefix)),
+        );
+    }
     (errs.len() == before).then_some(InstanceSpec {
         name,
         uuid,

@@ -35,7 +35,7 @@ fn every_invalid_example_names_its_field_and_rule() {
         ("vncspice", "[instance.vncspice.hvparams]\nvnc_bind_address = \"127.0.0.1\"\nspice_bind = \"127.0.0.1\"".into(), "hvparams.spice_bind", "VNC and SPICE are exclusive"),
         ("maskgrammar", "[instance.maskgrammar.hvparams]\ncpu_mask = \"0-a\"".into(), "hvparams.cpu_mask", "is not a CPU number"),
         ("maskcount", "vcpus = 2\n[instance.maskcount.hvparams]\ncpu_mask = \"0:1:0\"".into(), "hvparams.cpu_mask", "3 entries"),
-        ("speed", "[instance.speed.hvparams]\nserial_speed = 1234".into(), "hvparams.serial_speed", "one of the allowed values"),
+        ("speed", "[instance.speed.hvparams]\nserial_speed = 1234".into(), "hvparams.serial_speed", "must be a standard serial speed when serial_console is on"),
         ("cdboot", "[instance.cdboot.hvparams]\nboot_order = \"cdrom\"".into(), "hvparams.cdrom_image_path", "must be set when boot_order is cdrom"),
         ("root", "[instance.root.hvparams]\nroot_path = \"\"".into(), "hvparams.root_path", "must be set when kernel_path is set"),
         ("x509", "[instance.x509.hvparams]\nvnc_x509_verify = true".into(), "hvparams.vnc_x509_verify", "needs vnc_x509_path"),

@@ -172,22 +172,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         spice_cert_dir: node.spice_cert_dir.clone(),
     };
     let plan = kvmd::qemu::host_facts::plan(&spec, &hv, &caps, &facts, &paths, false);
-    let mut fd = 10;
-    let mut next = |n: usize| -> Vec<i32> {
-        let v: Vec<i32> = (fd..).take(n).collect();
-        fd = v.last().map_or(fd, |last| last + 1);
-        v
-    };
-    let taps = plan
-        .taps
-        .iter()
-        .map(|t| {
-            t.map(|t| kvmd::qemu::host_facts::TapFds {
-                fds: next(t.queues),
-                vhost_fds: if t.vhost { next(t.queues) } else { Vec::new() },
-            })
-        })
-        .collect();
+    let (taps, qmp_fd) = kvmd::qemu::host_facts::placeholder_taps(&plan, 10);
     let address = |name: &Option<String>| {
         name.as_ref()
             .and_then(|n| v["host_interfaces"][n]["4"][0].as_str())
@@ -203,7 +188,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
         vnc_address: address(&plan.vnc_interface),
         spice_address: address(&plan.spice_interface.as_ref().map(|(n, _)| n.clone())),
         pool_user: None,
-        qmp_fd: Some(next(1)[0]),
+        qmp_fd: Some(qmp_fd),
     };
     let host = kvmd::qemu::host_facts::host(&plan, gathered);
     let accel = spec.accel(&hv, &node);

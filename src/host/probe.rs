@@ -1,5 +1,6 @@
 //! Probing a QEMU binary: runs `--version`, `--help`, `-machine help`, `-device help`, and a
-//! `-machine none` QEMU asked over QMP (`query-version`, `query-machines`, `qom-list-types`),
+//! `-machine none` QEMU asked over QMP (`query-version`, `query-machines`, `qom-list-types`,
+//! and which URL block drivers load: `blockdev-add` of a closed loopback port),
 //! then parses the outputs with `qemu::caps`. Results are cached by (path, size, mtime): a start
 //! never re-probes, an upgraded binary is probed again.
 //!
@@ -127,6 +128,7 @@ pub fn probe_in(
         }
         // Device types QMP knows but `-device help` did not list.
         caps.devices.extend(q.devices);
+        caps.url_drivers = Some(q.url_drivers);
         for (name, alias) in q.aliases {
             caps.machines.entry(alias).or_insert_with(|| Machine {
                 description: String::new(),
@@ -293,6 +295,8 @@ struct QmpFacts {
     aliases: Vec<(String, String)>,
     /// Concrete device types (`qom-list-types implements=device abstract=false`).
     devices: Vec<String>,
+    /// The URL block drivers (curl's) this binary can load.
+    url_drivers: std::collections::BTreeSet<String>,
 }
 
 /// Connect to the probe QEMU's QMP socket (until `end`) and ask it; `None` if anything fails.
@@ -322,12 +326,30 @@ async fn ask(
         .filter_map(|m| Some((m.name.clone(), m.alias.clone()?)))
         .collect();
     let devices = q.qom_list_types("device", false).await.unwrap_or_default();
+    // A URL driver exists when opening a URL fails for any reason but "Unknown driver" (the
+    // URL is a closed port on loopback: nothing is fetched).
+    let mut url_drivers = std::collections::BTreeSet::new();
+    for (i, driver) in crate::qemu::caps::URL_DRIVERS.iter().enumerate() {
+        let node = format!("kvmd-probe-url{i}");
+        match q
+            .blockdev_add_url(driver, &node, &format!("{driver}://127.0.0.1:1/probe"))
+            .await
+        {
+            Err(crate::qmp::QmpError::Command { desc, .. })
+                if desc.starts_with("Unknown driver") => {}
+            Err(crate::qmp::QmpError::Command { .. }) | Ok(()) => {
+                url_drivers.insert(driver.to_string());
+            }
+            Err(_) => break,
+        }
+    }
     let _ = q.quit().await;
     Some(QmpFacts {
         version,
         default_machine,
         aliases,
         devices,
+        url_drivers,
     })
 }
 

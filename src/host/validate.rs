@@ -1,13 +1,14 @@
 //! Checking an instance against this node (Ganeti's `ValidateParameters`): the files and
 //! directories its hvparams name exist, the user exists, this QEMU offers the machine type,
 //! the devices and SPICE, io_uring has QEMU ≥ 5, `/dev/vhost-net` exists when `vhost_net` is
-//! on for tap NICs, bind addresses are addresses or existing interfaces. With the syntax check
+//! on for paravirtual tap NICs, bind addresses are addresses or existing interfaces. With the syntax check
 //! ([`crate::model::hvparams::check_syntax`]) this is what `kvmctl validate` and every start run;
 //! every problem is reported, each naming the field, the value and the rule.
 //!
 //! Invariant: reads the host (file system, interfaces, users); changes nothing.
 
 use std::net::IpAddr;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::model::field_error::FieldError;
@@ -45,13 +46,15 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
     }
     for k in [key::CDROM_IMAGE_PATH, key::CDROM2_IMAGE_PATH] {
         let p = hv.str(k);
-        let url = p.starts_with("http://") || p.starts_with("https://");
+        let url = ["http://", "https://", "ftp://", "ftps://"]
+            .iter()
+            .any(|scheme| p.starts_with(scheme));
         let acceptable = p.is_empty() || url || (p.starts_with('/') && Path::new(p).is_file());
         if !acceptable {
             errs.push(FieldError::new(
                 k.field(),
                 val(k),
-                "must name an existing file (absolute path) or an http(s) URL",
+                "must name an existing file (absolute path) or an http(s)/ftp(s) URL",
             ));
         }
     }
@@ -110,8 +113,10 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
             ));
         }
     }
+    // vhost is for paravirtual NICs only (as in Ganeti).
     let taps = spec.nics.iter().any(|n| n.mode != NicMode::User);
-    if taps && hv.bool(key::VHOST_NET) && !crate::host::net::vhost_available() {
+    let paravirtual = hv.str(key::NIC_TYPE) == "paravirtual";
+    if taps && paravirtual && hv.bool(key::VHOST_NET) && !crate::host::net::vhost_available() {
         errs.push(FieldError::new(
             key::VHOST_NET.field(),
             "true",
@@ -146,16 +151,77 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
             ));
         }
     }
+    let passthrough = matches!(hv.str(key::DISK_TYPE), "scsi-block" | "scsi-generic");
     for (i, d) in spec.disks.iter().enumerate() {
-        if !d.path.exists() {
-            errs.push(FieldError::new(
+        let path = format!("{:?}", d.path.display().to_string());
+        match std::fs::metadata(&d.path) {
+            Err(_) => errs.push(FieldError::new(
                 format!("disk[{i}].path"),
-                format!("{:?}", d.path.display().to_string()),
+                path,
                 "must name an existing file or block device",
-            ));
+            )),
+            Ok(m) if passthrough && !m.file_type().is_block_device() && !m.file_type().is_char_device() => {
+                errs.push(FieldError::new(
+                    format!("disk[{i}].path"),
+                    path,
+                    format!(
+                        "must be a SCSI device (/dev/sdX or /dev/sgN) for disk_type {:?}, which passes SCSI commands through",
+                        hv.str(key::DISK_TYPE)
+                    ),
+                ))
+            }
+            Ok(_) => {}
         }
     }
     errs
+}
+
+/// Build the command line a start would build, with nothing created for it (made-up fds, no
+/// taps, no sockets), so that "valid" means "the argv can be built": what only the builder
+/// knows (the slot plan, PCI collisions, cdrom and floppy placement, `kvm_extra` quoting) is
+/// checked too. Reads the host like the rest of this module (block devices, interfaces).
+pub fn dry_build(
+    spec: &InstanceSpec,
+    hv: &HvParams,
+    node: &NodeConfig,
+    caps: &QemuCaps,
+) -> Result<crate::qemu::cmdline::CommandLine, Vec<FieldError>> {
+    use crate::qemu::host_facts;
+    let paths = crate::model::layout::RunPaths::new(&node.run_dir, &spec.name);
+    let facts = host_facts::NodeFacts {
+        vhost_available: crate::host::net::vhost_available(),
+        spice_cert_dir: node.spice_cert_dir.clone(),
+    };
+    let plan = host_facts::plan(spec, hv, caps, &facts, &paths, false);
+    let (taps, qmp_fd) = host_facts::placeholder_taps(&plan, 1000);
+    let gathered = host_facts::Gathered {
+        block_devices: spec
+            .disks
+            .iter()
+            .map(|d| std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device()))
+            .collect(),
+        taps,
+        vnc_address: plan
+            .vnc_interface
+            .as_deref()
+            .and_then(|i| interface_address(i, 4)),
+        spice_address: plan
+            .spice_interface
+            .as_ref()
+            .and_then(|(i, family)| interface_address(i, *family)),
+        pool_user: plan.pool_uid.then(|| "kvmd-pool-user".to_string()),
+        qmp_fd: Some(qmp_fd),
+    };
+    let host = host_facts::host(&plan, gathered);
+    crate::qemu::cmdline::build_command_line(&crate::qemu::cmdline::Launch {
+        spec,
+        hv,
+        caps,
+        paths: &paths,
+        accel: spec.accel(hv, node),
+        host: &host,
+    })
+    .map_err(crate::model::hvparams::under_hvparams)
 }
 
 /// Everything: syntax, files, QEMU. `caps` is `None` when QEMU could not be probed (that error
@@ -166,8 +232,19 @@ pub fn all(spec: &InstanceSpec, node: &NodeConfig, caps: Option<&QemuCaps>) -> V
     errs.extend(files(spec, &hv));
     if let Some(c) = caps {
         errs.extend(qemu(spec, &hv, c));
+        add_new_fields(&mut errs, dry_build(spec, &hv, node, c));
     }
     errs
+}
+
+/// Add the errors of a dry build about fields not already reported (the builder re-finds
+/// some).
+pub fn add_new_fields<T>(errs: &mut Vec<FieldError>, built: Result<T, Vec<FieldError>>) {
+    for e in built.err().unwrap_or_default() {
+        if !errs.iter().any(|known| known.field == e.field) {
+            errs.push(e);
+        }
+    }
 }
 
 /// The first address of `family` (4, 6, or 0 for either, IPv4 first) on interface `name`.
@@ -228,7 +305,10 @@ pub fn config_report(
                 ));
             }
             match crate::host::probe::probe(Path::new(hv.str(key::KVM_PATH)), node.probe_timeout) {
-                Ok(caps) => errs.extend(qemu(spec, &hv, &caps)),
+                Ok(caps) => {
+                    errs.extend(qemu(spec, &hv, &caps));
+                    add_new_fields(&mut errs, dry_build(spec, &hv, node, &caps));
+                }
                 Err(e) => {
                     if Path::new(hv.str(key::KVM_PATH)).is_file() {
                         errs.push(FieldError::new(

@@ -172,7 +172,7 @@ params! {
     KERNEL_ARGS: Str "kernel_args" = "ro", Any;
     ACPI: Bool "acpi" = true, Any;
     SERIAL_CONSOLE: Bool "serial_console" = true, Any;
-    SERIAL_SPEED: Int "serial_speed" = 38400, IntOneOf(SERIAL_SPEEDS);
+    SERIAL_SPEED: Int "serial_speed" = 38400, Any; // a speed of SERIAL_SPEEDS when serial_console (check_combinations)
     VNC_BIND_ADDRESS: Str "vnc_bind_address" = "", Any;
     VNC_TLS: Bool "vnc_tls" = false, Any;
     VNC_X509_PATH: Str "vnc_x509_path" = "", OptAbsPath;
@@ -200,7 +200,7 @@ params! {
     KVM_PCI_RESERVATIONS: Int "kvm_pci_reservations" = 12, Range(0, 32);
     DISK_CACHE: Str "disk_cache" = "default", OneOf(&["default", "none", "writeback", "writethrough"]);
     DISK_AIO: Str "disk_aio" = "threads", OptOneOf(&["threads", "native", "io_uring"]);
-    DISK_DISCARD: Str "disk_discard" = "ignore", OptOneOf(&["ignore", "unmap"]);
+    DISK_DISCARD: Str "disk_discard" = "ignore", OptOneOf(&["ignore", "unmap", "default"]); // default (Ganeti 3.0) = ignore
     USB_MOUSE: Str "usb_mouse" = "", OptOneOf(&["mouse", "tablet"]);
     KEYMAP: Str "keymap" = "", Any;
     MIGRATION_PORT: Int "migration_port" = 8102, Range(1, 65534);
@@ -518,7 +518,39 @@ pub fn check_syntax(hv: &HvParams) -> Vec<FieldError> {
             errs.push(e);
         }
     }
+    errs.extend(check_combinations(hv));
+    errs
+}
+
+/// Errors of the command-line builder name bare hvparams; put those under `hvparams.` (as the
+/// instance spec has them) and leave other fields (`disk[0].path`, `nic[1].mode`) alone.
+pub fn under_hvparams(errs: Vec<FieldError>) -> Vec<FieldError> {
+    errs.into_iter()
+        .map(|e| {
+            if def(&e.field).is_some() {
+                e.under("hvparams")
+            } else {
+                e
+            }
+        })
+        .collect()
+}
+
+/// The rules that combine keys (Ganeti's `CheckParameterSyntax` beyond the per-key checks).
+pub fn check_combinations(hv: &HvParams) -> Vec<FieldError> {
+    let mut errs = Vec::new();
     let s = |n| hv.str(n);
+    // Ganeti checks the speed only when there is a serial console.
+    if hv.bool(key::SERIAL_CONSOLE) && !SERIAL_SPEEDS.contains(&hv.int(key::SERIAL_SPEED)) {
+        errs.push(
+            FieldError::new(
+                "serial_speed",
+                hv.int(key::SERIAL_SPEED).to_string(),
+                "must be a standard serial speed when serial_console is on",
+            )
+            .with_allowed(SERIAL_SPEEDS.iter().map(i64::to_string)),
+        );
+    }
     if s(key::BOOT_ORDER) == "cdrom" && s(key::CDROM_IMAGE_PATH).is_empty() {
         errs.push(FieldError::new(
             "cdrom_image_path",
@@ -656,7 +688,8 @@ mod tests {
     #[test]
     fn ranges_and_paths_are_enforced() {
         assert!(check_value("kvm_pci_reservations", &HvValue::Int(33)).is_err());
-        assert!(check_value("serial_speed", &HvValue::Int(1)).is_err());
+        // serial_speed is checked with serial_console (check_combinations).
+        assert!(check_value("serial_speed", &HvValue::Int(1)).is_ok());
         assert!(check_value("kernel_path", &HvValue::Str("vmlinuz".into())).is_err());
         assert!(check_value("kernel_path", &HvValue::Str("/a/../b".into())).is_err());
         assert!(check_value("kernel_path", &HvValue::Str("/boot/vmlinuz".into())).is_ok());

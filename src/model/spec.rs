@@ -88,6 +88,15 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// An instance's hvparams over the node's (`kvm_path` defaults to `node.qemu`).
+    pub fn hvparams_with(&self, instance: &crate::model::hvparams::HvOverrides) -> HvParams {
+        let mut node_layer = self.hvparams.clone();
+        node_layer.entry("kvm_path".into()).or_insert_with(|| {
+            crate::model::hvparams::HvValue::Str(self.qemu.display().to_string())
+        });
+        HvParams::merged(&[&node_layer, instance])
+    }
+
     /// Defaults for every `[node]` key.
     pub fn defaults() -> Self {
         Self {
@@ -182,11 +191,7 @@ pub struct InstanceSpec {
 impl InstanceSpec {
     /// Effective hvparams: Ganeti defaults ← node ← instance.
     pub fn effective_hvparams(&self, node: &NodeConfig) -> HvParams {
-        let mut node_layer = node.hvparams.clone();
-        node_layer.entry("kvm_path".into()).or_insert_with(|| {
-            crate::model::hvparams::HvValue::Str(node.qemu.display().to_string())
-        });
-        HvParams::merged(&[&node_layer, &self.hvparams])
+        node.hvparams_with(&self.hvparams)
     }
 
     /// The accelerator this instance runs with.

@@ -56,8 +56,16 @@ pub struct QemuCaps {
     pub machines: BTreeMap<String, Machine>,
     /// Device names from `-device help`.
     pub devices: BTreeSet<String>,
+    /// The devices of `-device help` that sit on a PCI bus, with their aliases (`lsi`).
+    pub pci_devices: BTreeSet<String>,
+    /// Which of [`URL_DRIVERS`] this binary can load (`None`: not probed, e.g. from recorded
+    /// output). Debian ships them in a separate package (`qemu-block-extra`).
+    pub url_drivers: Option<BTreeSet<String>>,
     pub options: Options,
 }
+
+/// The URL schemes a cdrom image may use: QEMU's curl block drivers.
+pub const URL_DRIVERS: &[&str] = &["http", "https", "ftp", "ftps"];
 
 impl QemuCaps {
     /// Build from recorded outputs of `--version`, `--help`, `-machine help`, `-device help`.
@@ -69,6 +77,8 @@ impl QemuCaps {
             default_machine: parse_default_machine(machines),
             machines: machines_parsed,
             devices: parse_devices(devices),
+            pci_devices: parse_pci_devices(devices),
+            url_drivers: None,
             options: parse_options(help),
         })
     }
@@ -140,6 +150,19 @@ pub fn parse_devices(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Names and aliases of the `-device help` devices on a PCI bus.
+pub fn parse_pci_devices(text: &str) -> BTreeSet<String> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let mut out = BTreeSet::new();
+    for c in re(&RE, r#"(?m)^name "([^"]+)", bus PCI(?:, alias "([^"]+)")?"#).captures_iter(text) {
+        out.insert(c[1].to_string());
+        if let Some(alias) = c.get(2) {
+            out.insert(alias.as_str().to_string());
+        }
+    }
+    out
+}
+
 /// Which options `--help` lists (Ganeti's help regexes, made multi-line tolerant).
 pub fn parse_options(help: &str) -> Options {
     let has = |pattern: &str| Regex::new(pattern).expect("valid regex").is_match(help);
@@ -206,6 +229,30 @@ mod tests {
             &data("qemu-7.2/device-help.txt"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn pci_devices_with_their_aliases() {
+        let c = qemu_72();
+        for d in [
+            "virtio-balloon-pci",
+            "lsi",
+            "lsi53c895a",
+            "virtio-serial",
+            "intel-hda",
+        ] {
+            assert!(c.pci_devices.contains(d), "{d}");
+        }
+        for d in [
+            "scsi-hd",
+            "ide-cd",
+            "floppy",
+            "usb-tablet",
+            "ne2k_isa",
+            "sb16",
+        ] {
+            assert!(!c.pci_devices.contains(d), "{d} is not on PCI");
+        }
     }
 
     #[test]

@@ -108,6 +108,23 @@ pub fn qemu(spec: &InstanceSpec, hv: &HvParams, caps: &QemuCaps) -> Vec<FieldErr
             format!("this QEMU has no device {ctrl:?}"),
         ));
     }
+    for k in [key::CDROM_IMAGE_PATH, key::CDROM2_IMAGE_PATH] {
+        let scheme = hv.str(k).split_once("://").map(|(s, _)| s);
+        let missing = |d: &str| {
+            caps.url_drivers
+                .as_ref()
+                .is_some_and(|have| !have.contains(d))
+        };
+        if let Some(s) = scheme.filter(|s| crate::qemu::caps::URL_DRIVERS.contains(s)) {
+            if missing(s) {
+                errs.push(FieldError::new(
+                    k.field(),
+                    val(k),
+                    format!("this QEMU cannot read {s}:// URLs (its curl block driver is not installed; on Debian: qemu-block-extra)"),
+                ));
+            }
+        }
+    }
     let security = hv.str(key::SECURITY_MODEL) != "none" || hv.bool(key::USE_CHROOT);
     let needs_runas = hv.str(key::SECURITY_MODEL) == "user";
     if security && needs_runas && !caps.options.run_with && !caps.options.runas {

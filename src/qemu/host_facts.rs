@@ -118,7 +118,8 @@ pub fn plan(
     paths: &RunPaths,
     paused: bool,
 ) -> HostPlan {
-    let queues = if hv.str(key::NIC_TYPE) == "paravirtual" && caps.options.tap_fds {
+    let paravirtual = hv.str(key::NIC_TYPE) == "paravirtual";
+    let queues = if paravirtual && caps.options.tap_fds {
         usize::try_from(hv.int(key::VIRTIO_NET_QUEUES).max(1)).unwrap_or(1)
     } else {
         1
@@ -130,7 +131,8 @@ pub fn plan(
             (n.mode != NicMode::User).then_some(TapRequest {
                 queues,
                 vnet_hdr: hv.bool(key::VNET_HDR),
-                vhost: hv.bool(key::VHOST_NET) && node.vhost_available,
+                // Ganeti applies vhost to paravirtual NICs only.
+                vhost: paravirtual && hv.bool(key::VHOST_NET) && node.vhost_available,
             })
         })
         .collect();
@@ -169,6 +171,29 @@ pub fn pre_run(hv: &HvParams, paused: bool) -> PreRun {
         passwords,
         paused,
     }
+}
+
+/// Made-up fds for the taps of a plan (one per queue, vhost ones too), numbered from `first`:
+/// for building a command line that is not run (`--print-argv`, `kvmctl validate`). Returns
+/// them and the next free number.
+pub fn placeholder_taps(plan: &HostPlan, first: i32) -> (Vec<Option<TapFds>>, i32) {
+    let mut fd = first;
+    let mut next = |n: usize| -> Vec<i32> {
+        let v: Vec<i32> = (fd..).take(n).collect();
+        fd = v.last().map_or(fd, |last| last + 1);
+        v
+    };
+    let taps = plan
+        .taps
+        .iter()
+        .map(|t| {
+            t.map(|t| TapFds {
+                fds: next(t.queues),
+                vhost_fds: if t.vhost { next(t.queues) } else { Vec::new() },
+            })
+        })
+        .collect();
+    (taps, fd)
 }
 
 /// The command line's host facts from a plan and what was gathered for it.
@@ -284,6 +309,16 @@ mod tests {
                 .unwrap()
                 .vhost
         );
+    }
+
+    #[test]
+    fn vhost_only_for_paravirtual_nics() {
+        let s = spec(vec![NicMode::Bridged]);
+        for model in ["e1000", "rtl8139", "ne2k_pci", "pcnet"] {
+            let h = hv(&[("nic_type", HvValue::Str(model.into()))]);
+            let tap = plan(&s, &h, &caps(), &node(true), &paths(), false).taps[0].unwrap();
+            assert!(!tap.vhost, "{model} gets no vhost");
+        }
     }
 
     #[test]

@@ -107,4 +107,16 @@ impl Qmp {
         let args = wire::args_fdname(name);
         self.call("closefd", args, None).await.map(drop)
     }
+
+    /// `blockdev-add` of a URL block node (`http`, `https`, `ftp`, `ftps`: QEMU's curl
+    /// driver, a loadable module on some distributions).
+    pub async fn blockdev_add_url(
+        &self,
+        driver: &str,
+        node_name: &str,
+        url: &str,
+    ) -> Result<(), QmpError> {
+        let args = wire::args_blockdev_url(driver, node_name, url);
+        self.call("blockdev-add", args, None).await.map(drop)
+    }
 }

@@ -223,6 +223,10 @@ pub fn args_fdname(name: &str) -> Option<Value> {
     Some(json!({ "fdname": name }))
 }
 
+pub fn args_blockdev_url(driver: &str, node_name: &str, url: &str) -> Option<Value> {
+    Some(json!({ "driver": driver, "node-name": node_name, "url": url }))
+}
+
 // Replies of typed commands.
 
 fn shaped<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, String> {

@@ -394,6 +394,11 @@ fn check(
         Err(e) => return Err(VmError::Probe(e)),
     };
     errs.extend(crate::qemu::checks::qemu(spec, hv, &caps));
+    // The argv must be buildable before anything is created for it.
+    crate::host::validate::add_new_fields(
+        &mut errs,
+        crate::host::validate::dry_build(spec, hv, node, &caps),
+    );
     if !errs.is_empty() {
         return Err(VmError::Invalid(errs));
     }
@@ -414,19 +419,6 @@ struct Launched {
     pool_uid: Option<u32>,
     /// Connected to QEMU's QMP listening socket (accepted once QEMU is ready).
     qmp: std::os::unix::net::UnixStream,
-}
-
-/// Field errors of the command-line builder, with hvparams under `hvparams.`.
-fn launch_errors(errs: Vec<FieldError>) -> Vec<FieldError> {
-    errs.into_iter()
-        .map(|e| {
-            if hvparams::def(&e.field).is_some() {
-                e.under("hvparams")
-            } else {
-                e
-            }
-        })
-        .collect()
 }
 
 /// Open the taps and run their hooks, bind the QMP socket, build the argv, spawn QEMU.
@@ -519,7 +511,7 @@ fn spawn_qemu(
         accel,
         host: &host,
     })
-    .map_err(|errs| VmError::Invalid(launch_errors(errs)))?;
+    .map_err(|errs| VmError::Invalid(hvparams::under_hvparams(errs)))?;
     let mut keep: Vec<i32> = taps
         .iter()
         .flat_map(|t| t.fds.iter().chain(&t.vhost_fds))

@@ -15,6 +15,8 @@ use kvmd::api::{ApiError, ApiReply, ApiRequest, Event, StreamItem, VmInfo};
 use kvmd::control::client::{Client, EventStream};
 use kvmd::model::name::InstanceName;
 
+pub mod images;
+
 /// The test guest (kernel + initramfs), built once per machine and cached.
 pub fn guest_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -1,15 +1,12 @@
-//! Disks and NICs on the command line, and where they sit: the slot plan (fixed PCI slots from
-//! `kvm_pci_reservations`, disks first, then NICs; SCSI ids), Ganeti's device names, cache
-//! modes, tap backends.
+//! Disks and NICs on the command line, at the places the slot plan (`slots`) gave them:
+//! Ganeti's device names, cache modes, tap backends.
 //!
 //! Invariant: pure, like the rest of `cmdline`.
 
-use super::{
-    cache_settings, onoff, qemu_escape, Launch, NicBackend, Slot, SlotPlan, SCSI_DISK_TYPES,
-};
+use super::{cache_settings, onoff, qemu_escape, Launch, NicBackend, SlotPlan};
 use crate::model::field_error::FieldError;
-use crate::model::hvparams::{key, HvParams};
-use crate::model::spec::{DiskFormat, InstanceSpec, NicMode};
+use crate::model::hvparams::key;
+use crate::model::spec::{DiskFormat, NicMode};
 
 /// The QEMU device of a Ganeti disk type, or why there is none.
 pub fn disk_driver(disk_type: &str) -> Result<&'static str, String> {
@@ -30,58 +27,6 @@ pub fn nic_driver(nic_type: &str) -> &str {
         "paravirtual" => "virtio-net-pci",
         other => other,
     }
-}
-
-/// Assign PCI slots (disks, then NICs, from `kvm_pci_reservations`) and SCSI ids.
-pub fn plan_slots(
-    spec: &InstanceSpec,
-    hv: &HvParams,
-    machine: &str,
-) -> Result<SlotPlan, FieldError> {
-    let q35 = machine.contains("q35");
-    let bus = if q35 { "pcie.0" } else { "pci.0" };
-    // q35 keeps slot 0x1f for its ICH9 functions.
-    let last: u8 = if q35 { 30 } else { 31 };
-    // Checked to be 0..=32; anything else leaves no slot.
-    let mut next = u8::try_from(hv.int(key::KVM_PCI_RESERVATIONS)).unwrap_or(u8::MAX);
-    let mut pci = |what: &str| -> Result<Slot, FieldError> {
-        if next > last {
-            return Err(FieldError::new(
-                "kvm_pci_reservations",
-                hv.int(key::KVM_PCI_RESERVATIONS).to_string(),
-                format!(
-                    "leaves no PCI slot for {what} (slots {}..{last} are for disks and NICs)",
-                    hv.int(key::KVM_PCI_RESERVATIONS)
-                ),
-            ));
-        }
-        next += 1;
-        Ok(Slot::Pci {
-            bus: bus.into(),
-            slot: next - 1,
-        })
-    };
-    let disk_type = hv.str(key::DISK_TYPE);
-    let mut scsi_id = 0u8;
-    let mut plan = SlotPlan::default();
-    for i in 0..spec.disks.len() {
-        plan.disks.push(if SCSI_DISK_TYPES.contains(&disk_type) {
-            scsi_id += 1;
-            Slot::Scsi { id: scsi_id - 1 }
-        } else if disk_type == "paravirtual" {
-            pci(&format!("disk[{i}]"))?
-        } else {
-            Slot::Auto
-        });
-    }
-    for i in 0..spec.nics.len() {
-        plan.nics.push(if hv.str(key::NIC_TYPE) == "ne2k_isa" {
-            Slot::Auto
-        } else {
-            pci(&format!("nic[{i}]"))?
-        });
-    }
-    Ok(plan)
 }
 
 pub(super) fn nic_args(
@@ -186,8 +131,9 @@ pub(super) fn disk_args(
         "" => "threads",
         other => other,
     };
+    // Ganeti 3.0's `default` is QEMU's default, ignore (Ganeti 3.1 upgrades it so).
     let discard = match hv.str(key::DISK_DISCARD) {
-        "" => "ignore",
+        "" | "default" => "ignore",
         other => other,
     };
     for (i, d) in spec.disks.iter().enumerate() {

@@ -9,9 +9,10 @@
 //! must happen before the guest runs (vCPU pinning, passwords), then sends `cont` unless the
 //! start was `--paused`.
 //!
-//! Devices get fixed PCI slots from `kvm_pci_reservations` upwards (disks first, then NICs)
-//! and SCSI disks fixed SCSI ids: the [`SlotPlan`] is returned with the argv and kept in the
-//! runtime file for hotplug.
+//! Every disk, cdrom and NIC gets its place from the [`SlotPlan`] (PCI slot, SCSI id, IDE bus
+//! and unit), returned with the argv and kept in the runtime file for hotplug; then QEMU's own
+//! PCI placement is replayed over the finished argv ([`check_pci`]), so a collision is an error
+//! here and not a QEMU that refuses to start. `kvmctl validate` runs this same builder.
 //!
 //! Invariant: no side effects. No file is opened or stat'ed, no interface resolved, no QEMU
 //! run: everything from the host arrives in [`Launch`] and [`QemuCaps`].
@@ -27,14 +28,18 @@ use crate::qemu::caps::QemuCaps;
 mod devices;
 mod display;
 mod security;
+mod slots;
+#[cfg(test)]
+mod slots_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use devices::{disk_args, nic_args};
-pub use devices::{disk_driver, nic_driver, plan_slots};
+pub use devices::{disk_driver, nic_driver};
 use display::{spice_args, vnc_args};
 use security::security_args;
 pub use security::shell_split;
+pub use slots::{cdroms, check_pci, plan_slots, Board, Cdrom, Slot, SlotPlan};
 
 /// Ganeti's SCSI disk types (they go on the `scsi.0` bus of the SCSI controller).
 pub const SCSI_DISK_TYPES: &[&str] = &["scsi-generic", "scsi-block", "scsi-hd", "scsi-cd"];
@@ -83,35 +88,6 @@ pub struct Launch<'a> {
     pub paths: &'a RunPaths,
     pub accel: Accel,
     pub host: &'a Host,
-}
-
-/// Where a device sits.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Slot {
-    /// A fixed slot on the root PCI bus (`pci.0`, or `pcie.0` on q35).
-    Pci { bus: String, slot: u8 },
-    /// A SCSI id on `scsi.0`.
-    Scsi { id: u8 },
-    /// Placed by QEMU (IDE, ISA).
-    Auto,
-}
-
-impl Slot {
-    fn device_props(&self) -> String {
-        match self {
-            Slot::Pci { bus, slot } => format!(",bus={bus},addr={slot:#x}"),
-            Slot::Scsi { id } => format!(",bus=scsi.0,channel=0,scsi-id={id},lun=0"),
-            Slot::Auto => String::new(),
-        }
-    }
-}
-
-/// Device placement of one instance (kept in the runtime file).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SlotPlan {
-    pub disks: Vec<Slot>,
-    pub nics: Vec<Slot>,
 }
 
 /// The generated command line.
@@ -165,20 +141,25 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
         "" => caps.default_machine.clone().unwrap_or_else(|| "pc".into()),
         m => caps.resolve_machine(m).unwrap_or_else(|| m.to_string()),
     };
-    let slots = match plan_slots(spec, hv, &machine) {
-        Ok(p) => p,
-        Err(e) => {
-            errs.push(e);
-            SlotPlan::default()
-        }
-    };
-    let disk_type = s(key::DISK_TYPE);
-    let cdrom_type = match hv.str(key::CDROM_DISK_TYPE) {
-        "" => disk_type.clone(),
-        t => t.to_string(),
-    };
-    let uses_scsi = SCSI_DISK_TYPES.contains(&disk_type.as_str()) && !spec.disks.is_empty()
-        || cdrom_type == "scsi-cd" && !s(key::CDROM_IMAGE_PATH).is_empty();
+    let board = Board::of(&machine);
+    if board.is_none() {
+        errs.push(FieldError::new(
+            key::MACHINE_VERSION.name(),
+            format!("{machine:?}"),
+            "has no PCI PC board (pc-i440fx-*, pc-q35-*) for kvmd's PCI devices (the balloon, virtio disks and NICs)",
+        ));
+    }
+    let board = board.unwrap_or(Board::I440fx);
+    let cdroms = cdroms(hv).unwrap_or_else(|e| {
+        errs.push(e);
+        Vec::new()
+    });
+    let slots = plan_slots(spec, hv, board, &cdroms).unwrap_or_else(|e| {
+        errs.extend(e);
+        SlotPlan::default()
+    });
+    let uses_scsi = SCSI_DISK_TYPES.contains(&hv.str(key::DISK_TYPE)) && !spec.disks.is_empty()
+        || cdroms.iter().any(|c| c.device == "scsi-cd");
 
     // --- persistent part (Ganeti's _GenerateKVMRuntime) ---
     push!(s(key::KVM_PATH));
@@ -224,69 +205,54 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
     push!("-machine", machine_opt);
 
     // cdroms and floppy
-    for (k, id, bootable) in [
-        (key::CDROM_IMAGE_PATH, "cdrom1", boot == "cdrom"),
-        (key::CDROM2_IMAGE_PATH, "cdrom2", false),
-    ] {
-        let image = s(k);
-        if image.is_empty() {
-            continue;
-        }
-        let file = if let Some(scheme) = ["https", "http"]
-            .into_iter()
-            .find(|p| image.starts_with(&format!("{p}://")))
-        {
-            format!("file.driver={scheme},file.url={}", qemu_escape(&image))
-        } else {
-            format!("file.driver=file,file.filename={}", qemu_escape(&image))
+    for (c, slot) in cdroms.iter().zip(&slots.cdroms) {
+        let scheme = crate::qemu::caps::URL_DRIVERS
+            .iter()
+            .find(|p| c.image.starts_with(&format!("{p}://")));
+        let file = match scheme {
+            Some(scheme) => format!("file.driver={scheme},file.url={}", qemu_escape(&c.image)),
+            None => format!("file.driver=file,file.filename={}", qemu_escape(&c.image)),
         };
         push!(
             "-blockdev",
             format!(
-                "driver=raw,node-name={id},read-only=on,cache.direct=off,cache.no-flush=on,{file}"
+                "driver=raw,node-name={},read-only=on,cache.direct=off,cache.no-flush=on,{file}",
+                c.id
             )
         );
-        let dev = match cdrom_type.as_str() {
-            "ide" => "ide-cd",
-            "paravirtual" => "virtio-blk-pci",
-            "scsi-cd" | "scsi-hd" | "scsi-block" | "scsi-generic" => "scsi-cd",
-            other => {
-                errs.push(
-                    FieldError::new(
-                        "cdrom_disk_type",
-                        format!("{other:?}"),
-                        "cdroms can be ide, paravirtual or scsi-cd",
-                    )
-                    .with_allowed(["ide", "paravirtual", "scsi-cd"]),
-                );
-                "ide-cd"
-            }
-        };
-        let bus = if dev == "scsi-cd" { ",bus=scsi.0" } else { "" };
         push!(
             "-device",
             format!(
-                "{dev},id={id}-dev,drive={id}{bus}{}",
-                if bootable { ",bootindex=1" } else { "" }
+                "{},id={id}-dev,drive={id}{}{}",
+                c.device,
+                slot.device_props(),
+                if c.bootable { ",bootindex=1" } else { "" },
+                id = c.id,
             )
         );
     }
     let floppy = s(key::FLOPPY_IMAGE_PATH);
     if !floppy.is_empty() {
+        if board == Board::Q35 {
+            errs.push(FieldError::new(
+                key::FLOPPY_IMAGE_PATH.name(),
+                format!("{floppy:?}"),
+                format!("q35 machines ({machine}) have no floppy controller; use an i440fx machine (pc) or a cdrom"),
+            ));
+        }
         push!(
             "-blockdev",
             format!(
                 "driver=raw,node-name=floppy1,file.driver=file,file.filename={}",
                 qemu_escape(&floppy)
-            )
-        );
-        push!(
+            ),
             "-device",
-            format!(
-                "floppy,drive=floppy1{}",
-                if boot == "floppy" { ",bootindex=1" } else { "" }
-            )
+            "floppy,unit=0,drive=floppy1"
         );
+        // A floppy drive has no bootindex of its own: its controller has one per drive.
+        if boot == "floppy" {
+            push!("-global", "isa-fdc.bootindexA=1");
+        }
     }
     if !kernel.is_empty() {
         push!("-kernel", kernel.clone());
@@ -391,14 +357,15 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
             "virtserialport,bus=qga0-serial.0,chardev=qga0,name=org.qemu.guest_agent.0"
         );
     }
-    match shell_split(hv.str(key::KVM_EXTRA)) {
-        Ok(extra) => a.extend(extra),
-        Err(why) => errs.push(FieldError::new(
+    let extra = shell_split(hv.str(key::KVM_EXTRA)).unwrap_or_else(|why| {
+        errs.push(FieldError::new(
             "kvm_extra",
             format!("{:?}", hv.str(key::KVM_EXTRA)),
             why,
-        )),
-    }
+        ));
+        Vec::new()
+    });
+    a.extend(extra.iter().cloned());
 
     // --- execute-time part (Ganeti's _ExecuteKVMRuntime) ---
     if !s(key::KEYMAP).is_empty() {
@@ -420,6 +387,9 @@ pub fn build_command_line(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>
         push!("-S");
     }
     security_args(l, &mut a, &mut errs);
+    if errs.is_empty() {
+        errs.extend(check_pci(board, &a, &extra, hv, caps));
+    }
 
     if errs.is_empty() {
         Ok(CommandLine {

@@ -26,7 +26,7 @@ pub(crate) fn caps() -> QemuCaps {
     .unwrap()
 }
 
-fn hv(over: &[(&str, HvValue)]) -> (HvOverrides, HvParams) {
+pub(super) fn hv(over: &[(&str, HvValue)]) -> (HvOverrides, HvParams) {
     let mut o = HvOverrides::new();
     o.insert(
         "kvm_path".into(),
@@ -44,7 +44,7 @@ fn hv(over: &[(&str, HvValue)]) -> (HvOverrides, HvParams) {
     (o, merged)
 }
 
-fn spec(o: HvOverrides) -> InstanceSpec {
+pub(super) fn spec(o: HvOverrides) -> InstanceSpec {
     InstanceSpec {
         name: InstanceName::parse("web1").unwrap(),
         uuid: "0b8e3c2a-4d5f-8a1b-9c2d-3e4f5a6b7c8d".into(),
@@ -59,11 +59,11 @@ fn spec(o: HvOverrides) -> InstanceSpec {
     }
 }
 
-fn s(v: &str) -> HvValue {
+pub(super) fn s(v: &str) -> HvValue {
     HvValue::Str(v.into())
 }
 
-fn build_with(
+pub(super) fn build_with(
     spec: &InstanceSpec,
     hv: &HvParams,
     host: &Host,
@@ -308,9 +308,10 @@ fn cdroms_floppy_and_boot_order() {
         ("cdrom_disk_type", s("ide")),
         ("floppy_image_path", s("/f.img")),
     ]);
-    assert!(a.contains("-blockdev driver=raw,node-name=cdrom1,read-only=on,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/iso/a.iso -device ide-cd,id=cdrom1-dev,drive=cdrom1,bootindex=1"), "{a}");
-    assert!(a.contains("node-name=cdrom2,read-only=on,cache.direct=off,cache.no-flush=on,file.driver=https,file.url=https://mirror/b.iso -device ide-cd,id=cdrom2-dev,drive=cdrom2 "), "{a}");
-    assert!(a.contains("-device floppy,drive=floppy1 "), "{a}");
+    assert!(a.contains("-blockdev driver=raw,node-name=cdrom1,read-only=on,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/iso/a.iso -device ide-cd,id=cdrom1-dev,drive=cdrom1,bus=ide.0,unit=0,bootindex=1"), "{a}");
+    assert!(a.contains("node-name=cdrom2,read-only=on,cache.direct=off,cache.no-flush=on,file.driver=https,file.url=https://mirror/b.iso -device ide-cd,id=cdrom2-dev,drive=cdrom2,bus=ide.0,unit=1 "), "{a}");
+    assert!(a.contains("-device floppy,unit=0,drive=floppy1 "), "{a}");
+    assert!(!a.contains("isa-fdc.bootindexA"), "{a}");
     assert!(!a.contains("-kernel"));
 }
 
