@@ -13,31 +13,6 @@ use std::time::Duration;
 use kvmd::api::{ApiReply, ApiRequest};
 use support::*;
 
-/// A Linux bridge with an address, removed on drop.
-struct Bridge(String);
-
-impl Bridge {
-    fn new(tag: &str, cidr: &str) -> Bridge {
-        let name = format!("kvt{tag}{}", std::process::id() % 10000);
-        let ip = |args: &[&str]| {
-            assert!(
-                Command::new("ip").args(args).status().unwrap().success(),
-                "ip {args:?}"
-            )
-        };
-        ip(&["link", "add", "name", &name, "type", "bridge"]);
-        ip(&["addr", "add", cidr, "dev", &name]);
-        ip(&["link", "set", &name, "up"]);
-        Bridge(name)
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
 /// Run one HMP command on the VM's monitor socket (kvmd holds QMP; the monitor is free).
 fn hmp(d: &Daemon, vm: &str, command: &str) -> String {
     let mut s = UnixStream::connect(d.run_dir(vm).join("monitor.sock")).unwrap();

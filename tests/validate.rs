@@ -156,3 +156,129 @@ fn a_broken_config_file_is_reported_with_its_key_path() {
         .collect();
     assert_eq!(fields, ["instance.a.memory", "instance.a.hvparams.pae"]);
 }
+
+/// Files an instance may name, in `dir`.
+fn media(dir: &std::path::Path) -> (String, String, String) {
+    let disk = dir.join("disk.img");
+    let iso = dir.join("cd.iso");
+    let floppy = dir.join("fd.img");
+    support::images::disk(&disk, "X");
+    support::images::iso(&iso, "X");
+    support::images::floppy(&floppy, "X");
+    let s = |p: std::path::PathBuf| p.display().to_string();
+    (s(disk), s(iso), s(floppy))
+}
+
+#[test]
+fn validate_refuses_what_qemu_would_refuse_by_running_the_argv_builder() {
+    // Issue 7, defect 7: each of these passed validate and failed at start or in QEMU.
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, iso, floppy) = media(dir.path());
+    let disks = |n: usize| {
+        (0..n)
+            .map(|_| format!("[[instance.NAME.disk]]\npath = \"{disk}\"\n"))
+            .collect::<String>()
+    };
+    let table: Vec<(&str, String, &str, &str)> = vec![
+        ("extra", "[instance.extra.hvparams]\nkvm_extra = \"-append 'console=ttyS0\"".into(), "hvparams.kvm_extra", "quote"),
+        ("ide5", disks(4) + &format!("[instance.ide5.hvparams]\ndisk_type = \"ide\"\ncdrom_image_path = \"{iso}\"\nmachine_version = \"pc\""), "hvparams.disk_type", "IDE positions"),
+        ("fdq35", format!("[instance.fdq35.hvparams]\nfloppy_image_path = \"{floppy}\"\nmachine_version = \"q35\""), "hvparams.floppy_image_path", "no floppy controller"),
+        ("pci", disks(1) + "[instance.pci.hvparams]\nkvm_pci_reservations = 2", "hvparams.kvm_pci_reservations", "virtio-balloon-pci"),
+        ("lsi9", disks(9) + "[instance.lsi9.hvparams]\ndisk_type = \"scsi-hd\"", "hvparams.disk_type", "SCSI ids 0..7"),
+        ("isapc", "[instance.isapc.hvparams]\nmachine_version = \"isapc\"".into(), "hvparams.machine_version", "no PCI PC board"),
+        ("passthrough", disks(1) + "[instance.passthrough.hvparams]\ndisk_type = \"scsi-block\"", "disk[0].path", "must be a SCSI device"),
+    ];
+    let node = node_toml(dir.path(), "") + "vhost_net = false\n";
+    for (name, body, field, rule) in &table {
+        let body = body.replace("NAME", name);
+        let (ok, v) = validate(
+            &format!("{node}\n[instance.{name}]\nmemory = 128\n{body}\n"),
+            &[],
+        );
+        assert!(!ok, "{name} was accepted");
+        let errs = problems(&v, name);
+        assert!(
+            errs.iter().any(|(f, r)| f == field && r.contains(rule)),
+            "{name}: expected {field} / {rule:?}, got {errs:?}"
+        );
+    }
+    // What QEMU starts is accepted: SCSI disks with a SCSI cdrom (defect 2), three IDE
+    // devices (defect 3), a floppy boot on i440fx (defect 4).
+    let ok_table = [
+        disks(2) + &format!("[instance.NAME.hvparams]\ndisk_type = \"scsi-hd\"\ncdrom_disk_type = \"scsi-cd\"\ncdrom_image_path = \"{iso}\""),
+        disks(2) + &format!("[instance.NAME.hvparams]\ndisk_type = \"ide\"\ncdrom_disk_type = \"ide\"\ncdrom_image_path = \"{iso}\""),
+        format!("[instance.NAME.hvparams]\nboot_order = \"floppy\"\nfloppy_image_path = \"{floppy}\"\nmachine_version = \"pc\""),
+    ];
+    for (i, body) in ok_table.iter().enumerate() {
+        let name = format!("ok{i}");
+        let body = body.replace("NAME", &name);
+        let (ok, v) = validate(
+            &format!("{node}\n[instance.{name}]\nmemory = 128\n{body}\n"),
+            &[],
+        );
+        assert!(ok, "{name}: {v:#}");
+    }
+}
+
+#[test]
+fn per_key_and_combination_errors_are_listed_together() {
+    // Issue 7, defect 8: a per-key error used to hide the combination errors.
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_toml(dir.path(), "") + "vhost_net = false\n";
+    let body = "[instance.mixed.hvparams]\ndisk_cache = \"fast\"\nserial_speed = 12345\nboot_order = \"cdrom\"\nsecurity_model = \"user\"\nvnc_x509_verify = true\n";
+    let (ok, v) = validate(
+        &format!("{node}\n[instance.mixed]\nmemory = 128\n{body}"),
+        &[],
+    );
+    assert!(!ok);
+    let fields: Vec<String> = problems(&v, "mixed").into_iter().map(|(f, _)| f).collect();
+    for f in [
+        "hvparams.disk_cache",
+        "hvparams.serial_speed",
+        "hvparams.cdrom_image_path",
+        "hvparams.security_domain",
+        "hvparams.vnc_x509_verify",
+    ] {
+        assert!(fields.iter().any(|x| x == f), "{f} missing from {fields:?}");
+    }
+}
+
+#[test]
+fn what_ganeti_3_0_accepts_is_accepted() {
+    // Issue 7, defect 9.
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_toml(dir.path(), "") + "vhost_net = false\n";
+    let curl = std::path::Path::new("/usr/lib/x86_64-linux-gnu/qemu/block-curl.so").exists();
+    for (name, hv) in [
+        ("discard", "disk_discard = \"default\""),
+        ("speed", "serial_console = false\nserial_speed = 12345"),
+        (
+            "ftp",
+            "cdrom_image_path = \"ftp://mirror.example/debian.iso\"",
+        ),
+        (
+            "ftps",
+            "cdrom2_image_path = \"ftps://mirror.example/debian.iso\"",
+        ),
+        (
+            "http",
+            "cdrom_image_path = \"http://mirror.example/debian.iso\"",
+        ),
+    ] {
+        let (ok, v) = validate(
+            &format!("{node}\n[instance.{name}]\nmemory = 128\n[instance.{name}.hvparams]\n{hv}\n"),
+            &[],
+        );
+        if name.starts_with("ftp") || name == "http" {
+            // A URL needs QEMU's curl driver (Debian: qemu-block-extra, which CI installs).
+            assert_eq!(ok, curl, "{name}: {v:#}");
+            if !curl {
+                assert!(problems(&v, name)
+                    .iter()
+                    .any(|(_, r)| r.contains("qemu-block-extra")));
+            }
+        } else {
+            assert!(ok, "{name}: {v:#}");
+        }
+    }
+}

@@ -373,6 +373,12 @@ mod tests {
         let first = t0.elapsed();
         assert!(a.has_device("virtio-net-pci") && a.has_device("pcie-root-port"));
         assert!(a.default_machine.is_some());
+        // The URL drivers are there exactly when Debian's curl module is installed.
+        let curl = Path::new("/usr/lib/x86_64-linux-gnu/qemu/block-curl.so").exists();
+        let urls = a.url_drivers.as_ref().expect("QMP answered");
+        for d in crate::qemu::caps::URL_DRIVERS {
+            assert_eq!(urls.contains(*d), curl, "{d}: {urls:?}");
+        }
         let t1 = Instant::now();
         let b = probe(path, Duration::from_secs(60)).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "cached");

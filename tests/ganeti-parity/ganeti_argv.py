@@ -312,6 +312,9 @@ class Harness(object):
     self._set(kvm, "PARAMETERS", params)
     self._set(hv_base, "os", _Proxy(os, path=_Proxy(os.path,
                                                     isfile=fake_isfile)))
+    # Cdrom URLs: _CdromOption asks the URL with an HTTP HEAD (pycurl). Taken
+    # to be reachable, as files are taken to exist: nothing leaves the host.
+    self._set(hv_kvm, "_CheckUrl", lambda url: True)
     # QMP: never reached (the launch is captured first), but make sure no
     # socket is ever opened.
     self._set(hv_kvm, "QmpConnection", _NoQmp)

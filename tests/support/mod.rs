@@ -427,3 +427,28 @@ pub fn free_test_net() -> &'static str {
             .expect("a documentation /24 this host does not use")
     })
 }
+
+/// A Linux bridge with an address, removed on drop.
+pub struct Bridge(pub String);
+
+impl Bridge {
+    pub fn new(tag: &str, cidr: &str) -> Bridge {
+        let name = format!("kvt{tag}{}", std::process::id() % 10000);
+        let ip = |args: &[&str]| {
+            assert!(
+                Command::new("ip").args(args).status().unwrap().success(),
+                "ip {args:?}"
+            )
+        };
+        ip(&["link", "add", "name", &name, "type", "bridge"]);
+        ip(&["addr", "add", cidr, "dev", &name]);
+        ip(&["link", "set", &name, "up"]);
+        Bridge(name)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
