@@ -1,6 +1,7 @@
 //! "validate says ok" implies "QEMU starts": a generated family of configurations — every disk
 //! type × cdrom type × boot order × machine type × NIC model, with disk, cdrom and NIC counts,
-//! floppy, SCSI controller, PCI reservations, VGA, sound and guest agent varied along — is
+//! floppy, SCSI controller, PCI reservations, VGA card, sound card, USB mouse, ACPI and guest
+//! agent varied along — is
 //! validated by kvmd's own checks, and every configuration they accept has its argv (the
 //! builder a start runs) started on the real QEMU, paused (`-S`, no guest runs), which must
 //! come up and answer QMP. Configurations kvmd refuses must be refused for a reason the
@@ -39,6 +40,8 @@ const NIC_TYPES: &[&str] = &[
     "i82559er",
 ];
 const SCSI_CONTROLLERS: &[&str] = &["lsi", "virtio-scsi-pci", "megasas", "dc390"];
+const VGAS: &[&str] = &["none", "std", "cirrus", "virtio", "qxl", "vmware"];
+const SOUND: &[&str] = &["hda", "ac97", "es1370", "sb16", "adlib", "cs4231a", "gus"];
 
 /// The fields a refusal of this family may name.
 const EXPECTED_REFUSALS: &[&str] = &[
@@ -92,17 +95,20 @@ fn family() -> Vec<Config> {
                                 HvValue::Int([3, 4, 5, 6][(i / 11) % 4]),
                             ));
                         }
-                        if i % 13 == 0 {
-                            hv.push(("vga", s("none")));
-                        }
-                        if i % 17 == 0 {
-                            hv.push((
-                                "soundhw",
-                                s(["hda", "ac97", "es1370", "sb16"][(i / 17) % 4]),
-                            ));
+                        if i % 3 == 0 {
+                            hv.push(("vga", s(VGAS[(i / 3) % VGAS.len()])));
                         }
                         if i % 5 == 0 {
+                            hv.push(("soundhw", s(SOUND[(i / 5) % SOUND.len()])));
+                        }
+                        if i % 7 == 0 {
+                            hv.push(("usb_mouse", s(["mouse", "tablet"][(i / 7) % 2])));
+                        }
+                        if i % 4 == 1 {
                             hv.push(("use_guest_agent", HvValue::Bool(true)));
+                        }
+                        if i % 9 == 4 {
+                            hv.push(("acpi", HvValue::Bool(false)));
                         }
                         out.push(Config {
                             index: i,
