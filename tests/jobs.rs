@@ -128,6 +128,56 @@ fn a_start_cut_short_by_sigterm_is_finished_by_the_next_kvmd() {
     );
 }
 
+/// Like the test above, with nothing on disk naming the QEMU: its pidfile removed and the
+/// job file's undo steps without the kill step (as when kvmd dies between the spawn and the
+/// job write). The restarted kvmd finds the QEMU by its `-pidfile` argument and kills it.
+#[test]
+fn a_start_cut_before_anything_named_its_qemu_is_still_rolled_back() {
+    let mut d = Daemon::prepare(
+        "",
+        &instance_toml("cut2", "[instance.cut2.hvparams]\ncpu_mask = \"0\""),
+    );
+    d.spawn_with_env(&[("KVMD_FAULTS", "delay_before_runtime_ms=30000")]);
+    accepted(
+        &d,
+        ApiRequest::Start {
+            name: name("cut2"),
+            paused: false,
+            wait: false,
+        },
+    );
+    let pid = wait_for("QEMU to be spawned", Duration::from_secs(20), || {
+        d.try_info("cut2").and_then(|i| i.pid)
+    });
+    let run = d.run_dir("cut2");
+    wait_for("QEMU's pidfile", Duration::from_secs(20), || {
+        run.join("qemu.pid").exists().then_some(())
+    });
+    d.kill9();
+    std::fs::remove_file(run.join("qemu.pid")).unwrap();
+    let job_file = run.join("job.json");
+    let mut job: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&job_file).unwrap()).unwrap();
+    job["undo"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|u| !u.to_string().to_lowercase().contains("kill"));
+    std::fs::write(&job_file, job.to_string()).unwrap();
+    assert!(alive(pid));
+    d.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the QEMU {pid} nothing named was not killed within 20 s; kvmd's log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.wait_state("cut2", "stopped", Duration::from_secs(20));
+    assert!(qemus_under(d.dir.path()).is_empty());
+}
+
 /// A start whose QEMU was spawned but not yet recorded, cut short by `kill -9` of kvmd: the
 /// next kvmd rolls it back (that QEMU never ran the guest: it was started with -S) and leaves
 /// no QEMU and no runtime files behind; the instance then starts normally.
@@ -154,11 +204,15 @@ fn a_start_cut_by_kill9_before_it_was_recorded_is_rolled_back() {
     d.kill9();
     assert!(alive(pid), "kvmd's death does not take QEMU with it");
     d.spawn();
-    wait_for(
-        "the unrecorded QEMU to be killed",
-        Duration::from_secs(20),
-        || (!alive(pid)).then_some(()),
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unrecorded QEMU {pid} was not killed within 20 s; kvmd's log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let info = d.wait_state("cut", "stopped", Duration::from_secs(20));
     assert_eq!(info.pid, None);
     let ended = wait_for("the start job to end", Duration::from_secs(20), || {

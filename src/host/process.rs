@@ -96,6 +96,21 @@ pub fn identify(pid: u32, start_ticks: u64, pidfile: &Path) -> Identity {
     }
 }
 
+/// The process running with `-pidfile PIDFILE`, found by scanning `/proc`: for a start cut
+/// short by `kill -9` of kvmd before anything named its QEMU (no pidfile written yet, the undo
+/// step not yet persisted). Only the pid; [`identify`] still decides whether it is ours.
+pub fn find_by_pidfile_arg(pidfile: &Path) -> Option<u32> {
+    let want = pidfile.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2).any(|w| w[0] == b"-pidfile" && w[1] == want)
+        })
+}
+
 /// Start QEMU in its own session with stdin from /dev/null and stdout+stderr appended to `log`,
 /// letting it inherit `keep_fds` (taps). Returns the pid. The child is not reaped by anyone but
 /// [`wait_exit`].

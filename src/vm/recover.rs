@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::host::process::{self, Identity, QemuProcess};
 use crate::model::exit::ExitStatus;
 use crate::model::hvparams::key;
+use crate::model::job::Operation;
 use crate::model::layout::RunPaths;
 use crate::model::spec::NodeConfig;
 use crate::qmp::{ConnectOptions, Notice, Qmp};
@@ -77,7 +78,26 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
             Some(rt.pid),
             Some(rt.start_ticks),
         ),
-        Ok(None) => (RuntimeState::Missing, on_disk.pidfile_pid, None),
+        Ok(None) => {
+            // A start cut before its QEMU wrote a pidfile (and maybe before the undo step that
+            // names it was persisted): look for that QEMU by its -pidfile argument.
+            let starting = on_disk
+                .job
+                .as_ref()
+                .is_some_and(|j| matches!(j.kind, Operation::Start | Operation::Reboot));
+            let pid = match on_disk.pidfile_pid {
+                Some(pid) => Some(pid),
+                None if starting => {
+                    let pidfile = r.paths.pidfile();
+                    tokio::task::spawn_blocking(move || process::find_by_pidfile_arg(&pidfile))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                None => None,
+            };
+            (RuntimeState::Missing, pid, None)
+        }
         Err(e) => {
             warn!(error = %crate::model::text::escape(e), "damaged runtime file; looking for the QEMU by its pidfile");
             (RuntimeState::Damaged(e.clone()), on_disk.pidfile_pid, None)
