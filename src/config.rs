@@ -323,12 +323,26 @@ fn parse_instance(
     let prefix = o.path("hvparams");
     o.finish(errs);
     if errs.len() != before {
-        // The per-key errors are in; the rules that combine keys still apply to the rest.
-        errs.extend(
-            hvparams::check_combinations(&node.hvparams_with(&hvparams))
-                .into_iter()
-                .map(|e| e.under(&prefix)),
-        );
+        // The per-key errors are in; the rules that combine keys still apply to the rest,
+        // except those about a refused key (they would judge its default, not what was
+        // written).
+        let refused: Vec<String> = errs[before..]
+            .iter()
+            .filter_map(|e| e.field.strip_prefix(&format!("{prefix}.")))
+            .map(String::from)
+            .collect();
+        let about_refused = |e: &FieldError| {
+            let words = e
+                .rule
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            refused.contains(&e.field) || words.into_iter().any(|w| refused.iter().any(|k| k == w))
+        };
+        let more: Vec<FieldError> = hvparams::check_combinations(&node.hvparams_with(&hvparams))
+            .into_iter()
+            .filter(|e| !about_refused(e))
+            .map(|e| e.under(&prefix))
+            .collect();
+        errs.extend(more);
     }
     (errs.len() == before).then_some(InstanceSpec {
         name,
@@ -592,6 +606,31 @@ mod tests {
             Err(ConfigError::Invalid { errors, .. }) => errors.0,
             other => panic!("expected field errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn combination_rules_join_per_key_errors_but_never_judge_a_refused_key() {
+        let fields = |hv: &str| -> Vec<(String, String)> {
+            errors(&format!(
+                "[instance.a]\nmemory = 128\n[instance.a.hvparams]\n{hv}"
+            ))
+            .into_iter()
+            .map(|e| (e.field, e.rule))
+            .collect()
+        };
+        // Both kinds at once.
+        let f = fields("disk_cache = \"fast\"\nboot_order = \"cdrom\"\n");
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f
+            .iter()
+            .any(|(f, _)| f == "instance.a.hvparams.cdrom_image_path"));
+        // security_model refused: the domain is not judged against its default.
+        let f = fields("security_model = \"usr\"\nsecurity_domain = \"bob\"\n");
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, "instance.a.hvparams.security_model");
+        // disk_cache refused: no second error about a value nobody wrote.
+        let f = fields("disk_aio = \"native\"\ndisk_cache = \"nonee\"\n");
+        assert_eq!(f.len(), 1, "{f:?}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! validated by kvmd's own checks, and every configuration they accept has its argv (the
 //! builder a start runs) started on the real QEMU, paused (`-S`, no guest runs), which must
 //! come up and answer QMP. Configurations kvmd refuses must be refused for a reason the
-//! family expects (floppy on q35, more IDE devices than positions, PCI slot collisions).
+//! family expects (floppy on q35, more IDE devices than positions, PCI slot collisions), and
+//! a refused PCI layout is started without the check to show that QEMU refuses it too.
 //!
 //! The argv is used as built, with one change: the QMP chardev gets a path instead of the
 //! fd a real start would pass.
@@ -191,9 +192,13 @@ fn spec_of(c: &Config, media: &Media) -> InstanceSpec {
 }
 
 enum Outcome {
+    /// Refused by kvmd, and (for PCI collisions, where the argv can still be built without
+    /// the check) QEMU refused it too.
     Refused(Vec<String>),
     Started,
     QemuFailed(String),
+    /// kvmd refused a PCI collision that QEMU starts.
+    QemuStarted(String),
 }
 
 /// Start the argv paused; up means QEMU greeted on QMP.
@@ -264,21 +269,38 @@ fn start_paused(argv: &[String], run: &Path) -> Result<(), String> {
 fn run_one(c: &Config, media: &Media, node: &NodeConfig) -> Outcome {
     let spec = spec_of(c, media);
     let caps = kvmd::host::probe::probe(Path::new(QEMU), node.probe_timeout).unwrap();
-    let errs = kvmd::host::validate::all(&spec, node, Some(&caps));
-    if !errs.is_empty() {
-        return Outcome::Refused(errs.iter().map(|e| e.field.clone()).collect());
-    }
     let hv = spec.effective_hvparams(node);
-    let cl = kvmd::host::validate::dry_build(&spec, &hv, node, &caps)
-        .expect("validate accepted it, so the argv builds");
+    // What `kvmctl validate` runs for one instance.
+    let errs = kvmd::host::validate::instance(&spec, node, false);
+    let fields: Vec<String> = errs.iter().map(|e| e.field.clone()).collect();
+    let pci_only = !errs.is_empty() && fields.iter().all(|f| f == "hvparams.kvm_pci_reservations");
+    let cl = if errs.is_empty() {
+        kvmd::host::validate::dry_build(&spec, &hv, node, &caps)
+            .expect("validate accepted it, so the argv builds")
+    } else if pci_only {
+        // The argv as it would be without the PCI check: QEMU must refuse it too.
+        kvmd::host::validate::dry_build_with(
+            &spec,
+            &hv,
+            node,
+            &caps,
+            kvmd::qemu::cmdline::build_unchecked,
+        )
+        .expect("only the PCI check refused it")
+    } else {
+        return Outcome::Refused(fields);
+    };
     let run = node.run_dir.join(spec.name.as_str());
     std::fs::create_dir_all(&run).unwrap();
-    let outcome = match start_paused(&cl.argv, &run) {
-        Ok(()) => Outcome::Started,
-        Err(e) => Outcome::QemuFailed(format!("{e}\n  argv: {}", cl.argv.join(" "))),
-    };
+    let started = start_paused(&cl.argv, &run);
     let _ = std::fs::remove_dir_all(&run);
-    outcome
+    let argv = cl.argv.join(" ");
+    match (started, pci_only) {
+        (Ok(()), false) => Outcome::Started,
+        (Err(e), false) => Outcome::QemuFailed(format!("{e}\n  argv: {argv}")),
+        (Err(_), true) => Outcome::Refused(fields),
+        (Ok(()), true) => Outcome::QemuStarted(format!("{errs:?}\n  argv: {argv}")),
+    }
 }
 
 #[test]
@@ -328,6 +350,10 @@ fn every_configuration_validate_accepts_starts_on_the_real_qemu() {
                     }
                 }
             }
+            Outcome::QemuStarted(e) => failures.push(format!(
+                "config {i} {:?}: kvmd refused a PCI layout QEMU starts: {e}",
+                configs[*i]
+            )),
             Outcome::QemuFailed(e) => failures.push(format!(
                 "config {i} {:?}: validate said ok, QEMU refused: {e}",
                 configs[*i]

@@ -248,7 +248,15 @@ fn what_ganeti_3_0_accepts_is_accepted() {
     // Issue 7, defect 9.
     let dir = tempfile::tempdir().unwrap();
     let node = node_toml(dir.path(), "") + "vhost_net = false\n";
-    let curl = std::path::Path::new("/usr/lib/x86_64-linux-gnu/qemu/block-curl.so").exists();
+    // QEMU's curl module (Debian: qemu-block-extra), wherever this distribution keeps modules.
+    let lib_dirs = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("qemu")))
+        .chain(["/usr/lib/qemu", "/usr/lib64/qemu"].map(std::path::PathBuf::from));
+    let curl = lib_dirs
+        .into_iter()
+        .any(|d| d.join("block-curl.so").exists());
     for (name, hv) in [
         ("discard", "disk_discard = \"default\""),
         ("speed", "serial_console = false\nserial_speed = 12345"),

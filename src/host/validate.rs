@@ -18,6 +18,7 @@ use crate::model::hvparams::{key, Key};
 use crate::model::spec::{InstanceSpec, NicMode, NodeConfig};
 use crate::qemu::caps::QemuCaps;
 use crate::qemu::checks::{qemu, syntax};
+use crate::qemu::cmdline::{CommandLine, Launch};
 
 pub fn host_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
@@ -46,9 +47,9 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
     }
     for k in [key::CDROM_IMAGE_PATH, key::CDROM2_IMAGE_PATH] {
         let p = hv.str(k);
-        let url = ["http://", "https://", "ftp://", "ftps://"]
+        let url = crate::qemu::caps::URL_DRIVERS
             .iter()
-            .any(|scheme| p.starts_with(scheme));
+            .any(|scheme| p.starts_with(&format!("{scheme}://")));
         let acceptable = p.is_empty() || url || (p.starts_with('/') && Path::new(p).is_file());
         if !acceptable {
             errs.push(FieldError::new(
@@ -176,6 +177,20 @@ pub fn files(spec: &InstanceSpec, hv: &HvParams) -> Vec<FieldError> {
     errs
 }
 
+/// Per disk: is it a device node (a block device, or a SCSI generic character device), which
+/// QEMU opens with `host_device` rather than `file`?
+pub fn device_nodes(spec: &InstanceSpec) -> Vec<bool> {
+    spec.disks
+        .iter()
+        .map(|d| {
+            std::fs::metadata(&d.path).is_ok_and(|m| {
+                let t = m.file_type();
+                t.is_block_device() || t.is_char_device()
+            })
+        })
+        .collect()
+}
+
 /// Build the command line a start would build, with nothing created for it (made-up fds, no
 /// taps, no sockets), so that "valid" means "the argv can be built": what only the builder
 /// knows (the slot plan, PCI collisions, cdrom and floppy placement, `kvm_extra` quoting) is
@@ -185,7 +200,28 @@ pub fn dry_build(
     hv: &HvParams,
     node: &NodeConfig,
     caps: &QemuCaps,
-) -> Result<crate::qemu::cmdline::CommandLine, Vec<FieldError>> {
+) -> Result<CommandLine, Vec<FieldError>> {
+    dry_build_with(
+        spec,
+        hv,
+        node,
+        caps,
+        crate::qemu::cmdline::build_command_line,
+    )
+}
+
+/// A builder of command lines: [`crate::qemu::cmdline::build_command_line`], or (for the
+/// acceptance test) one without the PCI check.
+pub type Builder = fn(&Launch<'_>) -> Result<CommandLine, Vec<FieldError>>;
+
+/// [`dry_build`] with another builder.
+pub fn dry_build_with(
+    spec: &InstanceSpec,
+    hv: &HvParams,
+    node: &NodeConfig,
+    caps: &QemuCaps,
+    build: Builder,
+) -> Result<CommandLine, Vec<FieldError>> {
     use crate::qemu::host_facts;
     let paths = crate::model::layout::RunPaths::new(&node.run_dir, &spec.name);
     let facts = host_facts::NodeFacts {
@@ -195,11 +231,7 @@ pub fn dry_build(
     let plan = host_facts::plan(spec, hv, caps, &facts, &paths, false);
     let (taps, qmp_fd) = host_facts::placeholder_taps(&plan, 1000);
     let gathered = host_facts::Gathered {
-        block_devices: spec
-            .disks
-            .iter()
-            .map(|d| std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device()))
-            .collect(),
+        block_devices: device_nodes(spec),
         taps,
         vnc_address: plan
             .vnc_interface
@@ -213,7 +245,7 @@ pub fn dry_build(
         qmp_fd: Some(qmp_fd),
     };
     let host = host_facts::host(&plan, gathered);
-    crate::qemu::cmdline::build_command_line(&crate::qemu::cmdline::Launch {
+    build(&Launch {
         spec,
         hv,
         caps,
@@ -224,24 +256,13 @@ pub fn dry_build(
     .map_err(crate::model::hvparams::under_hvparams)
 }
 
-/// Everything: syntax, files, QEMU. `caps` is `None` when QEMU could not be probed (that error
-/// is then reported by the caller).
-pub fn all(spec: &InstanceSpec, node: &NodeConfig, caps: Option<&QemuCaps>) -> Vec<FieldError> {
-    let hv = spec.effective_hvparams(node);
-    let mut errs = syntax(spec, &hv, host_cpus());
-    errs.extend(files(spec, &hv));
-    if let Some(c) = caps {
-        errs.extend(qemu(spec, &hv, c));
-        add_new_fields(&mut errs, dry_build(spec, &hv, node, c));
-    }
-    errs
-}
-
-/// Add the errors of a dry build about fields not already reported (the builder re-finds
-/// some).
+/// Add the errors of a dry build not already reported (the builder re-finds some).
 pub fn add_new_fields<T>(errs: &mut Vec<FieldError>, built: Result<T, Vec<FieldError>>) {
     for e in built.err().unwrap_or_default() {
-        if !errs.iter().any(|known| known.field == e.field) {
+        if !errs
+            .iter()
+            .any(|known| known.field == e.field && known.rule == e.rule)
+        {
             errs.push(e);
         }
     }
@@ -291,38 +312,46 @@ pub fn config_report(
     instances: &std::collections::BTreeMap<crate::model::name::InstanceName, InstanceSpec>,
     syntax_only: bool,
 ) -> Report {
-    let mut report = Vec::new();
-    for (name, spec) in instances {
-        let hv = spec.effective_hvparams(node);
-        let mut errs = syntax(spec, &hv, host_cpus());
-        if !syntax_only {
-            errs.extend(files(spec, &hv));
-            if hv.str(key::SECURITY_MODEL) == "pool" && node.uid_pool.is_empty() {
+    Report {
+        instances: instances
+            .iter()
+            .map(|(name, spec)| (name.to_string(), instance(spec, node, syntax_only)))
+            .collect(),
+    }
+}
+
+/// Every problem of one instance, as `kvmctl validate` reports it: syntax, and unless
+/// `syntax_only` the node (files, users, the uid pool), the probed QEMU and a dry build.
+pub fn instance(spec: &InstanceSpec, node: &NodeConfig, syntax_only: bool) -> Vec<FieldError> {
+    let hv = spec.effective_hvparams(node);
+    let mut errs = syntax(spec, &hv, host_cpus());
+    if syntax_only {
+        return errs;
+    }
+    errs.extend(files(spec, &hv));
+    if hv.str(key::SECURITY_MODEL) == "pool" && node.uid_pool.is_empty() {
+        errs.push(FieldError::new(
+            "hvparams.security_model",
+            "\"pool\"",
+            "needs node.uid_pool to be set",
+        ));
+    }
+    match crate::host::probe::probe(Path::new(hv.str(key::KVM_PATH)), node.probe_timeout) {
+        Ok(caps) => {
+            errs.extend(qemu(spec, &hv, &caps));
+            add_new_fields(&mut errs, dry_build(spec, &hv, node, &caps));
+        }
+        Err(e) => {
+            if Path::new(hv.str(key::KVM_PATH)).is_file() {
                 errs.push(FieldError::new(
-                    "hvparams.security_model",
-                    "\"pool\"",
-                    "needs node.uid_pool to be set",
+                    "hvparams.kvm_path",
+                    format!("{:?}", hv.str(key::KVM_PATH)),
+                    format!("cannot be probed: {e}"),
                 ));
             }
-            match crate::host::probe::probe(Path::new(hv.str(key::KVM_PATH)), node.probe_timeout) {
-                Ok(caps) => {
-                    errs.extend(qemu(spec, &hv, &caps));
-                    add_new_fields(&mut errs, dry_build(spec, &hv, node, &caps));
-                }
-                Err(e) => {
-                    if Path::new(hv.str(key::KVM_PATH)).is_file() {
-                        errs.push(FieldError::new(
-                            "hvparams.kvm_path",
-                            format!("{:?}", hv.str(key::KVM_PATH)),
-                            format!("cannot be probed: {e}"),
-                        ));
-                    }
-                }
-            }
         }
-        report.push((name.to_string(), errs));
     }
-    Report { instances: report }
+    errs
 }
 
 #[cfg(test)]

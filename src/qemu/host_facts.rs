@@ -91,7 +91,7 @@ pub struct TapFds {
 /// What the host gave, per the plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Gathered {
-    /// Per disk: is it a block device?
+    /// Per disk: is it a device node (block, or SCSI generic)?
     pub block_devices: Vec<bool>,
     /// Per NIC, in the plan's order.
     pub taps: Vec<Option<TapFds>>,

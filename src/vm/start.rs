@@ -10,7 +10,7 @@
 //! Invariant: reports through the [`Reporter`] only; the core decides what a result means.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -434,11 +434,7 @@ fn spawn_qemu(
     undo: &mut UndoStack,
 ) -> Result<Launched, VmError> {
     let mut g = Gathered {
-        block_devices: spec
-            .disks
-            .iter()
-            .map(|d| std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device()))
-            .collect(),
+        block_devices: crate::host::validate::device_nodes(spec),
         ..Gathered::default()
     };
     let mut taps = Vec::new();

@@ -165,6 +165,15 @@ impl Board {
         }
     }
 
+    /// The last slot for disks and NICs: q35 keeps 0x1d for the `-usb` controllers kvmd
+    /// always adds and 0x1f for ICH9.
+    fn last_slot(self) -> u8 {
+        match self {
+            Board::I440fx => 31,
+            Board::Q35 => 0x1c,
+        }
+    }
+
     fn ide_positions(self) -> usize {
         match self {
             Board::I440fx => 4,
@@ -243,7 +252,7 @@ pub fn plan_slots(
     };
 
     // PCI: disks, then NICs, from kvm_pci_reservations (checked to be 0..=32).
-    let last: u8 = 31;
+    let last = board.last_slot();
     let mut next_pci = u8::try_from(hv.int(key::KVM_PCI_RESERVATIONS)).unwrap_or(u8::MAX);
     let mut pci = |what: &str| -> Result<u8, FieldError> {
         if next_pci > last {
@@ -251,7 +260,7 @@ pub fn plan_slots(
                 key::KVM_PCI_RESERVATIONS.name(),
                 hv.int(key::KVM_PCI_RESERVATIONS).to_string(),
                 format!(
-                    "leaves no PCI slot for {what} (slots {}..{last} are for disks and NICs)",
+                    "leaves no PCI slot for {what} (slots {}..{last:#x} are for disks and NICs)",
                     hv.int(key::KVM_PCI_RESERVATIONS)
                 ),
             ));
@@ -340,38 +349,49 @@ fn prop<'a>(opts: &'a str, key: &str) -> Option<&'a str> {
 
 /// The root PCI bus as QEMU fills it.
 struct PciBus {
-    /// Slot → what holds it, and whether `kvm_extra` put it there.
-    taken: BTreeMap<u8, (String, bool)>,
+    /// (slot, function) → what holds it, and whether `kvm_extra` put it there.
+    taken: BTreeMap<(u8, u8), (String, bool)>,
     /// One past the highest slot below 0x1d that QEMU placed itself: the reservations must
     /// cover it.
     needed: u8,
+    /// `kvm_pci_reservations`, for errors.
+    reservations: String,
 }
 
 impl PciBus {
     fn fixed(&mut self, slot: u8, what: &str) {
-        self.taken.insert(slot, (what.to_string(), false));
+        self.taken.insert((slot, 0), (what.to_string(), false));
         if slot < 0x1d {
             self.needed = self.needed.max(slot + 1);
         }
     }
 
-    /// QEMU's choice for a device without `addr=`: the lowest free slot.
+    /// QEMU's choice for a device without `addr=`: the lowest slot with nothing in it.
     fn auto(&mut self, what: String, errs: &mut Vec<FieldError>) {
-        match (0u8..32).find(|s| !self.taken.contains_key(s)) {
+        match (0u8..32).find(|s| !self.taken.keys().any(|(slot, _)| slot == s)) {
             Some(s) => self.fixed(s, &what),
             None => errs.push(FieldError::new(
                 key::KVM_PCI_RESERVATIONS.name(),
-                "",
-                format!("no PCI slot is left for {what}"),
+                self.reservations.clone(),
+                format!("no PCI slot is left for {what}, which QEMU places itself"),
             )),
         }
     }
 }
 
-/// Replay QEMU's PCI placement over a finished argv: the board's own devices, the VGA card,
-/// the `-usb` controllers (q35), sound cards, then every `-device` in order — those with an
-/// `addr=` take that slot, the others the lowest free one. A slot taken twice is an error
-/// naming `kvm_pci_reservations` (kvmd's devices) or `kvm_extra` (the operator's).
+/// `addr=S` or `addr=S.F` (hex, with or without `0x`).
+fn parse_addr(addr: &str) -> Option<(u8, u8)> {
+    let (slot, function) = addr.split_once('.').unwrap_or((addr, "0"));
+    let hex = |v: &str| u8::from_str_radix(v.trim_start_matches("0x"), 16).ok();
+    Some((hex(slot)?, hex(function)?))
+}
+
+/// Replay QEMU's PCI placement over a finished argv: the board's own devices, the VGA card
+/// (unless `-vga none`, or `-nodefaults` without a `-vga`), the `-usb` controllers (q35),
+/// sound cards, then every `-device` in order — those with an `addr=` take that slot and
+/// function, the others the lowest empty slot. A slot and function taken twice is an error
+/// naming `kvm_pci_reservations` (kvmd's devices) or `kvm_extra` (the operator's). Not
+/// modelled: JSON `-device {...}` and `-machine usb=off` in `kvm_extra`.
 pub fn check_pci(
     board: Board,
     argv: &[String],
@@ -383,6 +403,7 @@ pub fn check_pci(
     let mut bus = PciBus {
         taken: BTreeMap::new(),
         needed: 0,
+        reservations: hv.int(key::KVM_PCI_RESERVATIONS).to_string(),
     };
     bus.fixed(0, "the host bridge");
     let vga_slot = match board {
@@ -400,7 +421,11 @@ pub fn check_pci(
             .filter(move |w| w[0] == name)
             .map(|w| w[1].as_str())
     };
-    if opt("-vga").next_back() != Some("none") {
+    let vga = match opt("-vga").next_back() {
+        Some(v) => v != "none",
+        None => !argv.iter().any(|a| a == "-nodefaults"),
+    };
+    if vga {
         bus.fixed(vga_slot, "the VGA card");
     }
     if board == Board::Q35 && argv.iter().any(|a| a == "-usb") {
@@ -414,7 +439,8 @@ pub fn check_pci(
     }
     let from_extra = |dev: &str| extra.windows(2).any(|w| w[0] == "-device" && w[1] == dev);
     for dev in opt("-device") {
-        let driver = dev.split(',').next().unwrap_or("");
+        let first = dev.split(',').next().unwrap_or("");
+        let driver = first.strip_prefix("driver=").unwrap_or(first);
         let on_root = prop(dev, "bus").is_none_or(|b| b == board.bus());
         if !caps.pci_devices.contains(driver) || !on_root {
             continue;
@@ -425,29 +451,32 @@ pub fn check_pci(
             bus.auto(what, &mut errs);
             continue;
         };
-        let slot = addr
-            .split('.')
-            .next()
-            .and_then(|s| u8::from_str_radix(s.trim_start_matches("0x"), 16).ok());
-        let Some(slot) = slot else { continue };
-        match bus.taken.get(&slot) {
+        let Some((slot, function)) = parse_addr(addr) else {
+            continue;
+        };
+        match bus.taken.get(&(slot, function)) {
             Some((holder, holder_extra)) if from_extra(dev) || *holder_extra => {
                 errs.push(FieldError::new(
                     "kvm_extra",
                     format!("{:?}", hv.str(key::KVM_EXTRA)),
-                    format!("{what} and {holder} both want PCI slot {slot:#x}"),
+                    format!("{what} and {holder} both want PCI slot {slot:#x}.{function}"),
                 ))
             }
+            Some((holder, _)) if slot >= 0x1d => errs.push(FieldError::new(
+                key::KVM_PCI_RESERVATIONS.name(),
+                bus.reservations.clone(),
+                format!("puts {what} on PCI slot {slot:#x}, which QEMU keeps for {holder}"),
+            )),
             Some((holder, _)) => errs.push(FieldError::new(
                 key::KVM_PCI_RESERVATIONS.name(),
-                hv.int(key::KVM_PCI_RESERVATIONS).to_string(),
+                bus.reservations.clone(),
                 format!(
                     "puts {what} on PCI slot {slot:#x}, which {holder} already takes; with these devices it must be at least {}",
                     bus.needed
                 ),
             )),
             None => {
-                bus.taken.insert(slot, (what, from_extra(dev)));
+                bus.taken.insert((slot, function), (what, from_extra(dev)));
             }
         }
     }

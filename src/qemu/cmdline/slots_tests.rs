@@ -301,17 +301,63 @@ fn pci_collisions_with_qemus_own_placement_are_errors() {
     )
     .unwrap_err();
     assert!(errs[0].rule.contains("at least 6"), "{}", errs[0].rule);
-    // q35: VGA at 1, the -usb controllers at 0x1d, ICH9 at 0x1f.
+    // q35: VGA at 1, the -usb controllers at 0x1d, ICH9 at 0x1f: disks and NICs end at 0x1c.
+    let q35 = [
+        ("machine_version", s("q35")),
+        ("kvm_pci_reservations", HvValue::Int(14)),
+    ];
+    assert!(with(&q35, 15, 0).is_ok());
+    let errs = with(&q35, 16, 0).unwrap_err();
+    assert_eq!(fields(&errs), ["kvm_pci_reservations"]);
+    assert!(
+        errs[0].rule.contains("leaves no PCI slot for disk[15]"),
+        "{}",
+        errs[0].rule
+    );
+    // kvm_extra's own device on a slot QEMU keeps.
     let errs = with(
         &[
             ("machine_version", s("q35")),
-            ("kvm_pci_reservations", HvValue::Int(14)),
+            ("kvm_extra", s("-device virtio-rng-pci,addr=0x1d")),
         ],
-        16,
+        0,
         0,
     )
     .unwrap_err();
-    assert!(errs[0].rule.contains("USB controllers"), "{}", errs[0].rule);
+    assert_eq!(fields(&errs), ["kvm_extra"]);
+    // Functions of one slot are different places; `driver=` spells a device too.
+    assert!(with(
+        &[(
+            "kvm_extra",
+            s("-device virtio-rng-pci,addr=0x1e.0x0,multifunction=on -device driver=virtio-rng-pci,addr=0x1e.0x1")
+        )],
+        0,
+        0
+    )
+    .is_ok());
+    let errs = with(
+        &[("kvm_extra", s("-device driver=virtio-rng-pci,addr=0x2"))],
+        0,
+        0,
+    )
+    .unwrap_err();
+    assert!(errs[0].rule.contains("the VGA card"), "{}", errs[0].rule);
+    // -nodefaults without -vga: no VGA card, so the balloon takes slot 2 and 3 is free.
+    assert!(with(
+        &[(
+            "kvm_extra",
+            s("-nodefaults -device virtio-rng-pci,addr=0x3")
+        )],
+        0,
+        0
+    )
+    .is_ok());
+    let errs = with(&[("kvm_extra", s("-device virtio-rng-pci,addr=0x3"))], 0, 0).unwrap_err();
+    assert!(
+        errs[0].rule.contains("virtio-balloon-pci"),
+        "{}",
+        errs[0].rule
+    );
     // A kvm_extra device on a slot kvmd gives is blamed on kvm_extra.
     let errs = with(&[("kvm_extra", s("-device virtio-rng-pci,addr=0xc"))], 1, 0).unwrap_err();
     assert_eq!(fields(&errs), ["kvm_extra"]);
