@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kvmd::qmp::{
-    ConnectOptions, Display, Notice, Qmp, QmpError, QmpEvent, RunState, NOTICE_CAPACITY,
+    ConnectOptions, Display, MigrationParams, MigrationStatus, Notice, Qmp, QmpError, QmpEvent,
+    RunState, NOTICE_CAPACITY,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -209,6 +210,159 @@ fn real_qemu_answers_every_typed_command() {
         assert!(qmp.is_closed());
         assert!(matches!(qmp.quit().await, Err(QmpError::Closed)));
     });
+}
+
+/// A small pc guest that never runs (`-S`), plus `extra`.
+fn qemu_pc(extra: &[&str]) -> Qemu {
+    let _spawning = SPAWNING.lock().unwrap();
+    Qemu(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "pc,accel=tcg",
+                "-m",
+                "64",
+                "-S",
+                "-display",
+                "none",
+            ])
+            .args(["-net", "none"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn real_qemu_migrates_through_the_typed_migration_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_sock, dst_sock) = (dir.path().join("src.sock"), dir.path().join("dst.sock"));
+    let uri = format!("unix:{}", dir.path().join("migration.sock").display());
+    let _src = qemu_pc(&["-qmp", &qmp_arg(&src_sock)]);
+    let _dst = qemu_pc(&["-incoming", "defer", "-qmp", &qmp_arg(&dst_sock)]);
+    rt().block_on(async {
+        let (src, mut src_notices) = Qmp::connect_with(&src_sock, &opts(T, T), || true)
+            .await
+            .unwrap();
+        let (dst, mut dst_notices) = Qmp::connect_with(&dst_sock, &opts(T, T), || true)
+            .await
+            .unwrap();
+        assert_eq!(src.query_migrate().await.unwrap().status, None, "none yet");
+        let caps = [("events", true), ("return-path", true)];
+        src.migrate_set_capabilities(&caps).await.unwrap();
+        dst.migrate_set_capabilities(&caps).await.unwrap();
+        let on = src.query_migrate_capabilities().await.unwrap();
+        assert!(on.contains(&("return-path".to_string(), true)), "{on:?}");
+        assert!(on.contains(&("postcopy-ram".to_string(), false)), "{on:?}");
+        assert!(matches!(
+            src.migrate_set_capabilities(&[("no-such-capability", true)])
+                .await
+                .unwrap_err(),
+            QmpError::Command { .. }
+        ));
+        src.migrate_set_parameters(&MigrationParams {
+            max_bandwidth: Some(64 << 20),
+            downtime_limit: Some(30),
+            ..MigrationParams::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            dst.query_status().await.unwrap().run_state,
+            RunState::Inmigrate
+        );
+        dst.migrate_incoming(&uri).await.unwrap();
+        src.migrate(&uri).await.unwrap();
+        // Events on both ends, up to completed.
+        for notices in [&mut src_notices, &mut dst_notices] {
+            loop {
+                match next_event(notices).await {
+                    QmpEvent::Migration { status } if status == "completed" => break,
+                    QmpEvent::Migration { status } => {
+                        assert!(["setup", "active"].contains(&status.as_str()), "{status}")
+                    }
+                    QmpEvent::MigrationPass { .. } | QmpEvent::Stop | QmpEvent::Resume => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        let done = src.query_migrate().await.unwrap();
+        assert_eq!(done.status, Some(MigrationStatus::Completed));
+        assert!(done.downtime_ms.is_some() && done.total_time_ms.is_some());
+        let ram = done.ram.unwrap();
+        assert!(ram.transferred > 0 && ram.total >= 64 << 20, "{ram:?}");
+        assert_eq!(
+            src.query_status().await.unwrap().run_state,
+            RunState::Postmigrate
+        );
+        // The source never ran: neither does the destination.
+        assert!(!dst.query_status().await.unwrap().running);
+    });
+}
+
+#[test]
+fn a_cancelled_migration_leaves_the_source_as_it_was_and_the_destination_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_sock, dst_sock) = (dir.path().join("src.sock"), dir.path().join("dst.sock"));
+    let uri = format!("unix:{}", dir.path().join("migration.sock").display());
+    let _src = qemu_pc(&["-qmp", &qmp_arg(&src_sock)]);
+    let mut dst = qemu_pc(&["-incoming", "defer", "-qmp", &qmp_arg(&dst_sock)]);
+    rt().block_on(async {
+        let (src, mut src_notices) = Qmp::connect_with(&src_sock, &opts(T, T), || true)
+            .await
+            .unwrap();
+        let (dst_qmp, _dst_notices) = Qmp::connect_with(&dst_sock, &opts(T, T), || true)
+            .await
+            .unwrap();
+        let caps = [("events", true), ("return-path", true)];
+        src.migrate_set_capabilities(&caps).await.unwrap();
+        dst_qmp.migrate_set_capabilities(&caps).await.unwrap();
+        // 1 byte/s: it cannot finish before the cancel.
+        src.migrate_set_parameters(&MigrationParams {
+            max_bandwidth: Some(1),
+            ..MigrationParams::default()
+        })
+        .await
+        .unwrap();
+        dst_qmp.migrate_incoming(&uri).await.unwrap();
+        src.migrate(&uri).await.unwrap();
+        loop {
+            if let QmpEvent::Migration { status } = next_event(&mut src_notices).await {
+                if status == "active" {
+                    break;
+                }
+            }
+        }
+        src.migrate_cancel().await.unwrap();
+        loop {
+            if let QmpEvent::Migration { status } = next_event(&mut src_notices).await {
+                if status == "cancelled" {
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            src.query_migrate().await.unwrap().status,
+            Some(MigrationStatus::Cancelled)
+        );
+        assert_eq!(
+            src.query_status().await.unwrap().run_state,
+            RunState::Prelaunch,
+            "the source is as it was"
+        );
+    });
+    // The destination exits when the stream breaks off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dst.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the destination QEMU did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

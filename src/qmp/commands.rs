@@ -7,7 +7,9 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::client::Qmp;
-use super::types::{CpuThread, Display, MachineInfo, QemuVersion, Status};
+use super::types::{
+    CpuThread, Display, MachineInfo, MigrationInfo, MigrationParams, QemuVersion, Status,
+};
 use super::{wire, QmpError};
 
 fn reply<T>(command: &str, decoded: Result<T, String>) -> Result<T, QmpError> {
@@ -118,5 +120,60 @@ impl Qmp {
     ) -> Result<(), QmpError> {
         let args = wire::args_blockdev_url(driver, node_name, url);
         self.call("blockdev-add", args, None).await.map(drop)
+    }
+
+    /// `migrate-set-capabilities`: turn migration capabilities on or off (set them on both
+    /// ends before the migration starts).
+    pub async fn migrate_set_capabilities(&self, caps: &[(&str, bool)]) -> Result<(), QmpError> {
+        let args = wire::args_migrate_capabilities(caps);
+        self.call("migrate-set-capabilities", args, None)
+            .await
+            .map(drop)
+    }
+
+    /// `query-migrate-capabilities`: every capability this QEMU knows, with its state.
+    pub async fn query_migrate_capabilities(&self) -> Result<Vec<(String, bool)>, QmpError> {
+        let v = self.call("query-migrate-capabilities", None, None).await?;
+        reply("query-migrate-capabilities", wire::decode_capabilities(v))
+    }
+
+    /// `migrate-set-parameters`: bandwidth, downtime limit, throttling.
+    pub async fn migrate_set_parameters(&self, p: &MigrationParams) -> Result<(), QmpError> {
+        let args = wire::args_migrate_parameters(p);
+        self.call("migrate-set-parameters", args, None)
+            .await
+            .map(drop)
+    }
+
+    /// `migrate`: start sending this VM to `uri` (`tcp:HOST:PORT`); returns at once.
+    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
+        self.call("migrate", wire::args_uri(uri), None)
+            .await
+            .map(drop)
+    }
+
+    /// `migrate-incoming`: a QEMU started with `-incoming defer` listens on `uri`.
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+        self.call("migrate-incoming", wire::args_uri(uri), None)
+            .await
+            .map(drop)
+    }
+
+    /// `query-migrate`: the state of the current (or last) migration.
+    pub async fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
+        let v = self.call("query-migrate", None, None).await?;
+        reply("query-migrate", wire::decode_migration(v))
+    }
+
+    /// `migrate_cancel`: abandon the outgoing migration (the destination QEMU exits).
+    pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
+        self.call("migrate_cancel", None, None).await.map(drop)
+    }
+
+    /// `migrate-start-postcopy`: switch a running precopy migration to postcopy.
+    pub async fn migrate_start_postcopy(&self) -> Result<(), QmpError> {
+        self.call("migrate-start-postcopy", None, None)
+            .await
+            .map(drop)
     }
 }

@@ -22,7 +22,10 @@ mod wire;
 
 pub use client::{ConnectOptions, Qmp, NOTICE_CAPACITY};
 pub use events::{Notice, QmpEvent};
-pub use types::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
+pub use types::{
+    CpuThread, Display, MachineInfo, MigrationInfo, MigrationParams, MigrationRam, MigrationStatus,
+    QemuVersion, RunState, Status,
+};
 
 /// What QEMU says about itself in the greeting (the same shape as `query-version`).
 pub type Greeting = QemuVersion;

@@ -1,5 +1,6 @@
-//! The typed results of QMP commands (run states, vCPU threads, versions, machines) and the
-//! displays a password can be set for.
+//! The typed results of QMP commands (run states, vCPU threads, versions, machines, the state
+//! of a migration) and the arguments that are more than a string (displays, migration
+//! parameters).
 //!
 //! Invariant: plain data; no JSON (that is `wire.rs`), no I/O.
 
@@ -143,6 +144,133 @@ impl Display {
     }
 }
 
+/// A migration's status as `query-migrate` and the `MIGRATION` event spell it (QEMU's
+/// `MigrationStatus`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MigrationStatus {
+    /// No migration has run (`query-migrate` answers `{}` then).
+    None,
+    Setup,
+    Cancelling,
+    Cancelled,
+    Active,
+    PostcopyActive,
+    PostcopyPaused,
+    PostcopyRecover,
+    Completed,
+    Failed,
+    Colo,
+    PreSwitchover,
+    Device,
+    WaitUnplug,
+    /// A status this version of kvmd does not know, as QEMU spelled it.
+    Other(String),
+}
+
+const MIGRATION_STATUSES: [(&str, MigrationStatus); 14] = [
+    ("none", MigrationStatus::None),
+    ("setup", MigrationStatus::Setup),
+    ("cancelling", MigrationStatus::Cancelling),
+    ("cancelled", MigrationStatus::Cancelled),
+    ("active", MigrationStatus::Active),
+    ("postcopy-active", MigrationStatus::PostcopyActive),
+    ("postcopy-paused", MigrationStatus::PostcopyPaused),
+    ("postcopy-recover", MigrationStatus::PostcopyRecover),
+    ("completed", MigrationStatus::Completed),
+    ("failed", MigrationStatus::Failed),
+    ("colo", MigrationStatus::Colo),
+    ("pre-switchover", MigrationStatus::PreSwitchover),
+    ("device", MigrationStatus::Device),
+    ("wait-unplug", MigrationStatus::WaitUnplug),
+];
+
+impl MigrationStatus {
+    /// QEMU's spelling to a status; never fails (unknown spellings are `Other`).
+    pub fn parse(s: &str) -> MigrationStatus {
+        MIGRATION_STATUSES
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map_or_else(
+                || MigrationStatus::Other(s.to_string()),
+                |(_, st)| st.clone(),
+            )
+    }
+
+    /// QEMU's spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            MigrationStatus::Other(s) => s,
+            known => MIGRATION_STATUSES
+                .iter()
+                .find(|(_, st)| st == known)
+                .map(|(name, _)| *name)
+                .expect("every named status is in the table"),
+        }
+    }
+
+    /// The migration is over, one way or the other.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for MigrationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// RAM figures of a migration (`query-migrate`'s `ram`), in bytes unless named otherwise.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MigrationRam {
+    pub transferred: u64,
+    pub remaining: u64,
+    pub total: u64,
+    /// Pages dirtied per second.
+    pub dirty_pages_rate: u64,
+    /// The transfer rate, in megabits per second.
+    pub mbps: f64,
+    /// How many passes over dirty memory began (QEMU's `dirty-sync-count`).
+    pub dirty_sync_count: u64,
+    pub page_size: u64,
+    pub postcopy_requests: u64,
+}
+
+/// The answer to `query-migrate`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MigrationInfo {
+    pub status: Option<MigrationStatus>,
+    /// Milliseconds since the migration began (final once it ended).
+    pub total_time_ms: Option<u64>,
+    /// The guest's pause at switchover, in milliseconds (once completed).
+    pub downtime_ms: Option<u64>,
+    /// QEMU's estimate of the pause, in milliseconds (while active).
+    pub expected_downtime_ms: Option<u64>,
+    pub setup_time_ms: Option<u64>,
+    pub ram: Option<MigrationRam>,
+    /// The throttle auto-converge applies now, in percent (while active).
+    pub cpu_throttle_percentage: Option<u64>,
+    /// Why it failed, as QEMU says.
+    pub error_desc: Option<String>,
+}
+
+/// Migration parameters to set (`migrate-set-parameters`); `None` leaves one as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigrationParams {
+    /// Bytes per second.
+    pub max_bandwidth: Option<u64>,
+    /// Milliseconds.
+    pub downtime_limit: Option<u64>,
+    /// Bytes per second during postcopy (0: unlimited).
+    pub max_postcopy_bandwidth: Option<u64>,
+    /// Percent.
+    pub cpu_throttle_initial: Option<u64>,
+    pub cpu_throttle_increment: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +292,20 @@ mod tests {
             RunState::parse("Running"),
             RunState::Other("Running".into())
         );
+    }
+
+    #[test]
+    fn migration_statuses_round_trip_and_unknown_ones_are_kept() {
+        for (name, st) in MIGRATION_STATUSES.iter() {
+            assert_eq!(&MigrationStatus::parse(name), st);
+            assert_eq!(st.as_str(), *name);
+        }
+        assert_eq!(
+            MigrationStatus::parse("postcopy-warp"),
+            MigrationStatus::Other("postcopy-warp".into())
+        );
+        assert!(MigrationStatus::Completed.is_final());
+        assert!(!MigrationStatus::PostcopyActive.is_final());
     }
 
     #[test]

@@ -13,7 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::events::QmpEvent;
-use super::types::{CpuThread, Display, MachineInfo, QemuVersion, RunState, Status};
+use super::types::{
+    CpuThread, Display, MachineInfo, MigrationInfo, MigrationParams, MigrationRam, MigrationStatus,
+    QemuVersion, RunState, Status,
+};
 use super::QmpError;
 use crate::model::text::{escape_bytes_clipped, escape_clipped};
 
@@ -227,6 +230,34 @@ pub fn args_blockdev_url(driver: &str, node_name: &str, url: &str) -> Option<Val
     Some(json!({ "driver": driver, "node-name": node_name, "url": url }))
 }
 
+pub fn args_migrate_capabilities(caps: &[(&str, bool)]) -> Option<Value> {
+    let list: Vec<Value> = caps
+        .iter()
+        .map(|(c, on)| json!({"capability": c, "state": on}))
+        .collect();
+    Some(json!({ "capabilities": list }))
+}
+
+pub fn args_migrate_parameters(p: &MigrationParams) -> Option<Value> {
+    let mut m = Map::new();
+    for (k, v) in [
+        ("max-bandwidth", p.max_bandwidth),
+        ("downtime-limit", p.downtime_limit),
+        ("max-postcopy-bandwidth", p.max_postcopy_bandwidth),
+        ("cpu-throttle-initial", p.cpu_throttle_initial),
+        ("cpu-throttle-increment", p.cpu_throttle_increment),
+    ] {
+        if let Some(v) = v {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    Some(Value::Object(m))
+}
+
+pub fn args_uri(uri: &str) -> Option<Value> {
+    Some(json!({ "uri": uri }))
+}
+
 // Replies of typed commands.
 
 fn shaped<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, String> {
@@ -320,6 +351,66 @@ struct WireType {
 pub fn decode_type_names(v: Value) -> Result<Vec<String>, String> {
     let types: Vec<WireType> = shaped(v)?;
     Ok(types.into_iter().map(|t| t.name).collect())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", default)]
+struct WireMigrationRam {
+    transferred: u64,
+    remaining: u64,
+    total: u64,
+    dirty_pages_rate: u64,
+    mbps: f64,
+    dirty_sync_count: u64,
+    page_size: u64,
+    postcopy_requests: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct WireMigrationInfo {
+    status: Option<String>,
+    total_time: Option<u64>,
+    downtime: Option<u64>,
+    expected_downtime: Option<u64>,
+    setup_time: Option<u64>,
+    ram: Option<WireMigrationRam>,
+    cpu_throttle_percentage: Option<u64>,
+    error_desc: Option<String>,
+}
+
+pub fn decode_migration(v: Value) -> Result<MigrationInfo, String> {
+    let w: WireMigrationInfo = shaped(v)?;
+    Ok(MigrationInfo {
+        status: w.status.as_deref().map(MigrationStatus::parse),
+        total_time_ms: w.total_time,
+        downtime_ms: w.downtime,
+        expected_downtime_ms: w.expected_downtime,
+        setup_time_ms: w.setup_time,
+        ram: w.ram.map(|r| MigrationRam {
+            transferred: r.transferred,
+            remaining: r.remaining,
+            total: r.total,
+            dirty_pages_rate: r.dirty_pages_rate,
+            mbps: r.mbps,
+            dirty_sync_count: r.dirty_sync_count,
+            page_size: r.page_size,
+            postcopy_requests: r.postcopy_requests,
+        }),
+        cpu_throttle_percentage: w.cpu_throttle_percentage,
+        error_desc: w.error_desc,
+    })
+}
+
+#[derive(Deserialize)]
+struct WireCapability {
+    capability: String,
+    state: bool,
+}
+
+pub fn decode_capabilities(v: Value) -> Result<Vec<(String, bool)>, String> {
+    let caps: Vec<WireCapability> = shaped(v)?;
+    Ok(caps.into_iter().map(|c| (c.capability, c.state)).collect())
 }
 
 #[cfg(test)]
