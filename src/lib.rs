@@ -20,6 +20,8 @@
 //!   checks, uid pool, affinity, limits, fault injection.
 //! - `store` — the run dir on disk and the persistence thread (file jobs only).
 //! - `events` — the sequenced event bus with gap markers.
+//! - `migration` — live migration: the pure policy that steers a running migration
+//!   (convergence, stalls, bad answers); the coordinator comes with issue 8.
 //! - `vm` — `core` (pure state machine) and the actor, its tasks and its handle.
 //! - `supervisor` — root actor: VM actors, `list`/`info`, the job table, reloads.
 //! - `control` — the socket: server, wire format (`protocol`), client.
@@ -32,6 +34,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod host;
+pub mod migration;
 pub mod model;
 pub mod qemu;
 pub mod qmp;
