@@ -1,6 +1,7 @@
 //! Probing a QEMU binary: runs `--version`, `--help`, `-machine help`, `-device help`, and a
 //! `-machine none` QEMU asked over QMP (`query-version`, `query-machines`, `qom-list-types`,
-//! and which URL block drivers load: `blockdev-add` of a closed loopback port),
+//! `query-migrate-capabilities`, and which URL block drivers load: `blockdev-add` of a closed
+//! loopback port),
 //! then parses the outputs with `qemu::caps`. Results are cached by (path, size, mtime): a start
 //! never re-probes, an upgraded binary is probed again.
 //!
@@ -129,6 +130,7 @@ pub fn probe_in(
         // Device types QMP knows but `-device help` did not list.
         caps.devices.extend(q.devices);
         caps.url_drivers = q.url_drivers;
+        caps.migration_capabilities = q.migration_capabilities;
         for (name, alias) in q.aliases {
             caps.machines.entry(alias).or_insert_with(|| Machine {
                 description: String::new(),
@@ -298,6 +300,8 @@ struct QmpFacts {
     /// The URL block drivers (curl's) this binary can load; `None` when QMP stopped
     /// answering before all were asked.
     url_drivers: Option<std::collections::BTreeSet<String>>,
+    /// The migration capabilities it knows.
+    migration_capabilities: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Connect to the probe QEMU's QMP socket (until `end`) and ask it; `None` if anything fails.
@@ -349,6 +353,11 @@ async fn ask(
             }
         }
     }
+    let migration_capabilities = q
+        .query_migrate_capabilities()
+        .await
+        .ok()
+        .map(|caps| caps.into_iter().map(|(name, _)| name).collect());
     let _ = q.quit().await;
     Some(QmpFacts {
         version,
@@ -356,6 +365,7 @@ async fn ask(
         aliases,
         devices,
         url_drivers,
+        migration_capabilities,
     })
 }
 
@@ -379,6 +389,11 @@ mod tests {
         let first = t0.elapsed();
         assert!(a.has_device("virtio-net-pci") && a.has_device("pcie-root-port"));
         assert!(a.default_machine.is_some());
+        let mig = a.migration_capabilities.as_ref().expect("QMP answered");
+        assert!(
+            mig.contains("return-path") && mig.contains("postcopy-ram"),
+            "{mig:?}"
+        );
         // The URL drivers come from one module (curl): all four or none.
         let urls = a.url_drivers.as_ref().expect("QMP answered");
         assert!(

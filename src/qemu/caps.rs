@@ -61,6 +61,9 @@ pub struct QemuCaps {
     /// Which of [`URL_DRIVERS`] this binary can load (`None`: not probed, e.g. from recorded
     /// output). Debian ships them in a separate package (`qemu-block-extra`).
     pub url_drivers: Option<BTreeSet<String>>,
+    /// The migration capabilities this binary knows (`query-migrate-capabilities`; `None`:
+    /// not probed).
+    pub migration_capabilities: Option<BTreeSet<String>>,
     pub options: Options,
 }
 
@@ -79,6 +82,7 @@ impl QemuCaps {
             devices: parse_devices(devices),
             pci_devices: parse_pci_devices(devices),
             url_drivers: None,
+            migration_capabilities: None,
             options: parse_options(help),
         })
     }
