@@ -12,13 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use kvmd::qmp::{
     ConnectOptions, Display, MigrationParams, MigrationStatus, Notice, Qmp, QmpError, QmpEvent,
     RunState, NOTICE_CAPACITY,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use support::fake_qmp::{fake, fake_with, reply, Say, GREETING};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(2);
@@ -416,60 +417,6 @@ fn a_listening_socket_passed_to_qemu_by_fd_is_connected_before_qemu_accepts() {
 }
 
 /// What the fake server does with a command.
-enum Say {
-    Nothing,
-    Now(Vec<u8>),
-    After(Duration, Vec<u8>),
-    Close,
-}
-
-/// A fake QMP server: greets, answers qmp_capabilities after `caps_delay`, then hands each
-/// later command to `script`. Bytes are sent in two pieces to exercise reassembly.
-async fn fake_with(
-    path: &Path,
-    greeting: &'static str,
-    caps_delay: Duration,
-    script: impl Fn(Value) -> Say + Send + 'static,
-) {
-    let listener = UnixListener::bind(path).unwrap();
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let (r, mut w) = s.into_split();
-        w.write_all(greeting.as_bytes()).await.unwrap();
-        let mut lines = BufReader::new(r).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let v: Value = serde_json::from_str(&line).unwrap();
-            let say = if v["execute"] == "qmp_capabilities" {
-                Say::After(caps_delay, reply(&v, json!({})))
-            } else {
-                script(v)
-            };
-            let bytes = match say {
-                Say::Nothing => continue,
-                Say::Close => return,
-                Say::Now(b) => b,
-                Say::After(d, b) => {
-                    tokio::time::sleep(d).await;
-                    b
-                }
-            };
-            let (a, b) = bytes.split_at(bytes.len() / 2);
-            if w.write_all(a).await.is_err() || w.write_all(b).await.is_err() {
-                return; // the client gave up
-            }
-        }
-    });
-}
-
-async fn fake(path: &Path, script: impl Fn(Value) -> Say + Send + 'static) {
-    fake_with(path, GREETING, Duration::ZERO, script).await
-}
-
-fn reply(command: &Value, value: Value) -> Vec<u8> {
-    format!("{}\n", json!({"return": value, "id": command["id"]})).into_bytes()
-}
-
-const GREETING: &str = "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 0, \"major\": 9}, \"package\": \"\"}, \"capabilities\": []}}\n";
 
 #[test]
 fn a_hung_qemu_times_out_at_the_deadline_and_a_late_reply_is_dropped() {

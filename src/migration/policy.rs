@@ -138,7 +138,10 @@ pub struct Policy {
     stalled_reported: bool,
     postcopy_started: bool,
     path: Path,
+    /// QEMU reported a final status.
     finished: bool,
+    /// The policy gave up (abort, bad answers): only the final status counts now.
+    gave_up: bool,
 }
 
 impl Policy {
@@ -158,6 +161,7 @@ impl Policy {
             postcopy_started: false,
             path: Path::Precopy,
             finished: false,
+            gave_up: false,
         }
     }
 
@@ -175,10 +179,29 @@ impl Policy {
         self.postcopy_started
     }
 
+    /// The policy decided to give up (and waits only for QEMU's final status).
+    pub fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+
     /// Take `obs`, seen `now_ms` after the migration began; return what to do, in order.
     pub fn observe(&mut self, obs: Observation, now_ms: u64) -> Vec<Decision> {
         if self.finished {
             return Vec::new();
+        }
+        if self.gave_up {
+            let end = match &obs {
+                Observation::Status(s) => Some(s.clone()),
+                Observation::Sample(i) => i.status.clone(),
+                _ => None,
+            };
+            return match end.filter(MigrationStatus::is_final) {
+                Some(s) => {
+                    self.finished = true;
+                    vec![Decision::Finished(s)]
+                }
+                None => Vec::new(),
+            };
         }
         let mut out = Vec::new();
         match obs {
@@ -250,7 +273,7 @@ impl Policy {
             Observation::BadAnswer(why) => self.bad(why, &mut out),
             Observation::Tick => {}
         }
-        if !self.finished && !self.postcopy_started {
+        if !self.finished && !self.gave_up && !self.postcopy_started {
             self.watch_progress(now_ms, &mut out);
         }
         out
@@ -259,7 +282,7 @@ impl Policy {
     fn bad(&mut self, why: String, out: &mut Vec<Decision>) {
         self.bad_answers += 1;
         if self.bad_answers >= self.cfg.bad_answer_limit {
-            self.finished = true;
+            self.gave_up = true;
             out.push(Decision::Failed(format!(
                 "{} bad answers from query-migrate in a row; the last: {why}",
                 self.bad_answers
@@ -272,7 +295,7 @@ impl Policy {
     fn watch_progress(&mut self, now_ms: u64, out: &mut Vec<Decision>) {
         let idle = Duration::from_millis(now_ms.saturating_sub(self.last_progress_ms));
         if idle >= self.cfg.stall_after + self.cfg.abort_after_stall {
-            self.finished = true;
+            self.gave_up = true;
             out.push(Decision::Abort(format!(
                 "no progress for {} s",
                 idle.as_secs()

@@ -180,6 +180,16 @@ fn no_progress_is_reported_once_as_stalled_then_given_up() {
         [Decision::Abort(why)] => assert!(why.contains("no progress for 60 s"), "{why}"),
         other => panic!("{other:?}"),
     }
+    // Given up: only QEMU's final status is still news.
+    assert!(p.gave_up());
+    assert!(p.observe(Observation::Tick, 200_000).is_empty());
+    assert!(p
+        .observe(Observation::BadAnswer("x".into()), 200_001)
+        .is_empty());
+    assert_eq!(
+        p.observe(Observation::Status(MigrationStatus::Cancelled), 200_002),
+        vec![Decision::Finished(MigrationStatus::Cancelled)]
+    );
 }
 
 #[test]

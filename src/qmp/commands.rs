@@ -145,6 +145,12 @@ impl Qmp {
             .map(drop)
     }
 
+    /// `query-migrate-parameters`: the parameters kvmd sets (to put them back afterwards).
+    pub async fn query_migrate_parameters(&self) -> Result<MigrationParams, QmpError> {
+        let v = self.call("query-migrate-parameters", None, None).await?;
+        reply("query-migrate-parameters", wire::decode_migration_params(v))
+    }
+
     /// `migrate`: start sending this VM to `uri` (`tcp:HOST:PORT`); returns at once.
     pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
         self.call("migrate", wire::args_uri(uri), None)

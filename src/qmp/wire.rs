@@ -403,6 +403,27 @@ pub fn decode_migration(v: Value) -> Result<MigrationInfo, String> {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct WireMigrationParams {
+    max_bandwidth: Option<u64>,
+    downtime_limit: Option<u64>,
+    max_postcopy_bandwidth: Option<u64>,
+    cpu_throttle_initial: Option<u64>,
+    cpu_throttle_increment: Option<u64>,
+}
+
+pub fn decode_migration_params(v: Value) -> Result<MigrationParams, String> {
+    let w: WireMigrationParams = shaped(v)?;
+    Ok(MigrationParams {
+        max_bandwidth: w.max_bandwidth,
+        downtime_limit: w.downtime_limit,
+        max_postcopy_bandwidth: w.max_postcopy_bandwidth,
+        cpu_throttle_initial: w.cpu_throttle_initial,
+        cpu_throttle_increment: w.cpu_throttle_increment,
+    })
+}
+
+#[derive(Deserialize)]
 struct WireCapability {
     capability: String,
     state: bool,

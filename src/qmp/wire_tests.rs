@@ -445,6 +445,21 @@ fn migration_arguments_are_spelled_as_qemu_expects() {
         args_migrate_parameters(&p).unwrap(),
         json!({"max-bandwidth": 33554432, "downtime-limit": 30})
     );
+    let params = decode_migration_params(json!({"cpu-throttle-tailslow": false, "downtime-limit": 300, "max-bandwidth": 134217728, "max-postcopy-bandwidth": 0, "cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "tls-creds": ""})).unwrap();
+    assert_eq!(
+        params,
+        MigrationParams {
+            max_bandwidth: Some(134217728),
+            downtime_limit: Some(300),
+            max_postcopy_bandwidth: Some(0),
+            cpu_throttle_initial: Some(20),
+            cpu_throttle_increment: Some(10),
+        }
+    );
+    assert_eq!(
+        args_migrate_parameters(&params).unwrap()["max-bandwidth"],
+        134217728
+    );
     assert_eq!(
         decode_capabilities(json!([{"capability": "xbzrle", "state": false}])).unwrap(),
         vec![("xbzrle".to_string(), false)]

@@ -15,6 +15,7 @@ use kvmd::api::{ApiError, ApiReply, ApiRequest, Event, StreamItem, VmInfo};
 use kvmd::control::client::{Client, EventStream};
 use kvmd::model::name::InstanceName;
 
+pub mod fake_qmp;
 pub mod images;
 
 /// The test guest (kernel + initramfs), built once per machine and cached.

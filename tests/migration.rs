@@ -1,0 +1,299 @@
+//! The migration coordinator actor against real QEMUs (a running source, an `-incoming
+//! defer` target set up as a target kvmd would): a live migration to its end, a cancel while
+//! active, a non-live migration; and against a fake QMP source that gives five bad
+//! `query-migrate` answers in a row.
+//!
+//! Invariant: no timing assertions (the figures are printed; speed goals live in benches);
+//! every QEMU is killed when its test ends.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use kvmd::migration::coordinator::{
+    capabilities, Cancel, Coordinator, Ended, Outcome, Plan, Summary,
+};
+use kvmd::migration::policy::PolicyConfig;
+use kvmd::qmp::{ConnectOptions, MigrationStatus, Notice, Qmp, QmpEvent, RunState};
+use serde_json::json;
+use support::fake_qmp::{fake, reply, Say};
+use tokio::sync::{mpsc, oneshot};
+
+struct Qemu(Child);
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A small pc guest under TCG (SeaBIOS runs, finds nothing to boot, and idles), plus `extra`.
+fn qemu(qmp: &Path, extra: &[&str]) -> Qemu {
+    Qemu(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "pc,accel=tcg",
+                "-m",
+                "64",
+                "-display",
+                "none",
+                "-net",
+                "none",
+            ])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn opts() -> ConnectOptions {
+    ConnectOptions {
+        connect_deadline: Instant::now() + Duration::from_secs(10),
+        startup_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(5),
+    }
+}
+
+fn plan(uri: &str, live: bool, bandwidth_mib: u64) -> Plan {
+    let policy = PolicyConfig::for_hvparams(30, &[]);
+    Plan {
+        uri: uri.into(),
+        live,
+        bandwidth_mib,
+        capabilities: capabilities(&[], &policy),
+        policy,
+        sample_every: Duration::from_millis(200),
+    }
+}
+
+/// Collects the coordinator's summary.
+struct Sink(Option<oneshot::Sender<Summary>>);
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+impl Handler<Ended> for Sink {
+    type Result = ();
+    fn handle(&mut self, m: Ended, _: &mut Context<Self>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(m.0);
+        }
+    }
+}
+
+/// The target's side, as a target kvmd sets it up: same capabilities, listening.
+async fn target(sock: &Path, uri: &str, caps: &[String]) -> (Qmp, mpsc::Receiver<Notice>) {
+    let (q, n) = Qmp::connect_with(sock, &opts(), || true).await.unwrap();
+    let list: Vec<(&str, bool)> = caps.iter().map(|c| (c.as_str(), true)).collect();
+    q.migrate_set_capabilities(&list).await.unwrap();
+    q.migrate_incoming(uri).await.unwrap();
+    (q, n)
+}
+
+/// Start a coordinator; returns its address and where its summary arrives.
+fn coordinate(
+    qmp: Qmp,
+    notices: mpsc::Receiver<Notice>,
+    plan: Plan,
+) -> (Addr<Coordinator>, oneshot::Receiver<Summary>) {
+    let (tx, rx) = oneshot::channel();
+    let sink = Sink(Some(tx)).start();
+    (
+        Coordinator::new(qmp, notices, plan, sink.recipient()).start(),
+        rx,
+    )
+}
+
+async fn summary(rx: oneshot::Receiver<Summary>) -> Summary {
+    tokio::time::timeout(Duration::from_secs(60), rx)
+        .await
+        .expect("the migration ended within 60 s")
+        .expect("a summary")
+}
+
+#[actix::test]
+async fn a_live_migration_runs_to_its_end_and_puts_the_settings_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_sock, dst_sock) = (dir.path().join("src.sock"), dir.path().join("dst.sock"));
+    let uri = format!("unix:{}", dir.path().join("m.sock").display());
+    let _src = qemu(&src_sock, &[]);
+    let _dst = qemu(&dst_sock, &["-incoming", "defer"]);
+    let p = plan(&uri, true, 512);
+    let (dst, mut dst_notices) = target(&dst_sock, &uri, &p.capabilities).await;
+    let (src, notices) = Qmp::connect_with(&src_sock, &opts(), || true)
+        .await
+        .unwrap();
+    assert!(src.query_status().await.unwrap().running);
+    let (_addr, rx) = coordinate(src.clone(), notices, p);
+    let s = summary(rx).await;
+    eprintln!("live migration: {s:?}");
+    assert_eq!(s.outcome, Outcome::Completed);
+    assert!(s.was_running && s.restored);
+    assert!(s.downtime_ms.is_some() && s.total_time_ms.is_some());
+    assert!(s.transferred > 0 && s.passes >= 1);
+    assert!(s.completed_at_us.is_some() && s.stopped_at_us.is_some());
+    // The source is parked, the target runs on its own (QEMU carries the run state over).
+    assert_eq!(
+        src.query_status().await.unwrap().run_state,
+        RunState::Postmigrate
+    );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), dst_notices.recv()).await {
+            Ok(Some(Notice::Event {
+                event: QmpEvent::Migration { status },
+                ..
+            })) if status == "completed" => break,
+            Ok(Some(_)) => {}
+            other => panic!("target: {other:?}"),
+        }
+    }
+    assert!(dst.query_status().await.unwrap().running);
+    // Capabilities were put back: events and return-path are off again on the source.
+    let caps = src.query_migrate_capabilities().await.unwrap();
+    assert!(caps.contains(&("return-path".into(), false)), "{caps:?}");
+    assert_eq!(
+        src.query_migrate().await.unwrap().status,
+        Some(MigrationStatus::Completed)
+    );
+}
+
+#[actix::test]
+async fn a_cancel_while_active_ends_it_with_the_source_running_and_the_target_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_sock, dst_sock) = (dir.path().join("src.sock"), dir.path().join("dst.sock"));
+    let uri = format!("unix:{}", dir.path().join("m.sock").display());
+    let _src = qemu(&src_sock, &[]);
+    let mut dst_qemu = qemu(&dst_sock, &["-incoming", "defer"]);
+    // 1 MiB/s: the 64 MiB guest cannot finish before the cancel.
+    let p = plan(&uri, true, 1);
+    let (_dst, _dst_notices) = target(&dst_sock, &uri, &p.capabilities).await;
+    let (src, notices) = Qmp::connect_with(&src_sock, &opts(), || true)
+        .await
+        .unwrap();
+    let (addr, rx) = coordinate(src.clone(), notices, p);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fig = addr
+            .send(kvmd::migration::coordinator::GetProgress)
+            .await
+            .unwrap();
+        if fig.status == Some(MigrationStatus::Active) && fig.transferred > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never active: {fig:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(addr.send(Cancel).await.unwrap());
+    let s = summary(rx).await;
+    assert_eq!(s.outcome, Outcome::Cancelled, "{s:?}");
+    assert!(s.restored);
+    assert!(
+        src.query_status().await.unwrap().running,
+        "a live source never stopped"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dst_qemu.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the target QEMU did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix::test]
+async fn a_non_live_migration_pauses_the_source_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_sock, dst_sock) = (dir.path().join("src.sock"), dir.path().join("dst.sock"));
+    let uri = format!("unix:{}", dir.path().join("m.sock").display());
+    let _src = qemu(&src_sock, &[]);
+    let _dst = qemu(&dst_sock, &["-incoming", "defer"]);
+    let p = plan(&uri, false, 512);
+    let (dst, _dst_notices) = target(&dst_sock, &uri, &p.capabilities).await;
+    let (src, mut notices) = Qmp::connect_with(&src_sock, &opts(), || true)
+        .await
+        .unwrap();
+    // Watch the source's events through a tap of the notice channel.
+    let (tx, rx_notices) = mpsc::channel(64);
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(n) = notices.recv().await {
+            if let Notice::Event { event, .. } = &n {
+                let _ = seen_tx.send(event.clone());
+            }
+            if tx.send(n).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (_addr, rx) = coordinate(src.clone(), rx_notices, p);
+    let s = summary(rx).await;
+    assert_eq!(s.outcome, Outcome::Completed, "{s:?}");
+    assert!(s.was_running);
+    // STOP came before the migration's setup.
+    let mut order = Vec::new();
+    while let Ok(e) = seen_rx.try_recv() {
+        order.push(
+            e.name().to_string()
+                + &match e {
+                    QmpEvent::Migration { status } => format!(" {status}"),
+                    _ => String::new(),
+                },
+        );
+    }
+    let stop = order.iter().position(|e| e == "STOP").expect("a STOP");
+    let setup = order
+        .iter()
+        .position(|e| e == "MIGRATION setup")
+        .expect("setup");
+    assert!(stop < setup, "{order:?}");
+    // QEMU carries the paused state over: the target stays paused until finalization.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!dst.query_status().await.unwrap().running);
+}
+
+#[actix::test]
+async fn five_bad_query_migrate_answers_fail_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fake.sock");
+    let cancels = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = cancels.clone();
+    fake(&sock, move |cmd| match cmd["execute"].as_str().unwrap() {
+        "query-migrate-capabilities" => Say::Now(reply(
+            &cmd,
+            json!([{"capability": "events", "state": false}]),
+        )),
+        "query-migrate-parameters" => Say::Now(reply(&cmd, json!({"downtime-limit": 300}))),
+        "query-status" => Say::Now(reply(&cmd, json!({"status": "running", "running": true}))),
+        // A status kvmd does not know, every time.
+        "query-migrate" => Say::Now(reply(&cmd, json!({"status": "warp-drive"}))),
+        "migrate_cancel" => {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Say::Now(reply(&cmd, json!({})))
+        }
+        _ => Say::Now(reply(&cmd, json!({}))),
+    })
+    .await;
+    let (q, notices) = Qmp::connect_with(&sock, &opts(), || true).await.unwrap();
+    let mut p = plan("tcp:127.0.0.1:1", true, 32);
+    p.policy.retry_interval = Duration::from_millis(50);
+    let (_addr, rx) = coordinate(q, notices, p);
+    let s = summary(rx).await;
+    match &s.outcome {
+        Outcome::Failed(why) => {
+            assert!(why.contains("5 bad answers"), "{why}");
+            assert!(why.contains("warp-drive"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        cancels.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "cancelled once"
+    );
+}
