@@ -204,16 +204,7 @@ enum Outcome {
 /// Start the argv paused; up means QEMU greeted on QMP.
 fn start_paused(argv: &[String], run: &Path) -> Result<(), String> {
     let qmp = run.join("acceptance-qmp.sock");
-    let mut argv: Vec<String> = argv
-        .iter()
-        .map(|a| {
-            if a.starts_with("socket,id=qmp0,fd=") {
-                format!("socket,id=qmp0,path={},server=on,wait=off", qmp.display())
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
+    let mut argv = support::with_qmp_path(argv, &qmp);
     if !argv.iter().any(|a| a == "-S") {
         argv.push("-S".into());
     }

@@ -297,3 +297,218 @@ async fn five_bad_query_migrate_answers_fail_the_migration() {
         "cancelled once"
     );
 }
+
+/// One configuration of the family: hvparams, disks, NIC model.
+const FAMILY: &[(&str, &[(&str, &str)], usize)] = &[
+    ("defaults", &[], 1),
+    (
+        "idepc",
+        &[
+            ("machine_version", "pc"),
+            ("disk_type", "ide"),
+            ("cdrom_image_path", "@ISO"),
+            ("cdrom_disk_type", "ide"),
+        ],
+        2,
+    ),
+    (
+        "scsivirtio",
+        &[
+            ("disk_type", "scsi-hd"),
+            ("scsi_controller_type", "virtio-scsi-pci"),
+            ("cdrom_image_path", "@ISO"),
+            ("cdrom_disk_type", "scsi-cd"),
+        ],
+        2,
+    ),
+    (
+        "scsilsi",
+        &[
+            ("machine_version", "pc"),
+            ("disk_type", "scsi-hd"),
+            ("nic_type", "e1000"),
+        ],
+        1,
+    ),
+    (
+        "pcfloppy",
+        &[
+            ("machine_version", "pc"),
+            ("floppy_image_path", "@FLOPPY"),
+            ("nic_type", "rtl8139"),
+            ("cdrom_image_path", "@ISO"),
+            ("use_guest_agent", "true"),
+            ("soundhw", "hda"),
+        ],
+        1,
+    ),
+    (
+        "q35ide",
+        &[
+            ("machine_version", "q35"),
+            ("disk_type", "ide"),
+            ("vga", "none"),
+            ("usb_mouse", "tablet"),
+        ],
+        3,
+    ),
+];
+
+/// kvmd's own command lines migrate: for each configuration the source's argv as a start
+/// builds it, the blob, the target's argv built from the blob (`-incoming defer` on the
+/// source's machine), the preflight against the real QEMU, then the migration and the
+/// target's resume. A device set that differed would fail QEMU's load ("Unknown savevm
+/// section").
+#[actix::test]
+async fn kvmds_source_and_target_command_lines_migrate_for_every_device_family() {
+    use kvmd::migration::info::{preflight, MigrationBlob};
+    use kvmd::model::hvparams::{HvOverrides, HvValue};
+    use kvmd::model::spec::{
+        Accel, DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec, NodeConfig,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("cd.iso");
+    let floppy = dir.path().join("fd.img");
+    support::images::iso(&iso, "CD");
+    support::images::floppy(&floppy, "FD");
+    // The probe blocks (it runs its own runtime): off this one.
+    let caps = tokio::task::spawn_blocking(|| {
+        kvmd::host::probe::probe(
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let known: Vec<String> = caps
+        .migration_capabilities
+        .clone()
+        .unwrap()
+        .into_iter()
+        .collect();
+    let node = |sub: &str| {
+        let mut n = NodeConfig::defaults();
+        n.run_dir = dir.path().join(sub);
+        n.accelerator = Accel::Tcg;
+        n.hvparams
+            .insert("kernel_path".into(), HvValue::Str(String::new()));
+        n
+    };
+    let (src_node, dst_node) = (node("src"), node("dst"));
+    for (name, over, disks) in FAMILY {
+        let mut hvparams = HvOverrides::new();
+        for (k, v) in *over {
+            let v = v
+                .replace("@ISO", &iso.display().to_string())
+                .replace("@FLOPPY", &floppy.display().to_string());
+            let value = match v.as_str() {
+                "true" => HvValue::Bool(true),
+                _ => HvValue::Str(v),
+            };
+            hvparams.insert(k.to_string(), value);
+        }
+        let spec = InstanceSpec {
+            name: kvmd::model::name::InstanceName::parse(name).unwrap(),
+            uuid: kvmd::model::spec::uuid_from_name(name),
+            memory: 64,
+            min_memory: 64,
+            vcpus: 1,
+            network_port: None,
+            disks: (0..*disks)
+                .map(|i| {
+                    let path = dir.path().join(format!("{name}{i}.img"));
+                    support::images::disk(&path, "DISK");
+                    DiskSpec {
+                        path,
+                        format: DiskFormat::Raw,
+                        readonly: false,
+                    }
+                })
+                .collect(),
+            nics: vec![NicSpec {
+                mode: NicMode::User,
+                link: String::new(),
+                mac: "52:54:00:aa:00:01".into(),
+                ip: None,
+            }],
+            hvparams,
+            autostart: false,
+        };
+        let hv = spec.effective_hvparams(&src_node);
+        let src_cl = kvmd::host::validate::dry_build(&spec, &hv, &src_node, &caps)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let policy = PolicyConfig::for_hvparams(30, &[]);
+        let blob = MigrationBlob::new(
+            spec.clone(),
+            hv.clone(),
+            &src_cl,
+            caps.version,
+            capabilities(&[], &policy),
+        );
+        // The target's side, from the blob alone.
+        let blob = MigrationBlob::decode(&blob.encode()).unwrap();
+        let mut host = kvmd::host::validate::dry_host(&blob.spec, &blob.hvparams, &dst_node, &caps);
+        host.incoming = true;
+        host.machine = Some(blob.machine.clone());
+        let dst_paths = kvmd::model::layout::RunPaths::new(&dst_node.run_dir, &blob.spec.name);
+        let dst_cl = kvmd::qemu::cmdline::build_command_line(&kvmd::qemu::cmdline::Launch {
+            spec: &blob.spec,
+            hv: &blob.hvparams,
+            caps: &caps,
+            paths: &dst_paths,
+            accel: Accel::Tcg,
+            host: &host,
+        })
+        .unwrap();
+        preflight(&blob, &caps, &known, &dst_cl).unwrap_or_else(|why| panic!("{name}: {why:?}"));
+        // Both QEMUs, from kvmd's argvs.
+        let src_run = src_node.run_dir.join(name);
+        let dst_run = dst_node.run_dir.join(name);
+        std::fs::create_dir_all(&src_run).unwrap();
+        std::fs::create_dir_all(&dst_run).unwrap();
+        let (src_sock, dst_sock) = (src_run.join("t-qmp.sock"), dst_run.join("t-qmp.sock"));
+        let spawn = |argv: Vec<String>| {
+            Qemu(
+                Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        let _src = spawn(support::with_qmp_path(&src_cl.argv, &src_sock));
+        let _dst = spawn(support::with_qmp_path(&dst_cl.argv, &dst_sock));
+        let uri = format!("unix:{}", dir.path().join(format!("{name}.mig")).display());
+        let (dst, _dst_notices) = target(&dst_sock, &uri, &blob.capabilities).await;
+        let (src, notices) = Qmp::connect_with(&src_sock, &opts(), || true)
+            .await
+            .unwrap();
+        let mut p = plan(&uri, true, 1024);
+        p.capabilities = blob.capabilities.clone();
+        let (_addr, rx) = coordinate(src, notices, p);
+        let s = summary(rx).await;
+        assert_eq!(s.outcome, Outcome::Completed, "{name}: {s:?}");
+        // Finalization on the target: it was started with -S, so it waits for this.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dst.query_migrate().await.unwrap().status != Some(MigrationStatus::Completed) {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the target never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !dst.query_status().await.unwrap().running,
+            "{name}: the target waits"
+        );
+        dst.cont().await.unwrap();
+        assert!(dst.query_status().await.unwrap().running, "{name}");
+        eprintln!(
+            "{name}: migrated in {:?} ms, downtime {:?} ms",
+            s.total_time_ms, s.downtime_ms
+        );
+    }
+}

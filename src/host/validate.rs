@@ -18,7 +18,7 @@ use crate::model::hvparams::{key, Key};
 use crate::model::spec::{InstanceSpec, NicMode, NodeConfig};
 use crate::qemu::caps::QemuCaps;
 use crate::qemu::checks::{qemu, syntax};
-use crate::qemu::cmdline::{CommandLine, Launch};
+use crate::qemu::cmdline::{CommandLine, Host, Launch};
 
 pub fn host_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
@@ -222,6 +222,20 @@ pub fn dry_build_with(
     caps: &QemuCaps,
     build: Builder,
 ) -> Result<CommandLine, Vec<FieldError>> {
+    let paths = crate::model::layout::RunPaths::new(&node.run_dir, &spec.name);
+    build(&Launch {
+        spec,
+        hv,
+        caps,
+        paths: &paths,
+        accel: spec.accel(hv, node),
+        host: &dry_host(spec, hv, node, caps),
+    })
+    .map_err(crate::model::hvparams::under_hvparams)
+}
+
+/// The host facts of a dry build: made-up fds, the real block devices and interfaces.
+pub fn dry_host(spec: &InstanceSpec, hv: &HvParams, node: &NodeConfig, caps: &QemuCaps) -> Host {
     use crate::qemu::host_facts;
     let paths = crate::model::layout::RunPaths::new(&node.run_dir, &spec.name);
     let facts = host_facts::NodeFacts {
@@ -244,16 +258,7 @@ pub fn dry_build_with(
         pool_user: plan.pool_uid.then(|| "kvmd-pool-user".to_string()),
         qmp_fd: Some(qmp_fd),
     };
-    let host = host_facts::host(&plan, gathered);
-    build(&Launch {
-        spec,
-        hv,
-        caps,
-        paths: &paths,
-        accel: spec.accel(hv, node),
-        host: &host,
-    })
-    .map_err(crate::model::hvparams::under_hvparams)
+    host_facts::host(&plan, gathered)
 }
 
 /// Add the errors of a dry build not already reported (the builder re-finds some).

@@ -50,6 +50,26 @@ pub fn devices_of(argv: &[String]) -> Vec<String> {
 }
 
 impl MigrationBlob {
+    /// The blob of a VM running `command` (its exact command line) under QEMU `version`.
+    pub fn new(
+        spec: InstanceSpec,
+        hvparams: HvParams,
+        command: &CommandLine,
+        qemu_version: (u32, u32, u32),
+        capabilities: Vec<String>,
+    ) -> MigrationBlob {
+        MigrationBlob {
+            format: FORMAT,
+            spec,
+            hvparams,
+            machine: command.machine.clone(),
+            slots: command.slots.clone(),
+            devices: devices_of(&command.argv),
+            qemu_version,
+            capabilities,
+        }
+    }
+
     /// Encode for the wire.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("a blob serializes")

@@ -220,6 +220,8 @@ pub fn host(plan: &HostPlan, g: Gathered) -> Host {
         spice_cert_dir: Some(plan.spice_cert_dir.display().to_string()),
         qmp_fd: g.qmp_fd,
         stopped_at_start: plan.pre_run.stops_at_start(),
+        incoming: false,
+        machine: None,
     }
 }
 

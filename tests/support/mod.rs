@@ -453,3 +453,17 @@ impl Drop for Bridge {
         let _ = Command::new("ip").args(["link", "del", &self.0]).status();
     }
 }
+
+/// A built argv with its QMP chardev on `path` instead of the fd a real start passes (for
+/// tests that run kvmd's command lines themselves).
+pub fn with_qmp_path(argv: &[String], path: &Path) -> Vec<String> {
+    argv.iter()
+        .map(|a| {
+            if a.starts_with("socket,id=qmp0,fd=") {
+                format!("socket,id=qmp0,path={},server=on,wait=off", path.display())
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
+}

@@ -78,6 +78,12 @@ pub struct Host {
     /// Start with the vCPUs stopped (`-S`): something must happen over QMP before the guest
     /// runs (vCPU pinning, display passwords), or the start asked for a paused guest.
     pub stopped_at_start: bool,
+    /// A migration target: `-incoming defer` (and `-S`: the guest runs only when the
+    /// migration is finalized).
+    pub incoming: bool,
+    /// The concrete machine type to run instead of the one the hvparams name: a migration
+    /// target runs exactly the source's.
+    pub machine: Option<String>,
 }
 
 /// The inputs of one QEMU command line.
@@ -153,9 +159,10 @@ pub fn build_unchecked(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>> {
         String::new()
     };
 
-    let machine = match hv.str(key::MACHINE_VERSION) {
-        "" => caps.default_machine.clone().unwrap_or_else(|| "pc".into()),
-        m => caps.resolve_machine(m).unwrap_or_else(|| m.to_string()),
+    let machine = match (&l.host.machine, hv.str(key::MACHINE_VERSION)) {
+        (Some(pinned), _) => pinned.clone(),
+        (None, "") => caps.default_machine.clone().unwrap_or_else(|| "pc".into()),
+        (None, m) => caps.resolve_machine(m).unwrap_or_else(|| m.to_string()),
     };
     let board = Board::of(&machine);
     if board.is_none() {
@@ -399,8 +406,11 @@ pub fn build_unchecked(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>> {
         "chardev=qmp0,mode=control"
     );
     disk_args(l, &slots, boot == "disk", &mut a, &mut errs);
-    if l.host.stopped_at_start {
+    if l.host.stopped_at_start || l.host.incoming {
         push!("-S");
+    }
+    if l.host.incoming {
+        push!("-incoming", "defer");
     }
     security_args(l, &mut a, &mut errs);
 

@@ -433,3 +433,18 @@ fn shell_split_handles_quotes() {
     assert_eq!(shell_split("  ").unwrap(), Vec::<String>::new());
     assert!(shell_split("'open").is_err());
 }
+
+#[test]
+fn a_migration_target_waits_incoming_on_the_sources_machine() {
+    let (o, h) = hv(&[("machine_version", s("q35"))]);
+    let host = Host {
+        incoming: true,
+        machine: Some("pc-q35-6.2".into()),
+        ..Host::default()
+    };
+    let cl = build_with(&spec(o), &h, &host).unwrap();
+    let a = cl.argv.join(" ");
+    assert!(a.contains("-machine pc-q35-6.2,accel=tcg"), "{a}");
+    assert!(a.ends_with("-S -incoming defer"), "{a}");
+    assert_eq!(cl.machine, "pc-q35-6.2");
+}
