@@ -298,8 +298,10 @@ async fn five_bad_query_migrate_answers_fail_the_migration() {
     );
 }
 
-/// One configuration of the family: hvparams, disks, NIC model.
-const FAMILY: &[(&str, &[(&str, &str)], usize)] = &[
+/// One configuration of the family: name, hvparams, number of disks.
+type Member = (&'static str, &'static [(&'static str, &'static str)], usize);
+
+const FAMILY: &[Member] = &[
     ("defaults", &[], 1),
     (
         "idepc",
