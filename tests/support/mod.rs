@@ -313,30 +313,35 @@ impl Daemon {
     /// Run a command in the guest with `gx` and return its output (read from the socket, which
     /// unlike the log never duplicates bytes).
     pub fn guest_run(&self, n: &str, cmd: &str) -> String {
-        let mut s = UnixStream::connect(self.run_dir(n).join("serial.sock")).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        s.write_all(format!("gx sh -c '{cmd}'\n").as_bytes())
-            .unwrap();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut buf = [0u8; 4096];
-        loop {
-            let text = String::from_utf8_lossy(&out).into_owned();
-            if let Some(b) = text.find("GX-BEGIN") {
-                if let Some(e) = text[b..].find("GX-END") {
-                    return text[b + 8..b + e].trim().to_string();
-                }
+        guest_run_on(&self.run_dir(n).join("serial.sock"), cmd)
+    }
+}
+
+/// Run a command with `gx` in the guest whose serial console is the socket `serial`.
+pub fn guest_run_on(serial: &Path, cmd: &str) -> String {
+    let mut s = UnixStream::connect(serial).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(format!("gx sh -c '{cmd}'\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(b) = text.find("GX-BEGIN") {
+            if let Some(e) = text[b..].find("GX-END") {
+                return text[b + 8..b + e].trim().to_string();
             }
-            assert!(
-                Instant::now() < deadline,
-                "no GX-END from {cmd:?}; got {text:?}"
-            );
-            match s.read(&mut buf) {
-                Ok(0) => panic!("serial closed"),
-                Ok(k) => out.extend_from_slice(&buf[..k]),
-                Err(_) => {}
-            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no GX-END from {cmd:?}; got {text:?}"
+        );
+        match s.read(&mut buf) {
+            Ok(0) => panic!("serial closed"),
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+            Err(_) => {}
         }
     }
 }
