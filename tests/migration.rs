@@ -709,3 +709,68 @@ async fn a_guest_dirtying_memory_converges_with_default_settings() {
     assert!(s.passes > 2, "a dirtying guest takes several passes: {s:?}");
     assert_ne!(s.path, kvmd::migration::policy::Path::Precopy, "{s:?}");
 }
+
+/// The first two steps a cluster engine drives, between two real daemons: the source's
+/// `migration-info` of a running instance and the target's `migration-preflight` of that
+/// blob, which passes; a blob from a newer QEMU on a machine type this QEMU lacks is refused
+/// with both reasons, before anything starts; a stopped instance has no blob.
+#[test]
+fn migration_info_and_preflight_between_two_daemons() {
+    let inst = support::instance_toml("web", "") + &support::instance_toml("idle", "");
+    let src = support::Daemon::start(&inst);
+    let dst = support::Daemon::start("");
+    src.start_vm("web");
+    let out = src.kvmctl(&["migration-info", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blob = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(blob.trim()).unwrap();
+    assert_eq!(v["format"], 1);
+    assert_eq!(v["machine"], "pc-q35-7.2");
+    assert!(v["capabilities"].to_string().contains("return-path"), "{v}");
+    let file = dst.dir.path().join("blob.json");
+    std::fs::write(&file, &blob).unwrap();
+    let t0 = Instant::now();
+    let out = dst.kvmctl(&["migration-preflight", file.to_str().unwrap()]);
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("preflight passed") && said.contains("pc-q35-7.2"),
+        "{said}"
+    );
+    eprintln!("preflight passed in {took:?}");
+    // A newer source on a machine this QEMU does not have.
+    let mut newer = v.clone();
+    newer["machine"] = "pc-q35-99.0".into();
+    newer["qemu_version"] = serde_json::json!([99, 0, 0]);
+    std::fs::write(&file, newer.to_string()).unwrap();
+    let out = dst.kvmctl(&["--json", "migration-preflight", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["error"]["code"], "migration_refused", "{reply}");
+    let details = reply["error"]["details"].to_string();
+    assert!(
+        details.contains("older than the source's 99.0.0"),
+        "{details}"
+    );
+    assert!(
+        details.contains("no machine type \\\"pc-q35-99.0\\\""),
+        "{details}"
+    );
+    // Not a blob at all; a stopped instance.
+    std::fs::write(&file, "{\"format\": 7}").unwrap();
+    let out = dst.kvmctl(&["--json", "migration-preflight", file.to_str().unwrap()]);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["error"]["code"], "invalid_parameter", "{reply}");
+    let out = src.kvmctl(&["--json", "migration-info", "idle"]);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["error"]["code"], "not_running", "{reply}");
+}

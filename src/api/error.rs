@@ -32,11 +32,13 @@ pub enum ErrorCode {
     NotCancellable,
     /// The connection cap (or the per-peer cap) is reached.
     TooManyConnections,
+    /// A migration target's preflight refused the migration (the reasons are the details).
+    MigrationRefused,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTooLarge,
         ErrorCode::UnknownRequest,
@@ -54,6 +56,7 @@ impl ErrorCode {
         ErrorCode::Cancelled,
         ErrorCode::NotCancellable,
         ErrorCode::TooManyConnections,
+        ErrorCode::MigrationRefused,
         ErrorCode::Internal,
     ];
 
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::NotCancellable => "not_cancellable",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::MigrationRefused => "migration_refused",
             ErrorCode::Internal => "internal",
         }
     }

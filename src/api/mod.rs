@@ -60,6 +60,12 @@ pub enum ApiRequest {
     /// Switch this connection into an event stream: events after `since` (a sequence number)
     /// that are still kept, then, with `follow`, new ones as they happen.
     Subscribe { since: Option<u64>, follow: bool },
+    /// Migration source: what a target needs to take this running instance (a versioned
+    /// blob, relayed as is).
+    MigrationInfo { name: InstanceName },
+    /// Migration target: would this node take the VM the blob describes? Checks QEMU
+    /// version, machine type, devices, capabilities and the slot plan; nothing is started.
+    MigrationPreflight { info: String },
 }
 
 /// How a `job` request names its job.
@@ -215,6 +221,15 @@ pub enum ApiReply {
     /// The connection is now an event stream. `last_seq` is the newest event kvmd has.
     Subscribed {
         last_seq: u64,
+    },
+    /// The blob of `migration-info`.
+    MigrationInfo {
+        info: String,
+    },
+    /// The target's preflight passed: it would run this machine type under this QEMU.
+    PreflightPassed {
+        machine: String,
+        qemu_version: String,
     },
 }
 

@@ -238,6 +238,15 @@ fn ready(r: Result<ApiReply, ApiError>) -> Reply {
     Box::pin(async move { r })
 }
 
+/// A reply that needs blocking work (files, the probe), off the actor.
+fn blocking(f: impl FnOnce() -> Result<ApiReply, ApiError> + Send + 'static) -> Reply {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    })
+}
+
 impl Handler<Call> for Supervisor {
     type Result = Reply;
 
@@ -362,6 +371,24 @@ impl Supervisor {
                 ))),
                 Some(job) => self.ask(&job.instance, VmAsk::Cancel { id }, true),
             },
+            ApiRequest::MigrationInfo { name } => {
+                let running = match self.vms.get(&name) {
+                    None => return ready(Err(ApiError::not_found(&name))),
+                    Some(e) => e.info.state.has_process(),
+                };
+                if !running {
+                    return ready(Err(ApiError::new(
+                        ErrorCode::NotRunning,
+                        format!("{name} is not running"),
+                    )));
+                }
+                let paths = crate::model::layout::RunPaths::new(&self.node.run_dir, &name);
+                blocking(move || crate::migration::steps::migration_info(&paths))
+            }
+            ApiRequest::MigrationPreflight { info } => {
+                let node = self.node.clone();
+                blocking(move || crate::migration::steps::preflight_here(&info, &node))
+            }
             ApiRequest::Subscribe { .. } => ready(Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "subscribe is served by the connection itself",

@@ -129,6 +129,15 @@ pub enum Cmd {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Migration source: print what a target needs to take this running instance (a
+    /// versioned blob; pass it to the target's migration-preflight).
+    MigrationInfo { name: String },
+    /// Migration target: would this node take the VM a migration-info blob describes?
+    /// Checks QEMU version, machine type, devices, capabilities and device placement.
+    MigrationPreflight {
+        /// The blob: a file, or - for standard input.
+        info: PathBuf,
+    },
     /// Check a config file without kvmd: syntax, hvparam rules, and this node (files, users,
     /// what the QEMU binary offers). Prints every problem; exits non-zero on any.
     Validate {

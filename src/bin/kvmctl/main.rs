@@ -181,6 +181,26 @@ fn job_id(s: &str) -> Result<JobId, Failure> {
     })
 }
 
+/// A migration blob from a file, or standard input for `-` (at most 1 MiB).
+fn read_blob(path: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().take(1 << 20).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+    };
+    read.map_err(|err| {
+        let value = serde_json::to_string(&path.display().to_string()).expect("strings serialize");
+        Failure::Usage(ApiError::invalid(vec![FieldError::new(
+            "info",
+            value,
+            format!("cannot be read: {err}"),
+        )]))
+    })?;
+    Ok(text.trim().to_string())
+}
+
 /// Print one answer (kvmd's reply line with `--json`); the exit code follows the result.
 fn print_answer(ctx: &Ctx, answer: &Answer) -> u8 {
     if ctx.json {
@@ -298,6 +318,12 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
             return job(ctx, target, *wait);
         }
         Cmd::Cancel { id } => ApiRequest::Cancel { id: job_id(id)? },
+        Cmd::MigrationInfo { name: n } => ApiRequest::MigrationInfo {
+            name: name("name", n)?,
+        },
+        Cmd::MigrationPreflight { info } => ApiRequest::MigrationPreflight {
+            info: read_blob(info)?,
+        },
         Cmd::Events { since, follow } => return events(ctx, *since, *follow),
         Cmd::Validate { .. } => unreachable!("handled in main"),
     };

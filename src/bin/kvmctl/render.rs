@@ -393,6 +393,16 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
             e(j.instance.as_str())
         ),
         ApiReply::Subscribed { last_seq } => println!("subscribed (last event {last_seq})"),
+        // kvmd's own JSON (serde escapes control characters): printed as is, to be relayed.
+        ApiReply::MigrationInfo { info } => println!("{info}"),
+        ApiReply::PreflightPassed {
+            machine,
+            qemu_version,
+        } => println!(
+            "preflight passed: this node would run it as {} under {}",
+            e(machine),
+            e(qemu_version)
+        ),
         ApiReply::Reloaded {
             added,
             removed,

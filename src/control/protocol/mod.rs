@@ -147,6 +147,8 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::Job(_) => "job",
         ApiReply::Cancelling(_) => "cancelling",
         ApiReply::Subscribed { .. } => "subscribed",
+        ApiReply::MigrationInfo { .. } => "migration-info",
+        ApiReply::PreflightPassed { .. } => "preflight-passed",
     }
 }
 
@@ -184,6 +186,11 @@ fn reply_result(r: &ApiReply) -> Value {
         }
         ApiReply::Jobs(v) => json!({"jobs": v.iter().map(job_to_json).collect::<Vec<_>>()}),
         ApiReply::Subscribed { last_seq } => json!({"last_seq": last_seq}),
+        ApiReply::MigrationInfo { info } => json!({"info": info}),
+        ApiReply::PreflightPassed {
+            machine,
+            qemu_version,
+        } => json!({"preflight": "passed", "machine": machine, "qemu_version": qemu_version}),
     }
 }
 
@@ -297,6 +304,13 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
         ),
         "subscribed" => ApiReply::Subscribed {
             last_seq: o.u64("last_seq")?,
+        },
+        "migration-info" => ApiReply::MigrationInfo {
+            info: o.str("info")?.to_string(),
+        },
+        "preflight-passed" => ApiReply::PreflightPassed {
+            machine: o.str("machine")?.to_string(),
+            qemu_version: o.str("qemu_version")?.to_string(),
         },
         other => return Err(ProtocolError::UnknownKind(other.to_string())),
     })

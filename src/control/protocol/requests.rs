@@ -47,6 +47,8 @@ pub enum FieldType {
     Seq,
     /// A job id: an integer, or a string of digits (for clients whose numbers are doubles).
     JobId,
+    /// A string kvmd relays as is (a migration blob).
+    Text,
 }
 
 impl FieldType {
@@ -57,6 +59,7 @@ impl FieldType {
             FieldType::Seconds => "integer (seconds, 0-86400)",
             FieldType::Seq => "integer (event sequence number)",
             FieldType::JobId => "integer (job id)",
+            FieldType::Text => "string",
         }
     }
 }
@@ -367,6 +370,31 @@ pub static REQUESTS: &[RequestSpec] = &[
             })
         },
     },
+    RequestSpec {
+        name: "migration-info",
+        doc: "Migration source: what a target needs to take this running instance (a versioned blob, relayed as is to the target's migration-preflight).",
+        fields: &[NAME],
+        build: |a| {
+            Some(ApiRequest::MigrationInfo {
+                name: a.name("name")?,
+            })
+        },
+    },
+    RequestSpec {
+        name: "migration-preflight",
+        doc: "Migration target: would this node take the VM a migration-info blob describes? Checks the QEMU version, machine type, devices, capabilities and device placement; starts nothing.",
+        fields: &[field(
+            "info",
+            FieldType::Text,
+            FieldDefault::Required,
+            "The source's migration-info blob.",
+        )],
+        build: |a| {
+            Some(ApiRequest::MigrationPreflight {
+                info: a.text("info")?,
+            })
+        },
+    },
 ];
 
 /// The table entry of a request name.
@@ -385,6 +413,7 @@ enum Parsed {
     Name(InstanceName),
     Bool(bool),
     U64(u64),
+    Text(String),
 }
 
 /// A request's fields once type-checked, and every problem found so far.
@@ -441,6 +470,13 @@ impl Args {
         }
     }
 
+    fn text(&mut self, key: &str) -> Option<String> {
+        match self.values.get(key) {
+            Some(Parsed::Text(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     fn u64(&mut self, key: &str) -> Option<u64> {
         match self.values.get(key) {
             Some(Parsed::U64(n)) => Some(*n),
@@ -468,6 +504,7 @@ impl Args {
                 s.parse().ok().map(Parsed::U64)
             }
             (FieldType::JobId, _) => v.as_u64().map(Parsed::U64),
+            (FieldType::Text, Value::String(s)) => Some(Parsed::Text(s.clone())),
             _ => None,
         };
         match parsed {
@@ -483,6 +520,7 @@ impl Args {
                     }
                     FieldType::Seq => "must be a non-negative integer".to_string(),
                     FieldType::JobId => "must be a job id (a non-negative integer)".to_string(),
+                    FieldType::Text => "must be a string".to_string(),
                 };
                 self.bad(f.name, &v, rule);
             }
@@ -624,6 +662,14 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
         ApiRequest::Cancel { id } => {
             put("job_id", json!(id.0));
             "cancel"
+        }
+        ApiRequest::MigrationInfo { name } => {
+            put("name", json!(name.as_str()));
+            "migration-info"
+        }
+        ApiRequest::MigrationPreflight { info } => {
+            put("info", json!(info));
+            "migration-preflight"
         }
         ApiRequest::Subscribe { since, follow } => {
             if let Some(s) = since {

@@ -1,0 +1,126 @@
+//! The migration steps a cluster engine drives on each node that need no VM actor: the
+//! source's `migration-info` (the blob, from the runtime file of the running instance) and the
+//! target's `migration-preflight` (would this node take that VM: its QEMU, the files the VM
+//! names, and the command line a target would build, against the source's).
+//!
+//! Invariant: blocking (file reads, the probe); callers run these off the actors. Nothing is
+//! started or written.
+
+use crate::api::{ApiError, ApiReply, ErrorCode};
+use crate::model::hvparams::key;
+use crate::model::layout::RunPaths;
+use crate::model::spec::NodeConfig;
+use crate::qemu::cmdline::{build_command_line, CommandLine, Launch};
+
+use super::coordinator::capabilities;
+use super::info::{preflight, MigrationBlob};
+use super::policy::PolicyConfig;
+
+/// The capabilities a migration of a VM with these hvparams uses (on both ends).
+pub fn capabilities_of(hv: &crate::model::hvparams::HvParams) -> Vec<String> {
+    let caps: Vec<String> = hv
+        .str(key::MIGRATION_CAPS)
+        .split(':')
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect();
+    let downtime = u64::try_from(hv.int(key::MIGRATION_DOWNTIME)).unwrap_or(0);
+    capabilities(&caps, &PolicyConfig::for_hvparams(downtime, &caps))
+}
+
+/// Source: the blob of the instance whose run dir is `paths` (it must run).
+pub fn migration_info(paths: &RunPaths) -> Result<ApiReply, ApiError> {
+    let name = paths
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rt = match crate::store::runtime_file::read_on_disk(paths).runtime {
+        Ok(Some(rt)) => rt,
+        Ok(None) => {
+            return Err(ApiError::new(
+                ErrorCode::NotRunning,
+                format!("{name} has no running QEMU to migrate"),
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("{name}'s runtime file cannot be read: {e}"),
+            ))
+        }
+    };
+    let version = crate::qemu::caps::parse_version(&rt.qemu_version).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!(
+                "no version in {:?}",
+                crate::model::text::escape(&rt.qemu_version)
+            ),
+        )
+    })?;
+    let caps = capabilities_of(&rt.hvparams);
+    let command = CommandLine {
+        argv: rt.argv,
+        slots: rt.slots,
+        machine: rt.machine,
+    };
+    let blob = MigrationBlob::new(rt.spec, rt.hvparams, &command, version, caps);
+    Ok(ApiReply::MigrationInfo {
+        info: blob.encode(),
+    })
+}
+
+fn refused(reasons: Vec<String>) -> ApiError {
+    let message = match reasons.as_slice() {
+        [one] => format!("This node would not take the VM: {one}"),
+        many => format!("This node would not take the VM ({} reasons)", many.len()),
+    };
+    ApiError::new(ErrorCode::MigrationRefused, message).with_details(reasons)
+}
+
+/// Target: would this node take the VM `info` describes?
+pub fn preflight_here(info: &str, node: &NodeConfig) -> Result<ApiReply, ApiError> {
+    let blob = MigrationBlob::decode(info).map_err(|why| {
+        ApiError::invalid(vec![crate::model::field_error::FieldError::new(
+            "info",
+            format!("({} bytes)", info.len()),
+            why,
+        )])
+    })?;
+    let hv = &blob.hvparams;
+    let file_errs = crate::host::validate::files(&blob.spec, hv);
+    if !file_errs.is_empty() {
+        return Err(refused(file_errs.iter().map(ToString::to_string).collect()));
+    }
+    let caps = crate::host::probe::probe(
+        std::path::Path::new(hv.str(key::KVM_PATH)),
+        node.probe_timeout,
+    )
+    .map_err(|e| refused(vec![format!("this node's QEMU cannot be probed: {e}")]))?;
+    let mut host = crate::host::validate::dry_host(&blob.spec, hv, node, &caps);
+    host.incoming = true;
+    host.machine = Some(blob.machine.clone());
+    let paths = RunPaths::new(&node.run_dir, &blob.spec.name);
+    let accel = blob.spec.accel(hv, node);
+    let target = build_command_line(&Launch {
+        spec: &blob.spec,
+        hv,
+        caps: &caps,
+        paths: &paths,
+        accel,
+        host: &host,
+    })
+    .map_err(|errs| refused(errs.iter().map(ToString::to_string).collect()))?;
+    let known: Vec<String> = caps
+        .migration_capabilities
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    preflight(&blob, &caps, &known, &target).map_err(refused)?;
+    Ok(ApiReply::PreflightPassed {
+        machine: target.machine,
+        qemu_version: caps.version_text.clone(),
+    })
+}
