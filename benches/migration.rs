@@ -140,6 +140,7 @@ async fn one(dir: &Path, n: usize, kvmd: bool, bandwidth_mib: u64) -> Figures {
             capabilities: caps,
             policy,
             sample_every: Duration::from_millis(500),
+            cancel_grace: kvmd::migration::coordinator::CANCEL_GRACE,
         };
         let _c = Coordinator::new(src, notices, plan, sink.recipient()).start();
         let s = rx.await.unwrap();

@@ -72,6 +72,7 @@ fn plan(uri: &str, live: bool, bandwidth_mib: u64) -> Plan {
         capabilities: capabilities(&[], &policy),
         policy,
         sample_every: Duration::from_millis(200),
+        cancel_grace: kvmd::migration::coordinator::CANCEL_GRACE,
     }
 }
 
@@ -165,16 +166,20 @@ async fn a_live_migration_runs_to_its_end_and_puts_the_settings_back() {
     );
 }
 
+/// A cancel while active ends the migration as cancelled with the source running as before.
+/// The stream goes to a socket that is accepted but never read, so the migration cannot
+/// finish before the cancel, however fast the host. (That a real target QEMU exits on a
+/// cancel is in tests/qmp.rs.)
 #[actix::test]
-async fn a_cancel_while_active_ends_it_with_the_source_running_and_the_target_gone() {
+async fn a_cancel_while_active_ends_it_with_the_source_running() {
     let dir = tempfile::tempdir().unwrap();
-    let (src_sock, dst_sock) = (dir.path().join("src.sock"), dir.path().join("dst.sock"));
-    let uri = format!("unix:{}", dir.path().join("m.sock").display());
+    let src_sock = dir.path().join("src.sock");
+    let sink_path = dir.path().join("m.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sink_path).unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let uri = format!("unix:{}", sink_path.display());
     let _src = qemu(&src_sock, &[]);
-    let mut dst_qemu = qemu(&dst_sock, &["-incoming", "defer"]);
-    // 1 MiB/s: the 64 MiB guest cannot finish before the cancel.
-    let p = plan(&uri, true, 1);
-    let (_dst, _dst_notices) = target(&dst_sock, &uri, &p.capabilities).await;
+    let p = plan(&uri, true, 512);
     let (src, notices) = Qmp::connect_with(&src_sock, &opts(), || true)
         .await
         .unwrap();
@@ -185,7 +190,7 @@ async fn a_cancel_while_active_ends_it_with_the_source_running_and_the_target_go
             .send(kvmd::migration::coordinator::GetProgress)
             .await
             .unwrap();
-        if fig.status == Some(MigrationStatus::Active) && fig.transferred > 0 {
+        if fig.status == Some(MigrationStatus::Active) {
             break;
         }
         assert!(Instant::now() < deadline, "never active: {fig:?}");
@@ -199,11 +204,7 @@ async fn a_cancel_while_active_ends_it_with_the_source_running_and_the_target_go
         src.query_status().await.unwrap().running,
         "a live source never stopped"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dst_qemu.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the target QEMU did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drop(held.join().unwrap());
 }
 
 #[actix::test]
@@ -257,45 +258,64 @@ async fn a_non_live_migration_pauses_the_source_first() {
     assert!(!dst.query_status().await.unwrap().running);
 }
 
-#[actix::test]
-async fn five_bad_query_migrate_answers_fail_the_migration() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("fake.sock");
-    let cancels = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+/// A fake source that answers query-migrate with a status nobody knows; after the cancel
+/// it says `cancelled` when `confirms`, or keeps saying the same.
+async fn bad_source(sock: &Path, confirms: bool) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let cancels = std::sync::Arc::new(AtomicU32::new(0));
     let seen = cancels.clone();
-    fake(&sock, move |cmd| match cmd["execute"].as_str().unwrap() {
+    fake(sock, move |cmd| match cmd["execute"].as_str().unwrap() {
         "query-migrate-capabilities" => Say::Now(reply(
             &cmd,
             json!([{"capability": "events", "state": false}]),
         )),
         "query-migrate-parameters" => Say::Now(reply(&cmd, json!({"downtime-limit": 300}))),
         "query-status" => Say::Now(reply(&cmd, json!({"status": "running", "running": true}))),
-        // A status kvmd does not know, every time.
+        "query-migrate" if confirms && seen.load(Ordering::SeqCst) > 0 => {
+            Say::Now(reply(&cmd, json!({"status": "cancelled"})))
+        }
         "query-migrate" => Say::Now(reply(&cmd, json!({"status": "warp-drive"}))),
         "migrate_cancel" => {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            seen.fetch_add(1, Ordering::SeqCst);
             Say::Now(reply(&cmd, json!({})))
         }
         _ => Say::Now(reply(&cmd, json!({}))),
     })
     .await;
-    let (q, notices) = Qmp::connect_with(&sock, &opts(), || true).await.unwrap();
-    let mut p = plan("tcp:127.0.0.1:1", true, 32);
-    p.policy.retry_interval = Duration::from_millis(50);
-    let (_addr, rx) = coordinate(q, notices, p);
-    let s = summary(rx).await;
-    match &s.outcome {
-        Outcome::Failed(why) => {
-            assert!(why.contains("5 bad answers"), "{why}");
-            assert!(why.contains("warp-drive"), "{why}");
+    cancels
+}
+
+#[actix::test]
+async fn five_bad_query_migrate_answers_fail_the_migration() {
+    for confirms in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fake.sock");
+        let cancels = bad_source(&sock, confirms).await;
+        let (q, notices) = Qmp::connect_with(&sock, &opts(), || true).await.unwrap();
+        let mut p = plan("tcp:127.0.0.1:1", true, 32);
+        p.policy.retry_interval = Duration::from_millis(50);
+        p.cancel_grace = Duration::from_millis(500);
+        let (_addr, rx) = coordinate(q, notices, p);
+        let s = summary(rx).await;
+        match (&s.outcome, confirms) {
+            (Outcome::Failed(why), true) => {
+                assert!(why.contains("5 bad answers"), "{why}");
+                assert!(why.contains("warp-drive"), "{why}");
+                assert!(s.restored);
+            }
+            // QEMU never confirmed the cancel: nothing is assumed, nothing restored.
+            (Outcome::Unknown(why), false) => {
+                assert!(why.contains("did not say how the migration ended"), "{why}");
+                assert!(!s.restored);
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
+        assert_eq!(
+            cancels.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "cancelled once"
+        );
     }
-    assert_eq!(
-        cancels.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "cancelled once"
-    );
 }
 
 /// One configuration of the family: name, hvparams, number of disks.
@@ -640,6 +660,7 @@ async fn boot_and_migrate(
         capabilities: blob.capabilities.clone(),
         policy,
         sample_every: Duration::from_millis(500),
+        cancel_grace: kvmd::migration::coordinator::CANCEL_GRACE,
     };
     let (_addr, rx) = coordinate(src, notices, p);
     let summary = tokio::time::timeout(Duration::from_secs(300), rx)

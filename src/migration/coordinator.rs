@@ -37,6 +37,8 @@ pub struct Plan {
     pub capabilities: Vec<String>,
     /// How often `query-migrate` is sampled for the progress figures (and as a safety net).
     pub sample_every: Duration,
+    /// After a cancel, how long QEMU has to announce the end before it counts as unknown.
+    pub cancel_grace: Duration,
 }
 
 /// The capabilities a migration turns on: `events` and `return-path` always, the operator's
@@ -80,6 +82,9 @@ pub enum Outcome {
     Cancelled,
     /// Failed or given up, and why.
     Failed(String),
+    /// QEMU did not say how it ended (its QMP went away, or a cancel was not confirmed in
+    /// time): the settings were left alone, and nothing about the guests may be assumed.
+    Unknown(String),
 }
 
 /// The account of one migration.
@@ -105,8 +110,8 @@ pub struct Summary {
     pub restored: bool,
 }
 
-/// How long QEMU has to announce the end of a cancelled migration.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How long QEMU has to announce the end of a cancelled migration, by default.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 fn now_us() -> u64 {
     std::time::SystemTime::now()
@@ -147,11 +152,13 @@ pub async fn run(
         }
     };
     let before_params = qmp.query_migrate_parameters().await.ok();
-    s.was_running = qmp
-        .query_status()
-        .await
-        .map(|st| st.running)
-        .unwrap_or(false);
+    s.was_running = match qmp.query_status().await {
+        Ok(st) => st.running,
+        Err(e) => {
+            s.outcome = Outcome::Failed(format!("cannot read the guest's run state: {e}"));
+            return s;
+        }
+    };
     let set: Vec<(&str, bool)> = plan
         .capabilities
         .iter()
@@ -163,16 +170,30 @@ pub async fn run(
         max_postcopy_bandwidth: Some(plan.bandwidth_mib.saturating_mul(1 << 20)),
         ..MigrationParams::default()
     };
+    let mut paused_here = false;
     let started = async {
         qmp.migrate_set_parameters(&params).await?;
         qmp.migrate_set_capabilities(&set).await?;
         if !plan.live && s.was_running {
             qmp.stop().await?;
+            paused_here = true;
         }
         qmp.migrate(&plan.uri).await
     }
     .await;
     if let Err(e) = started {
+        // A `migrate` that missed its deadline may have started all the same.
+        if let Ok(info) = qmp.query_migrate().await {
+            if info
+                .status
+                .is_some_and(|st| st != MigrationStatus::None && !st.is_final())
+            {
+                let _ = qmp.migrate_cancel().await;
+            }
+        }
+        if paused_here {
+            let _ = qmp.cont().await;
+        }
         s.outcome = Outcome::Failed(format!("the migration could not start: {e}"));
         s.restored = restore(&qmp, &before_caps, before_params.as_ref()).await;
         return s;
@@ -194,7 +215,7 @@ pub async fn run(
                 Some(Notice::Event { event, timestamp_us }) => match event {
                     QmpEvent::Migration { status } => {
                         let st = MigrationStatus::parse(&status);
-                        if st == MigrationStatus::Completed {
+                        if st == MigrationStatus::Completed && timestamp_us > 0 {
                             s.completed_at_us = Some(timestamp_us);
                             s.seen_after_us = Some(now_us().saturating_sub(timestamp_us));
                         }
@@ -213,7 +234,7 @@ pub async fn run(
                     _ => Vec::new(),
                 },
                 Some(Notice::TimedOut { .. }) => Vec::new(),
-                None => break MigrationStatus::Failed,
+                None => break None,
             },
             _ = tokio::time::sleep_until(next_sample) => {
                 next_sample = tokio::time::Instant::now() + plan.sample_every;
@@ -225,15 +246,16 @@ pub async fn run(
                     Err(e) => policy.observe(Observation::BadAnswer(e.to_string()), ms(t0)),
                 }
             }
-            _ = &mut cancel, if cancelling.is_none() => {
+            // Never once postcopy runs: the guest is on the target by then.
+            _ = &mut cancel, if cancelling.is_none() && !policy.postcopy_started() => {
                 cancelling = Some(Outcome::Cancelled);
-                end_by = tokio::time::Instant::now() + CANCEL_GRACE;
+                end_by = tokio::time::Instant::now() + plan.cancel_grace;
                 if let Err(e) = qmp.migrate_cancel().await {
                     tracing::warn!(error = %e, "migrate_cancel failed");
                 }
                 Vec::new()
             }
-            _ = tokio::time::sleep_until(end_by) => break MigrationStatus::Failed,
+            _ = tokio::time::sleep_until(end_by) => break None,
         };
         fig.elapsed_ms = ms(t0);
         let mut done = None;
@@ -244,8 +266,11 @@ pub async fn run(
                         downtime_limit: Some(limit),
                         ..MigrationParams::default()
                     };
-                    if qmp.migrate_set_parameters(&p).await.is_ok() {
-                        fig.downtime_limit_ms = limit;
+                    match qmp.migrate_set_parameters(&p).await {
+                        Ok(()) => fig.downtime_limit_ms = limit,
+                        Err(e) => {
+                            tracing::warn!(limit, error = %e, "cannot raise the downtime limit")
+                        }
                     }
                 }
                 Decision::StartPostcopy => {
@@ -260,7 +285,7 @@ pub async fn run(
                 Decision::Abort(why) | Decision::Failed(why) => {
                     if cancelling.is_none() {
                         cancelling = Some(Outcome::Failed(why));
-                        end_by = tokio::time::Instant::now() + CANCEL_GRACE;
+                        end_by = tokio::time::Instant::now() + plan.cancel_grace;
                         let _ = qmp.migrate_cancel().await;
                     }
                 }
@@ -271,20 +296,35 @@ pub async fn run(
         s.downtime_limit_ms = policy.downtime_ms();
         let _ = progress.send(fig.clone());
         if let Some(st) = done {
-            break st;
+            break Some(st);
         }
     };
-    // QEMU's final figures.
-    if let Ok(info) = qmp.query_migrate().await {
-        take_figures(&info, &mut fig, &mut s);
+    // QEMU's final figures, and its word on how it ended when the loop did not hear it.
+    let last = qmp.query_migrate().await.ok();
+    if let Some(info) = &last {
+        take_figures(info, &mut fig, &mut s);
         s.total_time_ms = info.total_time_ms;
         s.downtime_ms = info.downtime_ms;
-        if let (MigrationStatus::Failed, Some(why)) = (&final_status, info.error_desc) {
-            cancelling.get_or_insert(Outcome::Failed(why));
-        }
     }
     let _ = progress.send(fig);
-    s.outcome = match (final_status, cancelling) {
+    let status = final_status.or_else(|| {
+        last.as_ref()
+            .and_then(|i| i.status.clone())
+            .filter(MigrationStatus::is_final)
+    });
+    let Some(status) = status else {
+        let seen = last
+            .and_then(|i| i.status)
+            .map_or("no answer".to_string(), |st| format!("status {st}"));
+        s.outcome = Outcome::Unknown(format!(
+            "QEMU did not say how the migration ended ({seen}); settings left as they are"
+        ));
+        return s;
+    };
+    if let (MigrationStatus::Failed, Some(why)) = (&status, last.and_then(|i| i.error_desc)) {
+        cancelling.get_or_insert(Outcome::Failed(why));
+    }
+    s.outcome = match (status, cancelling) {
         (MigrationStatus::Completed, _) => Outcome::Completed,
         (_, Some(o)) => o,
         (MigrationStatus::Cancelled, None) => Outcome::Cancelled,
@@ -299,6 +339,9 @@ fn take_figures(info: &MigrationInfo, fig: &mut Progress, s: &mut Summary) {
         fig.status = Some(st.clone());
     }
     if let Some(ram) = &info.ram {
+        if ram.transferred > fig.transferred {
+            fig.stalled_for = None;
+        }
         fig.transferred = ram.transferred;
         fig.remaining = ram.remaining;
         fig.total = ram.total;
@@ -388,7 +431,12 @@ impl Actor for Coordinator {
 impl Handler<Cancel> for Coordinator {
     type Result = bool;
 
+    /// False once postcopy runs (the guest is on the target: a cancel would lose it), or
+    /// when the migration has already been cancelled or has ended.
     fn handle(&mut self, _: Cancel, _: &mut Self::Context) -> bool {
+        if self.progress.borrow().status == Some(MigrationStatus::PostcopyActive) {
+            return false;
+        }
         self.cancel.take().is_some_and(|c| c.send(()).is_ok())
     }
 }

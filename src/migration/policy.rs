@@ -21,6 +21,9 @@ use std::time::Duration;
 
 use crate::qmp::{MigrationInfo, MigrationStatus};
 
+/// The largest `downtime-limit` QEMU takes (ms).
+pub const MAX_DOWNTIME_MS: u64 = 2_000_000;
+
 /// The knobs; [`PolicyConfig::for_hvparams`] derives them from Ganeti's hvparams.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyConfig {
@@ -48,9 +51,14 @@ impl PolicyConfig {
     /// Defaults around a `migration_downtime` (ms) and the `migration_caps` list.
     pub fn for_hvparams(downtime_ms: u64, caps: &[String]) -> PolicyConfig {
         let has = |c: &str| caps.iter().any(|x| x == c);
+        // QEMU takes a downtime limit of at most 2000 s.
+        let downtime_ms = downtime_ms.min(MAX_DOWNTIME_MS);
         PolicyConfig {
             downtime_ms,
-            downtime_ceiling_ms: (downtime_ms * 20).clamp(500, 2000),
+            downtime_ceiling_ms: downtime_ms
+                .saturating_mul(20)
+                .clamp(500, 2000)
+                .max(downtime_ms),
             stall_passes: 3,
             postcopy: has("postcopy-ram"),
             auto_converge: has("auto-converge") || !has("postcopy-ram"),
@@ -123,8 +131,11 @@ impl Path {
 pub struct Policy {
     cfg: PolicyConfig,
     downtime_ms: u64,
-    /// Remaining bytes at the start of each pass seen, oldest first.
+    /// Remaining bytes, sampled once per pass (the first sample after the pass began),
+    /// oldest first.
     remaining_at_pass: Vec<u64>,
+    /// A sample arrived since the last value was recorded (a pass event records it then).
+    fresh_sample: bool,
     last_pass: u64,
     /// Bytes per millisecond, measured between the last two samples that moved bytes.
     rate: Option<u64>,
@@ -136,6 +147,9 @@ pub struct Policy {
     /// When (ms since the migration began) bytes last moved.
     last_progress_ms: u64,
     stalled_reported: bool,
+    /// `migrate-start-postcopy` was decided (QEMU may not have switched yet).
+    postcopy_requested: bool,
+    /// QEMU reports postcopy-active: the guest runs on the target; no cancel, no abort.
     postcopy_started: bool,
     path: Path,
     /// QEMU reported a final status.
@@ -150,6 +164,7 @@ impl Policy {
             downtime_ms: cfg.downtime_ms,
             cfg,
             remaining_at_pass: Vec::new(),
+            fresh_sample: false,
             last_pass: 0,
             rate: None,
             last_sample: None,
@@ -158,6 +173,7 @@ impl Policy {
             last_transferred: 0,
             last_progress_ms: 0,
             stalled_reported: false,
+            postcopy_requested: false,
             postcopy_started: false,
             path: Path::Precopy,
             finished: false,
@@ -217,10 +233,12 @@ impl Policy {
             Observation::Pass(n) => {
                 if n > self.last_pass {
                     self.last_pass = n;
-                    if let Some(r) = self.last_remaining {
+                    // Only a sample taken since the last record says anything new.
+                    if let (true, Some(r)) = (self.fresh_sample, self.last_remaining) {
                         self.remaining_at_pass.push(r);
+                        self.fresh_sample = false;
+                        self.converge(&mut out);
                     }
-                    self.converge(&mut out);
                 }
             }
             Observation::Sample(info) => match info.status {
@@ -242,6 +260,7 @@ impl Policy {
                             self.stalled_reported = false;
                         }
                         self.last_remaining = Some(ram.remaining);
+                        self.fresh_sample = true;
                         if let Some((t, bytes)) = self.last_sample {
                             let (dt, db) = (
                                 now_ms.saturating_sub(t),
@@ -255,6 +274,7 @@ impl Policy {
                         if ram.dirty_sync_count > self.last_pass {
                             self.last_pass = ram.dirty_sync_count;
                             self.remaining_at_pass.push(ram.remaining);
+                            self.fresh_sample = false;
                             self.converge(&mut out);
                         }
                     }
@@ -281,7 +301,8 @@ impl Policy {
 
     fn bad(&mut self, why: String, out: &mut Vec<Decision>) {
         self.bad_answers += 1;
-        if self.bad_answers >= self.cfg.bad_answer_limit {
+        // In postcopy the guest runs on the target: giving up would lose it; keep asking.
+        if self.bad_answers >= self.cfg.bad_answer_limit && !self.postcopy_started {
             self.gave_up = true;
             out.push(Decision::Failed(format!(
                 "{} bad answers from query-migrate in a row; the last: {why}",
@@ -319,7 +340,7 @@ impl Policy {
     }
 
     fn converge(&mut self, out: &mut Vec<Decision>) {
-        if self.postcopy_started || !self.not_converging() {
+        if self.postcopy_requested || self.postcopy_started || !self.not_converging() {
             return;
         }
         // What pausing now would cost: the remaining bytes at the measured rate.
@@ -327,18 +348,23 @@ impl Policy {
             (Some(rate), Some(rem)) => (rem.saturating_mul(6) / 5).div_ceil(rate),
             _ => u64::MAX,
         };
-        if needed <= self.cfg.downtime_ceiling_ms {
-            if needed > self.downtime_ms {
-                self.downtime_ms = needed;
-                self.path = Path::Downtime;
-                out.push(Decision::SetDowntime(needed));
-                // Judge the new limit on fresh passes.
-                self.remaining_at_pass.clear();
-            }
+        // Still not converging at a limit that should have been enough (the sample
+        // underestimated the pass): double it, up to the ceiling.
+        let next = if needed <= self.downtime_ms {
+            self.downtime_ms.saturating_mul(2)
+        } else {
+            needed
+        };
+        if next <= self.cfg.downtime_ceiling_ms {
+            self.downtime_ms = next;
+            self.path = Path::Downtime;
+            out.push(Decision::SetDowntime(next));
+            // Judge the new limit on fresh passes.
+            self.remaining_at_pass.clear();
             return;
         }
         if self.cfg.postcopy {
-            self.postcopy_started = true;
+            self.postcopy_requested = true;
             self.path = Path::Postcopy;
             out.push(Decision::StartPostcopy);
         } else if self.downtime_ms < self.cfg.downtime_ceiling_ms {

@@ -140,7 +140,7 @@ fn remaining_bytes_that_shrink_slowly_are_converging() {
 }
 
 #[test]
-fn pass_events_count_like_samples() {
+fn pass_events_record_the_sample_taken_since_the_last_one_and_only_that() {
     let mut p = Policy::new(cfg());
     assert!(p
         .observe(sample("active", 0, 2_000_000, 0, 100.0), 0)
@@ -148,12 +148,78 @@ fn pass_events_count_like_samples() {
     assert!(p
         .observe(sample("active", 2_000_000, 2_000_000, 1, 100.0), 100)
         .is_empty());
+    // Passes with no sample in between say nothing new.
+    for pass in 2..=6 {
+        assert!(p.observe(Observation::Pass(pass), 100 + pass).is_empty());
+    }
+    // A sample (same pass count as QEMU reported last), then a pass: recorded.
     let mut out = Vec::new();
-    for pass in 2..=4 {
-        out.extend(p.observe(Observation::Pass(pass), pass * 100));
+    for (i, pass) in (7..=9).enumerate() {
+        let t = 200 + 100 * i as u64;
+        let moved = 2_000_000 * (2 + i as u64);
+        out.extend(p.observe(sample("active", moved, 2_000_000, 1, 100.0), t));
+        out.extend(p.observe(Observation::Pass(pass), t + 1));
     }
     // 2 MB per 100 ms = 20_000 bytes/ms: 120 ms for the 2 MB left.
     assert_eq!(out, vec![Decision::SetDowntime(120)]);
+}
+
+#[test]
+fn a_limit_that_should_have_been_enough_is_doubled() {
+    let mut p = Policy::new(cfg());
+    let mut out = Vec::new();
+    // 10 MB per 500 ms; 100 kB left needs 6 ms, under the 30 ms limit, yet no progress.
+    for pass in 1..=4 {
+        out.extend(p.observe(
+            sample("active", pass * 10_000_000, 100_000, pass, 100.0),
+            pass * 500,
+        ));
+    }
+    assert_eq!(out, vec![Decision::SetDowntime(60)]);
+}
+
+#[test]
+fn a_postcopy_qemu_never_switches_to_is_still_watched_for_stalls() {
+    let mut p = Policy::new(PolicyConfig::for_hvparams(30, &["postcopy-ram".into()]));
+    let mut out = Vec::new();
+    for pass in 1..=4 {
+        out.extend(p.observe(
+            sample("active", pass * 10_000_000, 200_000_000, pass, 100.0),
+            pass * 500,
+        ));
+    }
+    assert_eq!(out, vec![Decision::StartPostcopy]);
+    assert!(!p.postcopy_started(), "requested, not confirmed");
+    // QEMU stays in precopy and stops moving: stalled, then given up.
+    assert_eq!(
+        p.observe(Observation::Tick, 2000 + 30_000),
+        vec![Decision::Stalled(Duration::from_secs(30))]
+    );
+    assert!(matches!(
+        p.observe(Observation::Tick, 2000 + 60_000).as_slice(),
+        [Decision::Abort(_)]
+    ));
+}
+
+#[test]
+fn in_postcopy_bad_answers_never_give_up() {
+    let mut p = Policy::new(PolicyConfig::for_hvparams(30, &["postcopy-ram".into()]));
+    assert!(p
+        .observe(Observation::Status(MigrationStatus::PostcopyActive), 10)
+        .is_empty());
+    for i in 0..10 {
+        assert_eq!(
+            p.observe(Observation::BadAnswer("timeout".into()), 20 + i),
+            vec![Decision::RetryIn(Duration::from_secs(2))]
+        );
+    }
+}
+
+#[test]
+fn a_huge_downtime_hvparam_is_clamped_to_qemus_limit() {
+    let c = PolicyConfig::for_hvparams(u64::MAX, &[]);
+    assert_eq!(c.downtime_ms, MAX_DOWNTIME_MS);
+    assert!(c.downtime_ceiling_ms >= c.downtime_ms);
 }
 
 #[test]

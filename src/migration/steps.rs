@@ -88,7 +88,18 @@ pub fn preflight_here(info: &str, node: &NodeConfig) -> Result<ApiReply, ApiErro
             why,
         )])
     })?;
-    let hv = &blob.hvparams;
+    // This node's own QEMU, never a binary the blob names.
+    let mut over: crate::model::hvparams::HvOverrides = blob
+        .hvparams
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let own = node.hvparams_with(&crate::model::hvparams::HvOverrides::new());
+    over.insert(
+        key::KVM_PATH.name().to_string(),
+        crate::model::hvparams::HvValue::Str(own.str(key::KVM_PATH).to_string()),
+    );
+    let hv = &crate::model::hvparams::HvParams::merged(&[&over]);
     let file_errs = crate::host::validate::files(&blob.spec, hv);
     if !file_errs.is_empty() {
         return Err(refused(file_errs.iter().map(ToString::to_string).collect()));

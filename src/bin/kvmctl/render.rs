@@ -393,8 +393,12 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
             e(j.instance.as_str())
         ),
         ApiReply::Subscribed { last_seq } => println!("subscribed (last event {last_seq})"),
-        // kvmd's own JSON (serde escapes control characters): printed as is, to be relayed.
-        ApiReply::MigrationInfo { info } => println!("{info}"),
+        // Printed as JSON with every control character escaped (the blob holds paths and
+        // hvparams from the config), still a blob a target takes.
+        ApiReply::MigrationInfo { info } => match serde_json::from_str::<serde_json::Value>(info) {
+            Ok(v) => println!("{}", json_line(&v)),
+            Err(_) => println!("{}", e(info)),
+        },
         ApiReply::PreflightPassed {
             machine,
             qemu_version,

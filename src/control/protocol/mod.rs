@@ -72,6 +72,8 @@ pub const REPLY_KINDS: &[&str] = &[
     "job",
     "cancelling",
     "subscribed",
+    "migration-info",
+    "preflight-passed",
 ];
 
 /// Every stream line kind.

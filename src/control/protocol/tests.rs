@@ -232,6 +232,10 @@ fn every_request_round_trips() {
     let id = || JobId(6963200000000007);
     for req in [
         ApiRequest::Ping,
+        ApiRequest::MigrationInfo { name: n("a") },
+        ApiRequest::MigrationPreflight {
+            info: "{\"format\": 1, \"note\": \"\\u0007\"}".into(),
+        },
         ApiRequest::List,
         ApiRequest::Info { name: Some(n("a")) },
         ApiRequest::Info { name: None },
@@ -329,6 +333,13 @@ fn every_reply() -> Vec<ApiReply> {
         ApiReply::Job(some_jobs().remove(3)),
         ApiReply::Cancelling(job(JobState::Running, None)),
         ApiReply::Subscribed { last_seq: 41 },
+        ApiReply::MigrationInfo {
+            info: "{\"format\":1,\"machine\":\"pc-q35-7.2\"}".into(),
+        },
+        ApiReply::PreflightPassed {
+            machine: "pc-q35-7.2".into(),
+            qemu_version: "QEMU emulator version 7.2.22".into(),
+        },
     ]
 }
 
