@@ -16,22 +16,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use kvmd::migration::coordinator::{capabilities, Coordinator, Ended, Outcome, Plan, Summary};
 use kvmd::migration::policy::PolicyConfig;
 use kvmd::qmp::{ConnectOptions, MigrationParams, MigrationStatus, Notice, Qmp, QmpEvent};
+use support::Qemu;
 use tokio::sync::{mpsc, oneshot};
-
-struct Qemu(Child);
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn qemu(dir: &Path, name: &str, incoming: bool) -> (Qemu, PathBuf, PathBuf) {
     let g = support::guest_dir();

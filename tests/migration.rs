@@ -9,7 +9,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -20,15 +20,8 @@ use kvmd::migration::policy::PolicyConfig;
 use kvmd::qmp::{ConnectOptions, MigrationStatus, Notice, Qmp, QmpEvent, RunState};
 use serde_json::json;
 use support::fake_qmp::{fake, reply, Say};
+use support::Qemu;
 use tokio::sync::{mpsc, oneshot};
-
-struct Qemu(Child);
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A small pc guest under TCG (SeaBIOS runs, finds nothing to boot, and idles), plus `extra`.
 fn qemu(qmp: &Path, extra: &[&str]) -> Qemu {
@@ -74,6 +67,19 @@ fn plan(uri: &str, live: bool, bandwidth_mib: u64) -> Plan {
         sample_every: Duration::from_millis(200),
         cancel_grace: kvmd::migration::coordinator::CANCEL_GRACE,
     }
+}
+
+/// The installed QEMU's capabilities (the probe blocks: off this runtime).
+async fn probed() -> std::sync::Arc<kvmd::qemu::caps::QemuCaps> {
+    tokio::task::spawn_blocking(|| {
+        kvmd::host::probe::probe(
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 /// Collects the coordinator's summary.
@@ -384,6 +390,7 @@ const FAMILY: &[Member] = &[
 #[actix::test]
 async fn kvmds_source_and_target_command_lines_migrate_for_every_device_family() {
     use kvmd::migration::info::{preflight, MigrationBlob};
+    use kvmd::migration::steps::{known_capabilities, target_command_line};
     use kvmd::model::hvparams::{HvOverrides, HvValue};
     use kvmd::model::spec::{
         Accel, DiskFormat, DiskSpec, InstanceSpec, NicMode, NicSpec, NodeConfig,
@@ -393,22 +400,8 @@ async fn kvmds_source_and_target_command_lines_migrate_for_every_device_family()
     let floppy = dir.path().join("fd.img");
     support::images::iso(&iso, "CD");
     support::images::floppy(&floppy, "FD");
-    // The probe blocks (it runs its own runtime): off this one.
-    let caps = tokio::task::spawn_blocking(|| {
-        kvmd::host::probe::probe(
-            Path::new("/usr/bin/qemu-system-x86_64"),
-            Duration::from_secs(30),
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    let known: Vec<String> = caps
-        .migration_capabilities
-        .clone()
-        .unwrap()
-        .into_iter()
-        .collect();
+    let caps = probed().await;
+    let known = known_capabilities(&caps);
     let node = |sub: &str| {
         let mut n = NodeConfig::defaults();
         n.run_dir = dir.path().join(sub);
@@ -470,19 +463,7 @@ async fn kvmds_source_and_target_command_lines_migrate_for_every_device_family()
         );
         // The target's side, from the blob alone.
         let blob = MigrationBlob::decode(&blob.encode()).unwrap();
-        let mut host = kvmd::host::validate::dry_host(&blob.spec, &blob.hvparams, &dst_node, &caps);
-        host.incoming = true;
-        host.machine = Some(blob.machine.clone());
-        let dst_paths = kvmd::model::layout::RunPaths::new(&dst_node.run_dir, &blob.spec.name);
-        let dst_cl = kvmd::qemu::cmdline::build_command_line(&kvmd::qemu::cmdline::Launch {
-            spec: &blob.spec,
-            hv: &blob.hvparams,
-            caps: &caps,
-            paths: &dst_paths,
-            accel: Accel::Tcg,
-            host: &host,
-        })
-        .unwrap();
+        let dst_cl = target_command_line(&blob, &blob.hvparams, &dst_node, &caps).unwrap();
         preflight(&blob, &caps, &known, &dst_cl).unwrap_or_else(|why| panic!("{name}: {why:?}"));
         // Both QEMUs, from kvmd's argvs.
         let src_run = src_node.run_dir.join(name);
@@ -554,6 +535,7 @@ async fn boot_and_migrate(
     bandwidth_mib: u64,
 ) -> Moved {
     use kvmd::migration::info::{preflight, MigrationBlob};
+    use kvmd::migration::steps::{known_capabilities, target_command_line};
     use kvmd::model::hvparams::{HvOverrides, HvParams, HvValue};
     use kvmd::model::spec::{Accel, NodeConfig};
     let dir = tempfile::tempdir().unwrap();
@@ -582,15 +564,7 @@ async fn boot_and_migrate(
         &std::fs::read_to_string(d.run_dir(name).join("runtime.json")).unwrap(),
     )
     .unwrap();
-    let caps = tokio::task::spawn_blocking(|| {
-        kvmd::host::probe::probe(
-            Path::new("/usr/bin/qemu-system-x86_64"),
-            Duration::from_secs(30),
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let caps = probed().await;
     // Ganeti's defaults: 30 ms downtime, no capabilities of the operator's.
     let policy = PolicyConfig::for_hvparams(30, &[]);
     let source_cl = kvmd::qemu::cmdline::CommandLine {
@@ -616,27 +590,10 @@ async fn boot_and_migrate(
     let mut dst_node = NodeConfig::defaults();
     dst_node.run_dir = dir.path().join("dst");
     dst_node.accelerator = Accel::Tcg;
-    let mut host = kvmd::host::validate::dry_host(&blob.spec, &blob.hvparams, &dst_node, &caps);
-    host.incoming = true;
-    host.machine = Some(blob.machine.clone());
     let dst_paths = kvmd::model::layout::RunPaths::new(&dst_node.run_dir, &blob.spec.name);
     std::fs::create_dir_all(&dst_paths.dir).unwrap();
-    let dst_cl = kvmd::qemu::cmdline::build_command_line(&kvmd::qemu::cmdline::Launch {
-        spec: &blob.spec,
-        hv: &blob.hvparams,
-        caps: &caps,
-        paths: &dst_paths,
-        accel: Accel::Tcg,
-        host: &host,
-    })
-    .unwrap();
-    let known: Vec<String> = caps
-        .migration_capabilities
-        .clone()
-        .unwrap()
-        .into_iter()
-        .collect();
-    preflight(&blob, &caps, &known, &dst_cl).unwrap();
+    let dst_cl = target_command_line(&blob, &blob.hvparams, &dst_node, &caps).unwrap();
+    preflight(&blob, &caps, &known_capabilities(&caps), &dst_cl).unwrap();
     let dst_sock = dst_paths.dir.join("t-qmp.sock");
     let argv = support::with_qmp_path(&dst_cl.argv, &dst_sock);
     let dst_qemu = Qemu(

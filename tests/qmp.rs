@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use kvmd::qmp::{
 };
 use serde_json::{json, Value};
 use support::fake_qmp::{fake, fake_with, reply, Say, GREETING};
+use support::Qemu;
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(2);
@@ -42,14 +43,6 @@ fn opts(startup: Duration, command: Duration) -> ConnectOptions {
 /// Held while spawning, so that a child of one test never inherits the listening socket
 /// another test made inheritable for its own QEMU.
 static SPAWNING: Mutex<()> = Mutex::new(());
-
-struct Qemu(Child);
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `qemu-system-x86_64 -machine none -S` with no devices, plus `extra`.
 fn qemu(extra: &[&str]) -> Qemu {

@@ -23,6 +23,19 @@ fn sample(status: &str, transferred: u64, remaining: u64, pass: u64, mbps: f64) 
     })
 }
 
+/// Four passes, 10 MB moved per 500 ms (20_000 bytes/ms), `remaining` bytes left each time:
+/// not converging. What the policy decided.
+fn stuck(p: &mut Policy, remaining: u64) -> Vec<Decision> {
+    (1..=4)
+        .flat_map(|pass| {
+            p.observe(
+                sample("active", pass * 10_000_000, remaining, pass, 100.0),
+                pass * 500,
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn defaults_follow_the_hvparams() {
     let c = PolicyConfig::for_hvparams(30, &["postcopy-ram".into()]);
@@ -68,13 +81,7 @@ fn a_converging_migration_is_left_alone_and_its_end_reported() {
 fn a_stuck_precopy_gets_a_downtime_sized_to_what_is_left() {
     let mut p = Policy::new(cfg());
     // 10 MB per 500 ms = 20_000 bytes/ms; 2 MB left stays 2 MB: not converging.
-    let mut out = Vec::new();
-    for pass in 1..=4 {
-        out.extend(p.observe(
-            sample("active", pass * 10_000_000, 2_000_000, pass, 100.0),
-            pass * 500,
-        ));
-    }
+    let out = stuck(&mut p, 2_000_000);
     // 2_000_000 / 20_000 = 100 ms, with a 20 % margin: 120 ms.
     assert_eq!(out, vec![Decision::SetDowntime(120)]);
     assert_eq!(p.downtime_ms(), 120);
@@ -84,14 +91,8 @@ fn a_stuck_precopy_gets_a_downtime_sized_to_what_is_left() {
 #[test]
 fn more_than_the_ceiling_switches_to_postcopy_when_it_is_on() {
     let mut p = Policy::new(PolicyConfig::for_hvparams(30, &["postcopy-ram".into()]));
-    let mut out = Vec::new();
     // 200 MB left at 20_000 bytes/ms: 12 s of pause would be needed.
-    for pass in 1..=4 {
-        out.extend(p.observe(
-            sample("active", pass * 10_000_000, 200_000_000, pass, 100.0),
-            pass * 500,
-        ));
-    }
+    let out = stuck(&mut p, 200_000_000);
     assert_eq!(out, vec![Decision::StartPostcopy]);
     assert_eq!(p.path(), Path::Postcopy);
     // Once postcopy runs, nothing more is decided until the end (no stall or abort either:
@@ -107,13 +108,7 @@ fn more_than_the_ceiling_switches_to_postcopy_when_it_is_on() {
 #[test]
 fn without_postcopy_the_ceiling_is_set_and_auto_converge_does_the_rest() {
     let mut p = Policy::new(cfg());
-    let mut out = Vec::new();
-    for pass in 1..=4 {
-        out.extend(p.observe(
-            sample("active", pass * 10_000_000, 200_000_000, pass, 100.0),
-            pass * 500,
-        ));
-    }
+    let out = stuck(&mut p, 200_000_000);
     assert_eq!(out, vec![Decision::SetDowntime(600)]);
     assert_eq!(p.path(), Path::Downtime);
     // QEMU's throttle shows in the samples: the path says so.
@@ -167,27 +162,15 @@ fn pass_events_record_the_sample_taken_since_the_last_one_and_only_that() {
 #[test]
 fn a_limit_that_should_have_been_enough_is_doubled() {
     let mut p = Policy::new(cfg());
-    let mut out = Vec::new();
     // 10 MB per 500 ms; 100 kB left needs 6 ms, under the 30 ms limit, yet no progress.
-    for pass in 1..=4 {
-        out.extend(p.observe(
-            sample("active", pass * 10_000_000, 100_000, pass, 100.0),
-            pass * 500,
-        ));
-    }
+    let out = stuck(&mut p, 100_000);
     assert_eq!(out, vec![Decision::SetDowntime(60)]);
 }
 
 #[test]
 fn a_postcopy_qemu_never_switches_to_is_still_watched_for_stalls() {
     let mut p = Policy::new(PolicyConfig::for_hvparams(30, &["postcopy-ram".into()]));
-    let mut out = Vec::new();
-    for pass in 1..=4 {
-        out.extend(p.observe(
-            sample("active", pass * 10_000_000, 200_000_000, pass, 100.0),
-            pass * 500,
-        ));
-    }
+    let out = stuck(&mut p, 200_000_000);
     assert_eq!(out, vec![Decision::StartPostcopy]);
     assert!(!p.postcopy_started(), "requested, not confirmed");
     // QEMU stays in precopy and stops moving: stalled, then given up.

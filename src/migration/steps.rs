@@ -71,6 +71,36 @@ pub fn migration_info(paths: &RunPaths) -> Result<ApiReply, ApiError> {
     })
 }
 
+/// The command line a target on this node builds for the VM of `blob` (with hvparams `hv`):
+/// `-incoming defer` and `-S` on the source's machine type, made-up fds, nothing started.
+pub fn target_command_line(
+    blob: &MigrationBlob,
+    hv: &crate::model::hvparams::HvParams,
+    node: &NodeConfig,
+    caps: &crate::qemu::caps::QemuCaps,
+) -> Result<CommandLine, Vec<crate::model::field_error::FieldError>> {
+    let mut host = crate::host::validate::dry_host(&blob.spec, hv, node, caps);
+    host.incoming = true;
+    host.machine = Some(blob.machine.clone());
+    build_command_line(&Launch {
+        spec: &blob.spec,
+        hv,
+        caps,
+        paths: &RunPaths::new(&node.run_dir, &blob.spec.name),
+        accel: blob.spec.accel(hv, node),
+        host: &host,
+    })
+}
+
+/// The migration capabilities a probed QEMU knows (none when it was not asked).
+pub fn known_capabilities(caps: &crate::qemu::caps::QemuCaps) -> Vec<String> {
+    caps.migration_capabilities
+        .iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
 fn refused(reasons: Vec<String>) -> ApiError {
     let message = match reasons.as_slice() {
         [one] => format!("This node would not take the VM: {one}"),
@@ -109,27 +139,9 @@ pub fn preflight_here(info: &str, node: &NodeConfig) -> Result<ApiReply, ApiErro
         node.probe_timeout,
     )
     .map_err(|e| refused(vec![format!("this node's QEMU cannot be probed: {e}")]))?;
-    let mut host = crate::host::validate::dry_host(&blob.spec, hv, node, &caps);
-    host.incoming = true;
-    host.machine = Some(blob.machine.clone());
-    let paths = RunPaths::new(&node.run_dir, &blob.spec.name);
-    let accel = blob.spec.accel(hv, node);
-    let target = build_command_line(&Launch {
-        spec: &blob.spec,
-        hv,
-        caps: &caps,
-        paths: &paths,
-        accel,
-        host: &host,
-    })
-    .map_err(|errs| refused(errs.iter().map(ToString::to_string).collect()))?;
-    let known: Vec<String> = caps
-        .migration_capabilities
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    preflight(&blob, &caps, &known, &target).map_err(refused)?;
+    let target = target_command_line(&blob, hv, node, &caps)
+        .map_err(|errs| refused(errs.iter().map(ToString::to_string).collect()))?;
+    preflight(&blob, &caps, &known_capabilities(&caps), &target).map_err(refused)?;
     Ok(ApiReply::PreflightPassed {
         machine: target.machine,
         qemu_version: caps.version_text.clone(),

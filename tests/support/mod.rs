@@ -472,3 +472,13 @@ pub fn with_qmp_path(argv: &[String], path: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A QEMU child killed and reaped when dropped (tests that run QEMU themselves).
+pub struct Qemu(pub Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
