@@ -34,11 +34,13 @@ pub enum ErrorCode {
     TooManyConnections,
     /// A migration target's preflight refused the migration (the reasons are the details).
     MigrationRefused,
+    /// A migration failed, was given up, or ended without QEMU saying how.
+    MigrationFailed,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTooLarge,
         ErrorCode::UnknownRequest,
@@ -57,6 +59,7 @@ impl ErrorCode {
         ErrorCode::NotCancellable,
         ErrorCode::TooManyConnections,
         ErrorCode::MigrationRefused,
+        ErrorCode::MigrationFailed,
         ErrorCode::Internal,
     ];
 
@@ -80,6 +83,7 @@ impl ErrorCode {
             ErrorCode::NotCancellable => "not_cancellable",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::MigrationRefused => "migration_refused",
+            ErrorCode::MigrationFailed => "migration_failed",
             ErrorCode::Internal => "internal",
         }
     }

@@ -21,7 +21,9 @@ pub enum ApiRequest {
     /// Running instances (those with a QEMU process).
     List,
     /// One instance, or all (`name = None`).
-    Info { name: Option<InstanceName> },
+    Info {
+        name: Option<InstanceName>,
+    },
     /// `wait`: reply when the start has finished; otherwise at once, with the job.
     Start {
         name: InstanceName,
@@ -44,28 +46,122 @@ pub enum ApiRequest {
         wait: bool,
     },
     /// Freeze a running guest (QMP stop).
-    Pause { name: InstanceName },
+    Pause {
+        name: InstanceName,
+    },
     /// Let a paused guest run (QMP cont), e.g. after `start --paused`.
-    Resume { name: InstanceName },
+    Resume {
+        name: InstanceName,
+    },
     /// Remove a stopped instance's runtime files.
-    Cleanup { name: InstanceName },
+    Cleanup {
+        name: InstanceName,
+    },
     /// Re-read the config file.
     Reload,
     /// Jobs running and recently ended, oldest first (of one instance, or all).
-    Jobs { name: Option<InstanceName> },
+    Jobs {
+        name: Option<InstanceName>,
+    },
     /// One job: by id, or an instance's current (else latest) job.
-    Job { target: JobRef },
+    Job {
+        target: JobRef,
+    },
     /// Cancel a running job (start, stop, reboot).
-    Cancel { id: JobId },
+    Cancel {
+        id: JobId,
+    },
     /// Switch this connection into an event stream: events after `since` (a sequence number)
     /// that are still kept, then, with `follow`, new ones as they happen.
-    Subscribe { since: Option<u64>, follow: bool },
+    Subscribe {
+        since: Option<u64>,
+        follow: bool,
+    },
     /// Migration source: what a target needs to take this running instance (a versioned
     /// blob, relayed as is).
-    MigrationInfo { name: InstanceName },
+    MigrationInfo {
+        name: InstanceName,
+    },
     /// Migration target: would this node take the VM the blob describes? Checks QEMU
     /// version, machine type, devices, capabilities and the slot plan; nothing is started.
-    MigrationPreflight { info: String },
+    MigrationPreflight {
+        info: String,
+    },
+    /// Target: a paused QEMU for the VM of `info`, listening on `listen` (`ADDR:PORT`).
+    Accept {
+        name: InstanceName,
+        info: String,
+        listen: String,
+        wait: bool,
+    },
+    /// Source: migrate to `target` (`ADDR:PORT`, where the target accepted it).
+    Migrate {
+        name: InstanceName,
+        target: String,
+        live: bool,
+        wait: bool,
+    },
+    /// A migration's status and figures (source), or the incoming VM's (target).
+    MigrationStatus {
+        name: InstanceName,
+    },
+    FinalizeDst {
+        name: InstanceName,
+        success: bool,
+    },
+    FinalizeSrc {
+        name: InstanceName,
+        success: bool,
+    },
+    MigrateCancel {
+        name: InstanceName,
+    },
+}
+
+/// `migration-status`: one VM's migration as this node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// QEMU's status as Ganeti reads it (`setup`, `active`, `postcopy-active`, `completed`,
+    /// `failed`, `cancelled`, ...); `none` when no migration ran since kvmd started.
+    pub status: String,
+    /// The running migrate job.
+    pub job: Option<JobId>,
+    pub transferred: u64,
+    pub remaining: u64,
+    pub total: u64,
+    /// Bytes per second, as QEMU measures it.
+    pub speed_bps: u64,
+    pub dirty_pages_rate: u64,
+    /// Passes over dirty memory so far.
+    pub pass: u64,
+    pub downtime_limit_ms: u64,
+    /// No progress for this long (`stalled`).
+    pub stalled_ms: Option<u64>,
+    pub elapsed_ms: u64,
+    /// How the last migration ended (source).
+    pub summary: Option<MigrationSummary>,
+    /// Target: when the guest was continued here (µs since the epoch).
+    pub resumed_at_us: Option<u64>,
+}
+
+/// The account of an ended migration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigrationSummary {
+    /// `completed`, `cancelled`, `failed` or `unknown`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// QEMU's figures.
+    pub total_time_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub transferred: u64,
+    pub passes: u64,
+    /// How it converged: `precopy`, `precopy, downtime raised`, `auto-converge` or `postcopy`.
+    pub path: String,
+    pub downtime_limit_ms: u64,
+    /// QEMU's time of the source's STOP (the guest's pause began), µs since the epoch.
+    pub stopped_at_us: Option<u64>,
+    /// How long after QEMU's `completed` event kvmd saw it, µs.
+    pub seen_after_us: Option<u64>,
 }
 
 /// How a `job` request names its job.
@@ -231,6 +327,13 @@ pub enum ApiReply {
         machine: String,
         qemu_version: String,
     },
+    MigrationStatus {
+        info: VmInfo,
+        migration: Box<MigrationReport>,
+    },
+    /// A migration step (accept, migrate, finalize-src, finalize-dst) ended, or had nothing
+    /// left to do: the VM now.
+    MigrationStep(VmInfo),
 }
 
 /// One event: every state change, job start/progress/end, notable QMP event, and the

@@ -21,6 +21,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::policy::{Decision, Observation, Path, Policy, PolicyConfig};
+use crate::host::clock::now_us;
 use crate::qmp::{MigrationInfo, MigrationParams, MigrationStatus, Notice, Qmp, QmpEvent};
 
 /// What one migration is to do.
@@ -110,14 +111,16 @@ pub struct Summary {
     pub restored: bool,
 }
 
+impl Summary {
+    /// The same account with another outcome.
+    pub fn with_outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+}
+
 /// How long QEMU has to announce the end of a cancelled migration, by default.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
 
 /// Drive one migration to its end. `events` are the source QEMU's notices; `cancel` asks for
 /// a cancel; `progress` receives the figures as they change.

@@ -109,16 +109,10 @@ fn refused(reasons: Vec<String>) -> ApiError {
     ApiError::new(ErrorCode::MigrationRefused, message).with_details(reasons)
 }
 
-/// Target: would this node take the VM `info` describes?
-pub fn preflight_here(info: &str, node: &NodeConfig) -> Result<ApiReply, ApiError> {
-    let blob = MigrationBlob::decode(info).map_err(|why| {
-        ApiError::invalid(vec![crate::model::field_error::FieldError::new(
-            "info",
-            format!("({} bytes)", info.len()),
-            why,
-        )])
-    })?;
-    // This node's own QEMU, never a binary the blob names.
+/// The VM of a blob as this node runs it: the source's definition with the source's
+/// effective hvparams, except that this node's own QEMU binary is used (never a path a blob
+/// names), and it never autostarts here.
+fn target_spec(blob: &MigrationBlob, node: &NodeConfig) -> crate::model::spec::InstanceSpec {
     let mut over: crate::model::hvparams::HvOverrides = blob
         .hvparams
         .iter()
@@ -129,8 +123,36 @@ pub fn preflight_here(info: &str, node: &NodeConfig) -> Result<ApiReply, ApiErro
         key::KVM_PATH.name().to_string(),
         crate::model::hvparams::HvValue::Str(own.str(key::KVM_PATH).to_string()),
     );
-    let hv = &crate::model::hvparams::HvParams::merged(&[&over]);
-    let file_errs = crate::host::validate::files(&blob.spec, hv);
+    let mut spec = blob.spec.clone();
+    spec.hvparams = over;
+    spec.autostart = false;
+    spec
+}
+
+/// Decode a blob and check it against this node: the files it names, this node's QEMU, the
+/// target command line; the checked blob, the VM as it would run here, and that command line.
+fn checked(
+    info: &str,
+    node: &NodeConfig,
+) -> Result<
+    (
+        MigrationBlob,
+        crate::model::spec::InstanceSpec,
+        CommandLine,
+        String,
+    ),
+    ApiError,
+> {
+    let blob = MigrationBlob::decode(info).map_err(|why| {
+        ApiError::invalid(vec![crate::model::field_error::FieldError::new(
+            "info",
+            format!("({} bytes)", info.len()),
+            why,
+        )])
+    })?;
+    let spec = target_spec(&blob, node);
+    let hv = &spec.effective_hvparams(node);
+    let file_errs = crate::host::validate::files(&spec, hv);
     if !file_errs.is_empty() {
         return Err(refused(file_errs.iter().map(ToString::to_string).collect()));
     }
@@ -142,8 +164,61 @@ pub fn preflight_here(info: &str, node: &NodeConfig) -> Result<ApiReply, ApiErro
     let target = target_command_line(&blob, hv, node, &caps)
         .map_err(|errs| refused(errs.iter().map(ToString::to_string).collect()))?;
     preflight(&blob, &caps, &known_capabilities(&caps), &target).map_err(refused)?;
+    Ok((blob, spec, target, caps.version_text.clone()))
+}
+
+/// Target: would this node take the VM `info` describes?
+pub fn preflight_here(info: &str, node: &NodeConfig) -> Result<ApiReply, ApiError> {
+    let (_, _, target, qemu_version) = checked(info, node)?;
     Ok(ApiReply::PreflightPassed {
         machine: target.machine,
-        qemu_version: caps.version_text.clone(),
+        qemu_version,
     })
+}
+
+/// What a target starts for an accepted VM.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub spec: crate::model::spec::InstanceSpec,
+    /// The source's exact machine type.
+    pub machine: String,
+    /// The capabilities the source turns on.
+    pub capabilities: Vec<String>,
+}
+
+/// Target: the preflight, then what `accept` starts for instance `name`.
+pub fn accept_plan(
+    name: &crate::model::name::InstanceName,
+    info: &str,
+    node: &NodeConfig,
+) -> Result<Accepted, ApiError> {
+    let (blob, spec, target, _) = checked(info, node)?;
+    if spec.name != *name {
+        return Err(ApiError::invalid(vec![
+            crate::model::field_error::FieldError::new(
+                "name",
+                name.as_str(),
+                format!("must be the instance the blob describes ({})", spec.name),
+            ),
+        ]));
+    }
+    Ok(Accepted {
+        spec,
+        machine: target.machine,
+        capabilities: blob.capabilities,
+    })
+}
+
+/// `IP:PORT` (IPv6 as `[ADDR]:PORT`) as QEMU's `tcp:` URI; an error names `field`.
+pub fn tcp_uri(field: &str, addr: &str) -> Result<String, ApiError> {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(format!("tcp:{a}")),
+        _ => Err(ApiError::invalid(vec![
+            crate::model::field_error::FieldError::new(
+                field,
+                crate::model::text::escape(addr).into_owned(),
+                "must be IP:PORT with an IP literal and a port from 1 to 65535 (IPv6 as [ADDR]:PORT)",
+            ),
+        ])),
+    }
 }

@@ -38,6 +38,8 @@ pub enum ExitKind {
     UserDown,
     /// QEMU died without being asked to.
     Crashed,
+    /// The VM moved to another node (`finalize-src --success` ended this QEMU).
+    Migrated,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,10 +37,18 @@ pub enum Operation {
     /// A restarted kvmd looking at the run dir: adopting a running QEMU, or recording how it
     /// ended.
     Recovery,
+    /// Source: copy the running VM to another node's waiting QEMU.
+    Migrate,
+    /// Target: start a QEMU that waits for the VM (`-incoming`), paused.
+    Accept,
+    /// Source, after a migration: end this QEMU (success) or resume the guest (failure).
+    FinalizeSrc,
+    /// Target, after a migration: run the guest (success) or drop the waiting QEMU (failure).
+    FinalizeDst,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 8] = [
+    pub const ALL: [Operation; 12] = [
         Operation::Start,
         Operation::Stop,
         Operation::Reboot,
@@ -49,6 +57,10 @@ impl Operation {
         Operation::Resume,
         Operation::Cleanup,
         Operation::Recovery,
+        Operation::Migrate,
+        Operation::Accept,
+        Operation::FinalizeSrc,
+        Operation::FinalizeDst,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +73,10 @@ impl Operation {
             Operation::Resume => "resume",
             Operation::Cleanup => "cleanup",
             Operation::Recovery => "recovery",
+            Operation::Migrate => "migrate",
+            Operation::Accept => "accept",
+            Operation::FinalizeSrc => "finalize-src",
+            Operation::FinalizeDst => "finalize-dst",
         }
     }
 
@@ -71,7 +87,14 @@ impl Operation {
     /// Long operations are persisted in the run dir, so a restarted kvmd finishes (or rolls
     /// back) them; short ones are not.
     pub fn persisted(self) -> bool {
-        matches!(self, Operation::Start | Operation::Stop | Operation::Reboot)
+        matches!(
+            self,
+            Operation::Start
+                | Operation::Stop
+                | Operation::Reboot
+                | Operation::Migrate
+                | Operation::Accept
+        )
     }
 }
 
@@ -157,6 +180,8 @@ pub struct PersistedJob {
     pub restarting: bool,
     /// What undoes the operation so far.
     pub undo: Vec<Undo>,
+    /// Migrate: where the VM goes (as the operator named it).
+    pub target: Option<String>,
 }
 
 #[cfg(test)]
@@ -186,6 +211,6 @@ mod tests {
         for op in Operation::ALL {
             assert_eq!(Operation::parse(op.as_str()), Some(op));
         }
-        assert_eq!(Operation::parse("migrate"), None);
+        assert_eq!(Operation::parse("hotplug"), None);
     }
 }

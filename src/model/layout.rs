@@ -54,6 +54,10 @@ impl RunPaths {
     pub fn exit_record(&self) -> PathBuf {
         self.dir.join("exit.json")
     }
+    /// Present while this node holds the VM by an incoming migration not finalized yet.
+    pub fn incoming_marker(&self) -> PathBuf {
+        self.dir.join("incoming")
+    }
     /// The long job in flight (`store::job_file`).
     pub fn job(&self) -> PathBuf {
         self.dir.join("job.json")

@@ -19,10 +19,19 @@ pub enum VmState {
     Crashed,
     /// QEMU is alive but missed a QMP deadline.
     Unresponsive,
+    /// Source: a migration job is copying the VM to another node.
+    Migrating,
+    /// Source: the migration completed; QEMU is paused for good and waits for
+    /// `finalize-src` (the VM belongs to the target now, so it can never be resumed here).
+    Migrated,
+    /// Target: QEMU waits for (or received) the VM, paused, until `finalize-dst`.
+    Incoming,
+    /// The VM was migrated to another node and its QEMU here is gone.
+    Moved,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 8] = [
+    pub const ALL: [VmState; 12] = [
         VmState::Stopped,
         VmState::Starting,
         VmState::Running,
@@ -31,6 +40,10 @@ impl VmState {
         VmState::UserDown,
         VmState::Crashed,
         VmState::Unresponsive,
+        VmState::Migrating,
+        VmState::Migrated,
+        VmState::Incoming,
+        VmState::Moved,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -47,6 +60,10 @@ impl VmState {
             VmState::UserDown => "user-down",
             VmState::Crashed => "crashed",
             VmState::Unresponsive => "unresponsive",
+            VmState::Migrating => "migrating",
+            VmState::Migrated => "migrated",
+            VmState::Incoming => "incoming",
+            VmState::Moved => "moved",
         }
     }
 
@@ -54,7 +71,7 @@ impl VmState {
     pub fn has_process(self) -> bool {
         !matches!(
             self,
-            VmState::Stopped | VmState::UserDown | VmState::Crashed
+            VmState::Stopped | VmState::UserDown | VmState::Crashed | VmState::Moved
         )
     }
 
@@ -64,6 +81,7 @@ impl VmState {
             ExitKind::Stopped => VmState::Stopped,
             ExitKind::UserDown => VmState::UserDown,
             ExitKind::Crashed => VmState::Crashed,
+            ExitKind::Migrated => VmState::Moved,
         }
     }
 }

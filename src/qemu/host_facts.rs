@@ -70,6 +70,8 @@ pub struct HostPlan {
     pub chroot_dir: Option<PathBuf>,
     pub spice_cert_dir: PathBuf,
     pub pre_run: PreRun,
+    /// A migration target: `-incoming defer` on the source's exact machine type.
+    pub incoming: Option<String>,
 }
 
 /// Facts about the node that shape a plan.
@@ -145,6 +147,7 @@ pub fn plan(
         chroot_dir: hv.bool(key::USE_CHROOT).then(|| paths.chroot()),
         spice_cert_dir: node.spice_cert_dir.clone(),
         pre_run: pre_run(hv, paused),
+        incoming: None,
     }
 }
 
@@ -220,8 +223,8 @@ pub fn host(plan: &HostPlan, g: Gathered) -> Host {
         spice_cert_dir: Some(plan.spice_cert_dir.display().to_string()),
         qmp_fd: g.qmp_fd,
         stopped_at_start: plan.pre_run.stops_at_start(),
-        incoming: false,
-        machine: None,
+        incoming: plan.incoming.is_some(),
+        machine: plan.incoming.clone(),
     }
 }
 

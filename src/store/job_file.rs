@@ -32,6 +32,8 @@ struct JobFile {
     restarting: bool,
     #[serde(default)]
     undo: Vec<UndoStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -87,6 +89,7 @@ pub fn write(paths: &RunPaths, job: &PersistedJob) -> io::Result<()> {
         timeout_ms: job.timeout_ms,
         restarting: job.restarting,
         undo: job.undo.iter().map(UndoStep::from).collect(),
+        target: job.target.clone(),
     };
     write_json(&paths.job(), &f)
 }
@@ -114,6 +117,7 @@ pub fn read(paths: &RunPaths) -> io::Result<Option<PersistedJob>> {
         timeout_ms: f.timeout_ms,
         restarting: f.restarting,
         undo: f.undo.into_iter().map(Undo::from).collect(),
+        target: f.target,
     }))
 }
 
@@ -148,6 +152,7 @@ mod tests {
             force: true,
             timeout_ms: 20_000,
             restarting: true,
+            target: Some("tcp:192.0.2.7:8102".into()),
             undo: vec![
                 Undo::DropRunFiles,
                 Undo::NicDown {

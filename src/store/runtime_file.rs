@@ -68,6 +68,8 @@ pub struct OnDisk {
     pub exists: bool,
     /// kvmd was stopping this instance (the `stopping` marker).
     pub stopping: bool,
+    /// The VM came by an incoming migration not finalized yet (the `incoming` marker).
+    pub incoming: bool,
     /// The pid in QEMU's pidfile, if any.
     pub pidfile_pid: Option<u32>,
     /// The long job the previous kvmd did not finish, if any.
@@ -82,6 +84,7 @@ impl OnDisk {
             exit: None,
             exists: false,
             stopping: false,
+            incoming: false,
             pidfile_pid: None,
             job: None,
         }
@@ -100,6 +103,7 @@ pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
         }),
         exists: true,
         stopping: paths.stopping_marker().exists(),
+        incoming: paths.incoming_marker().exists(),
         pidfile_pid: std::fs::read_to_string(paths.pidfile())
             .ok()
             .and_then(|s| s.trim().parse().ok()),

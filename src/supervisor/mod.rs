@@ -45,6 +45,11 @@ pub(crate) struct Call(pub ApiRequest);
 #[rtype(result = "Result<ApiReply, ApiError>")]
 struct ApplyConfig(Config);
 
+/// The VM actor of `name`, made if there is none (an accepted migration's instance).
+#[derive(Message)]
+#[rtype(result = "VmHandle")]
+struct EnsureVm(InstanceName);
+
 /// Like `Call`, but answered from the current table even while VMs are recovering.
 #[derive(Message)]
 #[rtype(result = "Result<ApiReply, ApiError>")]
@@ -65,6 +70,9 @@ pub struct Supervisor {
     jobs: jobs::JobTable,
     /// How many VM actors are still recovering their state from the run dir.
     recovering: tokio::sync::watch::Sender<usize>,
+    /// Instances made for an incoming migration whose accept job has not begun yet: not
+    /// forgotten for being out of the config and empty.
+    arriving: BTreeSet<InstanceName>,
 }
 
 impl Supervisor {
@@ -78,6 +86,7 @@ impl Supervisor {
             vms: BTreeMap::new(),
             jobs: jobs::JobTable::new(256),
             recovering: tokio::sync::watch::Sender::new(0),
+            arriving: BTreeSet::new(),
         }
     }
 
@@ -218,9 +227,12 @@ impl Handler<VmNotify> for Supervisor {
                     e.info = info;
                 }
             }
-            VmNotice::Job(job) => self.jobs.update(job),
+            VmNotice::Job(job) => {
+                self.arriving.remove(&job.instance);
+                self.jobs.update(job)
+            }
             VmNotice::Retirable(name) => {
-                if !self.config.instances.contains_key(&name) {
+                if !self.config.instances.contains_key(&name) && !self.arriving.contains(&name) {
                     if let Some(e) = self.vms.remove(&name) {
                         info!(%name, "instance no longer in the config and cleaned up: forgotten");
                         e.vm.retire();
@@ -389,6 +401,77 @@ impl Supervisor {
                 let node = self.node.clone();
                 blocking(move || crate::migration::steps::preflight_here(&info, &node))
             }
+            ApiRequest::Accept {
+                name,
+                info,
+                listen,
+                wait,
+            } => {
+                let uri = match crate::migration::steps::tcp_uri("listen", &listen) {
+                    Ok(u) => u,
+                    Err(e) => return ready(Err(e)),
+                };
+                let (node, me) = (self.node.clone(), ctx.address());
+                Box::pin(async move {
+                    let n = name.clone();
+                    let accepted = tokio::task::spawn_blocking(move || {
+                        crate::migration::steps::accept_plan(&n, &info, &node)
+                    })
+                    .await
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+                    let vm = me
+                        .send(EnsureVm(name.clone()))
+                        .await
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                    let ask = VmAsk::Accept {
+                        spec: Box::new(accepted.spec),
+                        incoming: crate::vm::core::IncomingPlan {
+                            uri,
+                            machine: accepted.machine,
+                            capabilities: accepted.capabilities,
+                        },
+                    };
+                    let answer = vm.ask(ask, wait).await?;
+                    reply::reply_of(&name, answer, live)
+                })
+            }
+            ApiRequest::Migrate {
+                name,
+                target,
+                live,
+                wait,
+            } => match crate::migration::steps::tcp_uri("target", &target) {
+                Ok(uri) => self.ask(&name, VmAsk::Migrate { uri, live }, wait),
+                Err(e) => ready(Err(e)),
+            },
+            ApiRequest::MigrationStatus { name } => {
+                let vm = match self.lookup(&name) {
+                    Ok(vm) => vm,
+                    Err(e) => return ready(Err(e)),
+                };
+                let me = ctx.address();
+                Box::pin(async move {
+                    let migration = vm.migration().await?;
+                    let info = me
+                        .send(CallNow(ApiRequest::Info { name: Some(name) }))
+                        .await
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+                    match info {
+                        ApiReply::Info(mut v) if !v.is_empty() => Ok(ApiReply::MigrationStatus {
+                            info: v.remove(0),
+                            migration: Box::new(migration),
+                        }),
+                        _ => Err(ApiError::new(ErrorCode::Internal, "the instance vanished")),
+                    }
+                })
+            }
+            ApiRequest::FinalizeDst { name, success } => {
+                self.ask(&name, VmAsk::FinalizeDst { success }, true)
+            }
+            ApiRequest::FinalizeSrc { name, success } => {
+                self.ask(&name, VmAsk::FinalizeSrc { success }, true)
+            }
+            ApiRequest::MigrateCancel { name } => self.ask(&name, VmAsk::MigrateCancel, true),
             ApiRequest::Subscribe { .. } => ready(Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "subscribe is served by the connection itself",
@@ -417,6 +500,19 @@ impl Supervisor {
                 })
             }
         }
+    }
+}
+
+impl Handler<EnsureVm> for Supervisor {
+    type Result = MessageResult<EnsureVm>;
+
+    fn handle(&mut self, EnsureVm(name): EnsureVm, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.vms.contains_key(&name) {
+            info!(%name, "a VM arrives by migration");
+            self.arriving.insert(name.clone());
+            self.spawn_vm(name.clone(), false, ctx);
+        }
+        MessageResult(self.vms[&name].vm.clone())
     }
 }
 

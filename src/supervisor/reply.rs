@@ -27,6 +27,7 @@ pub(super) fn reply_of(
             info,
         }),
         VmReply::Cancelling(job) => Ok(ApiReply::Cancelling(job)),
+        VmReply::Unchanged => Ok(ApiReply::MigrationStep(info)),
         VmReply::Job(job) if job.state == JobState::Running => Ok(ApiReply::Accepted(job)),
         VmReply::Job(job) => match job.outcome.clone() {
             Some(JobOutcome::Failed(e)) => Err(e),
@@ -56,6 +57,10 @@ pub(super) fn reply_of(
                 Operation::Pause => ApiReply::Paused(info),
                 Operation::Resume => ApiReply::Resumed(info),
                 Operation::Cleanup => ApiReply::CleanedUp { name: name.clone() },
+                Operation::Migrate
+                | Operation::Accept
+                | Operation::FinalizeSrc
+                | Operation::FinalizeDst => ApiReply::MigrationStep(info),
                 _ => ApiReply::Started(info),
             }),
         },

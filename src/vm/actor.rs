@@ -37,7 +37,9 @@ use crate::vm::core::{
 
 use super::messages::{JobIds, VmAnswer, VmAsk, VmNotice, VmReply};
 use super::report::{Internal, Reporter};
-use super::{recover, start, stop, undo, watch as watching};
+use super::{migrate, recover, start, stop, undo, watch as watching};
+use crate::api::{MigrationReport, MigrationSummary};
+use crate::migration::coordinator::{self, Coordinator, Ended, GetProgress, Summary};
 
 /// The per-VM log span. A root span, so that work started from inside another VM's span
 /// does not nest `vm{..}:vm{..}`.
@@ -67,6 +69,21 @@ pub(super) enum Manage {
 #[derive(Message)]
 #[rtype(result = "Option<JobInfo>")]
 pub(super) struct GetJob;
+
+/// `migration-status`.
+#[derive(Message)]
+#[rtype(result = "MigrationReport")]
+pub(super) struct GetMigration;
+
+/// The running outgoing migration.
+struct Outgoing {
+    job: JobId,
+    gen: u64,
+    resume_on_failure: bool,
+    coordinator: Addr<Coordinator>,
+    /// The figures last asked for (the progress tick).
+    last: coordinator::Progress,
+}
 
 /// What a VM tells its supervisor, as an actix message.
 #[derive(Debug, Message)]
@@ -105,6 +122,13 @@ pub struct VmActor {
     health_in_flight: bool,
     published: Option<VmInfo>,
     span: tracing::Span,
+    /// Where QMP notices are teed for the running migration.
+    tap: migrate::Tap,
+    outgoing: Option<Outgoing>,
+    /// How the last outgoing migration ended.
+    last_migration: Option<Summary>,
+    /// Target: when `finalize-dst` continued the guest (µs since the epoch).
+    resumed_at_us: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 /// What the actor needs to exist.
@@ -151,6 +175,10 @@ impl VmActor {
             controls: HashMap::new(),
             health_in_flight: false,
             published: None,
+            tap: Arc::default(),
+            outgoing: None,
+            last_migration: None,
+            resumed_at_us: Arc::default(),
         }
     }
 
@@ -283,6 +311,12 @@ impl VmActor {
                         .instrument(self.span.clone()),
                     );
                 }
+                Effect::IncomingDone => {
+                    let marker = self.paths.incoming_marker();
+                    self.store.spawn(move || {
+                        let _ = crate::store::files::remove_file(&marker);
+                    });
+                }
                 Effect::ReleaseUid => crate::host::uidpool::release(&self.name),
                 Effect::HoldUid(uid) => crate::host::uidpool::hold(uid, &self.name),
                 Effect::Rewatch { gen } => {
@@ -309,6 +343,7 @@ impl VmActor {
             Outcome::Now(Ok(Answer::AlreadyStopped)) => Ok(VmReply::AlreadyStopped),
             Outcome::Now(Ok(Answer::StartCancelled)) => Ok(VmReply::StartCancelled),
             Outcome::Now(Ok(Answer::Cancelling(job))) => Ok(VmReply::Cancelling(job)),
+            Outcome::Now(Ok(Answer::Unchanged)) => Ok(VmReply::Unchanged),
             Outcome::Now(Err(e)) => Err(e),
         };
         if let Some(w) = self.waiters.remove(&ticket) {
@@ -351,6 +386,7 @@ impl VmActor {
                 paused,
                 resume,
                 undo,
+                incoming,
             } => {
                 let control = self.control_channel(job);
                 let existing = (self.res.gen == gen).then(|| {
@@ -368,6 +404,7 @@ impl VmActor {
                     resume,
                     existing,
                     undo,
+                    incoming,
                     node: self.node.clone(),
                     paths: self.paths.clone(),
                     store: self.store.clone(),
@@ -415,8 +452,17 @@ impl VmActor {
                 };
                 actix::spawn(stop::run(s).instrument(span));
             }
+            Task::Migrate {
+                job,
+                gen,
+                uri,
+                live,
+                resume_on_failure,
+                recover,
+            } => self.migrate(job, gen, &uri, live, resume_on_failure, recover, ctx),
             Task::Qmp { job, gen, action } => {
                 let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                let resumed_at = self.resumed_at_us.clone();
                 actix::spawn(
                     async move {
                         let result = match qmp {
@@ -428,6 +474,19 @@ impl VmActor {
                                 QmpAction::Pause => q.stop().await,
                                 QmpAction::Resume => q.cont().await,
                                 QmpAction::Reset => q.system_reset().await,
+                                QmpAction::RunIncoming => {
+                                    let r = migrate::run_incoming(&q).await.map_err(|e| e.to_api());
+                                    if r.is_ok() {
+                                        *resumed_at.lock().expect("resumed_at") =
+                                            Some(crate::host::clock::now_us());
+                                    }
+                                    report.input(Input::QmpDone {
+                                        job,
+                                        gen,
+                                        result: r,
+                                    });
+                                    return;
+                                }
                             }
                             .map_err(|e| super::error::VmError::Qmp(e).to_api()),
                         };
@@ -492,7 +551,14 @@ impl VmActor {
         if let Some(old) = self.res.qmp.replace(qmp) {
             actix::spawn(async move { old.close().await });
         }
-        watching::forward_notices(gen, conn, notices, Self::reporter(ctx), self.span.clone());
+        watching::forward_notices(
+            gen,
+            conn,
+            notices,
+            Self::reporter(ctx),
+            self.tap.clone(),
+            self.span.clone(),
+        );
         self.feed(Input::QmpUp { gen, conn }, ctx);
     }
 
@@ -518,6 +584,173 @@ impl VmActor {
                 .into_actor(self)
                 .map(|_, act, _| act.health_in_flight = false),
         );
+    }
+
+    /// Run an outgoing migration: the coordinator actor over this VM's QMP connection and
+    /// its teed notices (or, for a migration a previous kvmd began, only settle it).
+    #[allow(clippy::too_many_arguments)]
+    fn migrate(
+        &mut self,
+        job: JobId,
+        gen: u64,
+        uri: &str,
+        live: bool,
+        resume_on_failure: bool,
+        recover: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let report = Self::reporter(ctx);
+        let qmp = self
+            .res
+            .qmp
+            .clone()
+            .filter(|q| self.res.gen == gen && !q.is_closed());
+        if recover {
+            let span = self.span.clone();
+            ctx.spawn(
+                migrate::settle(qmp.clone(), resume_on_failure)
+                    .instrument(span.clone())
+                    .into_actor(self)
+                    .map(move |summary, act, _| {
+                        act.last_migration = Some(summary.clone());
+                        actix::spawn(
+                            async move {
+                                let end = migrate::finish(qmp, &summary, resume_on_failure).await;
+                                report.input(Input::MigrateDone { job, gen, end });
+                            }
+                            .instrument(span),
+                        );
+                    }),
+            );
+            return;
+        }
+        let Some(qmp) = qmp else {
+            report.input(Input::MigrateDone {
+                job,
+                gen,
+                end: crate::vm::core::MigrateEnd {
+                    outcome: crate::vm::core::MigrateOutcome::Failed(
+                        "no QMP connection to this VM's QEMU".into(),
+                    ),
+                    running: None,
+                    postcopy: false,
+                },
+            });
+            return;
+        };
+        let hv = self
+            .core
+            .running_spec()
+            .map(|s| s.effective_hvparams(&self.node))
+            .unwrap_or_else(|| self.node.hvparams_with(&Default::default()));
+        let plan = migrate::plan(&hv, uri, live);
+        let (tx, rx) = mpsc::channel(crate::qmp::NOTICE_CAPACITY);
+        *self.tap.lock().expect("migration tap") = Some(tx);
+        let coordinator = {
+            let _entered = self.span.enter();
+            Coordinator::new(qmp, rx, plan, ctx.address().recipient()).start()
+        };
+        // A cancel of the job goes to the coordinator.
+        let mut control = self.control_channel(job);
+        let c = coordinator.clone();
+        actix::spawn(async move {
+            while let Some(m) = control.recv().await {
+                if m == TaskControl::Cancel {
+                    let accepted = c.send(coordinator::Cancel).await.unwrap_or(false);
+                    if !accepted {
+                        warn!("the migration could not be cancelled (postcopy runs, or it ended)");
+                    }
+                }
+            }
+        });
+        self.last_migration = None;
+        self.outgoing = Some(Outgoing {
+            job,
+            gen,
+            resume_on_failure,
+            coordinator,
+            last: coordinator::Progress::default(),
+        });
+    }
+
+    /// The progress tick: the coordinator's figures become the job's phase and progress.
+    fn migration_progress(&mut self, ctx: &mut Context<Self>) {
+        let Some(o) = self.outgoing.as_ref() else {
+            return;
+        };
+        let (job, c) = (o.job, o.coordinator.clone());
+        ctx.spawn(
+            async move { c.send(GetProgress).await.ok() }
+                .into_actor(self)
+                .map(move |p, act, ctx| {
+                    let Some(p) = p else { return };
+                    let Some(o) = act.outgoing.as_mut().filter(|o| o.job == job) else {
+                        return;
+                    };
+                    if o.last == p {
+                        return;
+                    }
+                    o.last = p.clone();
+                    let phase = p
+                        .status
+                        .as_ref()
+                        .map_or("setup".to_string(), |s| s.to_string());
+                    act.feed(
+                        Input::Phase {
+                            job,
+                            phase,
+                            deadline_ms: None,
+                            progress: Some(crate::api::Progress {
+                                done: p.transferred,
+                                total: p.total,
+                                unit: "bytes".into(),
+                            }),
+                            undo: None,
+                        },
+                        ctx,
+                    );
+                }),
+        );
+    }
+
+    /// What `migration-status` shows.
+    fn migration_report(&self) -> MigrationReport {
+        let summary = self.last_migration.as_ref().map(summary_of);
+        let resumed_at_us = *self.resumed_at_us.lock().expect("resumed_at");
+        let Some(o) = self.outgoing.as_ref() else {
+            let status = summary
+                .as_ref()
+                .map_or("none".to_string(), |s| s.outcome.clone());
+            return MigrationReport {
+                status,
+                transferred: summary.as_ref().map_or(0, |s| s.transferred),
+                pass: summary.as_ref().map_or(0, |s| s.passes),
+                summary,
+                resumed_at_us,
+                ..MigrationReport::default()
+            };
+        };
+        let p = &o.last;
+        MigrationReport {
+            status: p
+                .status
+                .as_ref()
+                .map_or("setup".to_string(), |s| s.to_string()),
+            job: Some(o.job),
+            transferred: p.transferred,
+            remaining: p.remaining,
+            total: p.total,
+            speed_bps: mbps_to_bytes(p.mbps),
+            dirty_pages_rate: p.dirty_pages_rate,
+            pass: p.pass,
+            downtime_limit_ms: p.downtime_limit_ms,
+            stalled_ms: p
+                .stalled_for
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            elapsed_ms: p.elapsed_ms,
+            summary: None,
+            resumed_at_us,
+        }
     }
 
     fn rotate_serial_log(&mut self) {
@@ -580,6 +813,9 @@ impl Actor for VmActor {
         self.recover(ctx);
         ctx.run_interval(self.node.health_interval, |act, ctx| act.health(ctx));
         ctx.run_interval(Duration::from_secs(1), |act, _| act.rotate_serial_log());
+        ctx.run_interval(Duration::from_millis(500), |act, ctx| {
+            act.migration_progress(ctx)
+        });
     }
 }
 
@@ -625,6 +861,11 @@ impl Handler<Ask> for VmActor {
             VmAsk::Resume => Some(Request::Resume),
             VmAsk::Cleanup => Some(Request::Cleanup),
             VmAsk::Cancel { id } => Some(Request::Cancel { id }),
+            VmAsk::Migrate { uri, live } => Some(Request::Migrate { uri, live }),
+            VmAsk::Accept { spec, incoming } => Some(Request::Accept { spec, incoming }),
+            VmAsk::FinalizeSrc { success } => Some(Request::FinalizeSrc { success }),
+            VmAsk::FinalizeDst { success } => Some(Request::FinalizeDst { success }),
+            VmAsk::MigrateCancel => Some(Request::MigrateCancel),
         };
         if let Some(r) = request {
             self.feed_request(ticket, r, ctx);
@@ -650,6 +891,38 @@ impl Handler<Manage> for VmActor {
             }
             Manage::Retire => ctx.stop(),
         }
+    }
+}
+
+impl Handler<GetMigration> for VmActor {
+    type Result = MessageResult<GetMigration>;
+
+    fn handle(&mut self, _: GetMigration, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.migration_report())
+    }
+}
+
+impl Handler<Ended> for VmActor {
+    type Result = ();
+
+    /// The coordinator ended: settle the source guest, then tell the core.
+    fn handle(&mut self, Ended(summary): Ended, ctx: &mut Context<Self>) {
+        migrate::close(&self.tap);
+        let Some(o) = self.outgoing.take() else {
+            return;
+        };
+        info!(parent: &self.span, outcome = ?summary.outcome, total_ms = ?summary.total_time_ms, downtime_ms = ?summary.downtime_ms, path = summary.path.as_str(), "migration ended");
+        self.last_migration = Some(summary.clone());
+        let qmp = self.res.qmp.clone().filter(|_| self.res.gen == o.gen);
+        let report = Self::reporter(ctx);
+        let (job, gen, resume) = (o.job, o.gen, o.resume_on_failure);
+        actix::spawn(
+            async move {
+                let end = migrate::finish(qmp, &summary, resume).await;
+                report.input(Input::MigrateDone { job, gen, end });
+            }
+            .instrument(self.span.clone()),
+        );
     }
 }
 
@@ -706,6 +979,7 @@ impl Handler<Internal> for VmActor {
                             1,
                             notices,
                             Self::reporter(ctx),
+                            self.tap.clone(),
                             self.span.clone(),
                         );
                     }
@@ -715,6 +989,41 @@ impl Handler<Internal> for VmActor {
                 }
             }
         }
+    }
+}
+
+/// QEMU's megabits per second as whole bytes per second (0 for nonsense).
+fn mbps_to_bytes(mbps: f64) -> u64 {
+    let b = (mbps * 125_000.0).round();
+    if (0.0..1e18).contains(&b) {
+        // In range and whole: exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let v = b as u64;
+        v
+    } else {
+        0
+    }
+}
+
+/// The wire account of a coordinator's summary.
+fn summary_of(s: &Summary) -> MigrationSummary {
+    let (outcome, reason) = match &s.outcome {
+        coordinator::Outcome::Completed => ("completed", None),
+        coordinator::Outcome::Cancelled => ("cancelled", None),
+        coordinator::Outcome::Failed(why) => ("failed", Some(why.clone())),
+        coordinator::Outcome::Unknown(why) => ("unknown", Some(why.clone())),
+    };
+    MigrationSummary {
+        outcome: outcome.into(),
+        reason,
+        total_time_ms: s.total_time_ms,
+        downtime_ms: s.downtime_ms,
+        transferred: s.transferred,
+        passes: s.passes,
+        path: s.path.as_str().into(),
+        downtime_limit_ms: s.downtime_limit_ms,
+        stopped_at_us: s.stopped_at_us,
+        seen_after_us: s.seen_after_us,
     }
 }
 

@@ -71,6 +71,10 @@ pub enum VmError {
     },
     #[error("Cannot resume the guest")]
     Resume(#[source] QmpError),
+    #[error("Cannot make QEMU wait for the incoming migration")]
+    Incoming(#[source] QmpError),
+    #[error("The incoming migration is not complete (QEMU says {0})")]
+    IncomingIncomplete(String),
     #[error("Cannot write the runtime file")]
     RuntimeFile(#[source] std::io::Error),
     #[error("QMP command failed")]

@@ -6,7 +6,7 @@ use actix::prelude::*;
 use crate::api::{ApiError, ErrorCode, JobInfo};
 use crate::model::spec::InstanceSpec;
 
-use super::actor::{Ask, GetJob, Manage, VmActor};
+use super::actor::{Ask, GetJob, GetMigration, Manage, VmActor};
 use super::messages::{VmAnswer, VmAsk};
 
 fn gone(e: MailboxError) -> ApiError {
@@ -44,6 +44,11 @@ impl VmHandle {
     /// The mailbox is open (a panicked actor's mailbox closes).
     pub fn alive(&self) -> bool {
         self.addr.connected()
+    }
+
+    /// The migration as this VM sees it.
+    pub async fn migration(&self) -> Result<crate::api::MigrationReport, ApiError> {
+        self.addr.send(GetMigration).await.map_err(gone)
     }
 
     /// The running job, if any.

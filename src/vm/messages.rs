@@ -30,6 +30,21 @@ pub enum VmAsk {
     Cancel {
         id: JobId,
     },
+    Migrate {
+        uri: String,
+        live: bool,
+    },
+    Accept {
+        spec: Box<crate::model::spec::InstanceSpec>,
+        incoming: crate::vm::core::IncomingPlan,
+    },
+    FinalizeSrc {
+        success: bool,
+    },
+    FinalizeDst {
+        success: bool,
+    },
+    MigrateCancel,
 }
 
 /// How a VM answered.
@@ -44,6 +59,8 @@ pub enum VmReply {
     StartCancelled,
     /// A cancel was accepted.
     Cancelling(JobInfo),
+    /// Nothing was left to do.
+    Unchanged,
 }
 
 /// A reply and the VM's state right after it.

@@ -3,7 +3,8 @@
 //! - `core` — PURE: states, the admission table, jobs, exits, recovery decisions.
 //! - `actor` — the thin shell: owns the QEMU handle, the QMP connection, the waiting
 //!   clients; feeds the core and carries out its effects.
-//! - `start`, `stop`, `recover`, `undo`, `watch` — the tasks the actor runs off its thread.
+//! - `start`, `stop`, `recover`, `undo`, `watch` — the tasks the actor runs off its thread;
+//!   `migrate` — its side of a migration around the coordinator actor.
 //! - `handle` — how the supervisor talks to a VM without importing actix.
 //! - `error` — what can go wrong, with causes, and its one conversion to the wire error.
 
@@ -12,6 +13,7 @@ pub mod core;
 pub mod error;
 mod handle;
 mod messages;
+mod migrate;
 mod observe;
 mod recover;
 mod report;

@@ -190,6 +190,7 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
             pidfile_pid: on_disk.pidfile_pid,
             job: on_disk.job,
             legacy_stopping: on_disk.stopping,
+            incoming: on_disk.incoming,
             qemu,
         },
         adopted,

@@ -14,6 +14,9 @@ use crate::vm::core::{Input, Request, Ticket};
 use super::recover;
 
 /// What tasks report.
+// Boxing the Input would cost an allocation per fact to save memory in a mailbox that holds
+// a few messages at a time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) enum Internal {

@@ -57,6 +57,8 @@ pub(super) struct StartCtx {
     /// A resumed start's QEMU: its handle, exit watch and QMP connection, if recovery had them.
     pub existing: Option<ExistingQemu>,
     pub undo: Vec<Undo>,
+    /// A migration target: wait for the VM instead of booting it.
+    pub incoming: Option<crate::vm::core::IncomingPlan>,
     pub node: Arc<NodeConfig>,
     pub paths: RunPaths,
     pub store: Store,
@@ -149,15 +151,20 @@ async fn launch(
         s.paused,
     );
     let checked = tokio::task::spawn_blocking(move || check(&spec, &hv2, &node, &paths, paused));
-    let (caps, plan) = or_cancel(&mut s.control, checked)
+    let (caps, mut plan) = or_cancel(&mut s.control, checked)
         .await?
         .map_err(VmError::Join)??;
+    plan.incoming = s.incoming.as_ref().map(|i| i.machine.clone());
     let t_checked = t0.elapsed();
     // 2. The run dir: the previous run's files go, the exit history stays.
     let (p, chroot) = (s.paths.clone(), plan.chroot_dir.clone());
+    let incoming = s.incoming.is_some();
     s.store
         .run(move || {
             crate::store::files::fresh_dir(&p)?;
+            if incoming {
+                crate::store::files::write_atomic(&p.incoming_marker(), b"")?;
+            }
             if let Some(dir) = chroot {
                 std::fs::DirBuilder::new().mode(0o700).create(dir)?;
             }
@@ -250,6 +257,11 @@ async fn launch(
         phase(s, "configuring", undo);
     }
     configure(s, &qmp, pid, &hv, &plan.pre_run).await?;
+    if let Some(incoming) = &s.incoming {
+        phase(s, "listening", undo);
+        super::migrate::listen(&qmp, incoming).await?;
+        info!(uri = %crate::model::text::escape(&incoming.uri), "waiting for the incoming migration");
+    }
     let t_resumed = t0.elapsed();
     // The new QEMU is up: the instance is no longer "user down" (Ganeti clears the marker at
     // start too). Queued, not awaited: the reply leaves through the same queue after it, so

@@ -38,17 +38,20 @@ pub(super) fn forward_exit(
     });
 }
 
-/// Forward a connection's notices to the actor, then its end (after the last event).
+/// Forward a connection's notices to the actor (and a running migration's to its `tap`),
+/// then its end (after the last event).
 pub(super) fn forward_notices(
     gen: u64,
     conn: u64,
     mut notices: mpsc::Receiver<Notice>,
     report: Reporter,
+    tap: super::migrate::Tap,
     span: tracing::Span,
 ) {
     actix::spawn(
         async move {
             while let Some(n) = notices.recv().await {
+                super::migrate::tee(&tap, &n);
                 match n {
                     Notice::Event { event, .. } => {
                         debug!(event = event.name(), "QMP event");
@@ -63,6 +66,7 @@ pub(super) fn forward_notices(
                 }
             }
             debug!(conn, "QMP connection closed");
+            super::migrate::close(&tap);
             report.input(Input::QmpClosed { gen, conn });
         }
         .instrument(span),

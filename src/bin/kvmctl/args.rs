@@ -53,6 +53,16 @@ impl WaitFlags {
     }
 }
 
+/// How a migration went, for a finalization.
+#[derive(clap::Args, Clone, Copy)]
+#[group(required = true, multiple = false)]
+pub struct Verdict {
+    #[arg(long)]
+    pub success: bool,
+    #[arg(long)]
+    pub failure: bool,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Check that kvmd answers.
@@ -138,6 +148,57 @@ pub enum Cmd {
         /// The blob: a file, or - for standard input.
         info: PathBuf,
     },
+    /// Migrate a running instance. With --to, the whole flow against both daemons (progress
+    /// bar, summary; Ctrl-C cancels). With --target, only the source's step (a cluster
+    /// engine's `migrate`: the target accepted already).
+    Migrate {
+        name: String,
+        /// The target kvmd: its control socket, or ssh://[user@]host[:port][/socket].
+        #[arg(long, conflicts_with = "target", required_unless_present = "target")]
+        to: Option<String>,
+        /// With --to: where the target listens for the migration, IP:PORT (default, for a
+        /// target socket on this host: 127.0.0.1 and a free port).
+        #[arg(long, requires = "to")]
+        listen: Option<String>,
+        /// Step only: the target's listen address, IP:PORT.
+        #[arg(long)]
+        target: Option<String>,
+        /// Pause the guest first (as hvparam migration_mode=non-live does).
+        #[arg(long)]
+        non_live: bool,
+        #[command(flatten)]
+        wait: WaitFlags,
+    },
+    /// Migration target: run the preflight, then start a paused QEMU for the VM of a
+    /// migration-info blob, listening on IP:PORT.
+    Accept {
+        name: String,
+        /// The blob: a file, or - for standard input.
+        #[arg(long)]
+        info: PathBuf,
+        #[arg(long)]
+        listen: String,
+        #[command(flatten)]
+        wait: WaitFlags,
+    },
+    /// A migration's status and figures (source), or its summary once it ended.
+    MigrationStatus { name: String },
+    /// Migration target: --success runs the guest (the migration completed); --failure drops
+    /// the waiting QEMU.
+    FinalizeDst {
+        name: String,
+        #[command(flatten)]
+        verdict: Verdict,
+    },
+    /// Migration source: --success ends the source's QEMU (the VM moved); --failure resumes
+    /// the guest here.
+    FinalizeSrc {
+        name: String,
+        #[command(flatten)]
+        verdict: Verdict,
+    },
+    /// Cancel the running migration of an instance (the guest runs on the source again).
+    MigrateCancel { name: String },
     /// Check a config file without kvmd: syntax, hvparam rules, and this node (files, users,
     /// what the QEMU binary offers). Prints every problem; exits non-zero on any.
     Validate {

@@ -9,6 +9,7 @@
 //! goes through `render`, which escapes whatever came from kvmd.
 
 mod args;
+mod migrate;
 mod render;
 mod validate;
 mod wait;
@@ -40,7 +41,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
 
 /// Why a command did not succeed, before or instead of kvmd's answer.
-enum Failure {
+pub(crate) enum Failure {
     /// A bad value on the command line, as kvmd would report it.
     Usage(ApiError),
     Client(ClientError),
@@ -325,6 +326,66 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
             info: read_blob(info)?,
         },
         Cmd::Events { since, follow } => return events(ctx, *since, *follow),
+        Cmd::Migrate {
+            name: n,
+            to: Some(to),
+            listen,
+            non_live,
+            ..
+        } => {
+            return migrate::run(&migrate::Request {
+                name: name("name", n)?,
+                source: &ctx.socket,
+                to,
+                listen: listen.as_deref(),
+                live: !non_live,
+                json: ctx.json,
+                verbose: ctx.progress.show,
+            })
+        }
+        Cmd::Migrate {
+            name: n,
+            target,
+            non_live,
+            wait,
+            ..
+        } => {
+            let req = ApiRequest::Migrate {
+                name: name("name", n)?,
+                target: target.clone().unwrap_or_default(),
+                live: !non_live,
+                wait: wait.wait(),
+            };
+            return job_command(ctx, &req, wait.wait());
+        }
+        Cmd::Accept {
+            name: n,
+            info,
+            listen,
+            wait,
+        } => {
+            let req = ApiRequest::Accept {
+                name: name("name", n)?,
+                info: read_blob(info)?,
+                listen: listen.clone(),
+                wait: wait.wait(),
+            };
+            return job_command(ctx, &req, wait.wait());
+        }
+        Cmd::MigrationStatus { name: n } => ApiRequest::MigrationStatus {
+            name: name("name", n)?,
+        },
+        Cmd::FinalizeDst { name: n, verdict } => ApiRequest::FinalizeDst {
+            name: name("name", n)?,
+            success: verdict.success,
+        },
+        Cmd::FinalizeSrc { name: n, verdict } => ApiRequest::FinalizeSrc {
+            name: name("name", n)?,
+            success: verdict.success,
+        },
+        Cmd::MigrateCancel { name: n } => ApiRequest::MigrateCancel {
+            name: name("name", n)?,
+        },
         Cmd::Validate { .. } => unreachable!("handled in main"),
     };
     let answer = Client::connect(&ctx.socket)?.call(&req)?;

@@ -123,6 +123,7 @@ fn exit_kind(k: ExitKind) -> &'static str {
         ExitKind::Stopped => "stopped",
         ExitKind::UserDown => "user-down",
         ExitKind::Crashed => "crashed",
+        ExitKind::Migrated => "migrated",
     }
 }
 
@@ -407,6 +408,43 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
             e(machine),
             e(qemu_version)
         ),
+        ApiReply::MigrationStep(v) => println!("{}: {}", e(v.name.as_str()), v.state.as_str()),
+        ApiReply::MigrationStatus { info, migration: m } => {
+            println!("{}: {}", e(info.name.as_str()), info.state.as_str());
+            println!("  migration:    {}", e(&m.status));
+            if let Some(job) = m.job {
+                println!("  job:          {job}");
+                println!(
+                    "  transferred:  {} of {} ({} remaining), pass {}",
+                    m.transferred, m.total, m.remaining, m.pass
+                );
+                println!(
+                    "  speed:        {} bytes/s, dirty {} pages/s, downtime limit {} ms",
+                    m.speed_bps, m.dirty_pages_rate, m.downtime_limit_ms
+                );
+                if let Some(s) = m.stalled_ms {
+                    println!("  stalled:      {s} ms without progress");
+                }
+            }
+            if let Some(s) = &m.summary {
+                let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+                println!(
+                    "  last:         {}{}",
+                    e(&s.outcome),
+                    s.reason
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(": {}", e(r)))
+                );
+                println!(
+                    "  figures:      total {}, downtime {}, {} bytes in {} passes, {}",
+                    ms(s.total_time_ms),
+                    ms(s.downtime_ms),
+                    s.transferred,
+                    s.passes,
+                    e(&s.path)
+                );
+            }
+        }
         ApiReply::Reloaded {
             added,
             removed,

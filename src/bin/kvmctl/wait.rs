@@ -63,7 +63,9 @@ fn with_wait(req: &ApiRequest, wait: bool) -> ApiRequest {
     match &mut req {
         ApiRequest::Start { wait: w, .. }
         | ApiRequest::Stop { wait: w, .. }
-        | ApiRequest::Reboot { wait: w, .. } => *w = wait,
+        | ApiRequest::Reboot { wait: w, .. }
+        | ApiRequest::Migrate { wait: w, .. }
+        | ApiRequest::Accept { wait: w, .. } => *w = wait,
         _ => {}
     }
     req
@@ -211,6 +213,7 @@ pub fn as_reply(client: &mut Client, job: &JobInfo) -> Result<ApiReply, ApiError
             }
         }
         (Operation::Reboot | Operation::Reset, _) => ApiReply::Rebooted(info),
+        (Operation::Migrate | Operation::Accept, _) => ApiReply::MigrationStep(info),
         _ => ApiReply::Job(job.clone()),
     })
 }

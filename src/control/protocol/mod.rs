@@ -74,6 +74,8 @@ pub const REPLY_KINDS: &[&str] = &[
     "subscribed",
     "migration-info",
     "preflight-passed",
+    "migration-status",
+    "migration-step",
 ];
 
 /// Every stream line kind.
@@ -151,6 +153,8 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::Subscribed { .. } => "subscribed",
         ApiReply::MigrationInfo { .. } => "migration-info",
         ApiReply::PreflightPassed { .. } => "preflight-passed",
+        ApiReply::MigrationStatus { .. } => "migration-status",
+        ApiReply::MigrationStep(_) => "migration-step",
     }
 }
 
@@ -193,6 +197,11 @@ fn reply_result(r: &ApiReply) -> Value {
             machine,
             qemu_version,
         } => json!({"preflight": "passed", "machine": machine, "qemu_version": qemu_version}),
+        ApiReply::MigrationStatus { info, migration } => json!({
+            "instance": vm_to_json(info),
+            "migration": values::migration_to_json(migration),
+        }),
+        ApiReply::MigrationStep(i) => json!({"instance": vm_to_json(i)}),
     }
 }
 
@@ -314,6 +323,11 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
             machine: o.str("machine")?.to_string(),
             qemu_version: o.str("qemu_version")?.to_string(),
         },
+        "migration-status" => ApiReply::MigrationStatus {
+            info: vm_from_json(o.get("instance")?)?,
+            migration: Box::new(values::migration_from_json(o.get("migration")?)?),
+        },
+        "migration-step" => ApiReply::MigrationStep(vm_from_json(o.get("instance")?)?),
         other => return Err(ProtocolError::UnknownKind(other.to_string())),
     })
 }

@@ -395,7 +395,118 @@ pub static REQUESTS: &[RequestSpec] = &[
             })
         },
     },
+    RequestSpec {
+        name: "accept",
+        doc: "Migration target: run the preflight, then start a QEMU for the VM of a migration-info blob that waits for it on `listen`, paused, with the source's machine type and capabilities. The VM runs here only after finalize-dst with success.",
+        fields: &[
+            NAME,
+            field(
+                "info",
+                FieldType::Text,
+                FieldDefault::Required,
+                "The source's migration-info blob.",
+            ),
+            field(
+                "listen",
+                FieldType::Text,
+                FieldDefault::Required,
+                "Where the incoming migration arrives: IP:PORT (an IP literal; IPv6 as [ADDR]:PORT).",
+            ),
+            WAIT,
+        ],
+        build: |a| {
+            let (name, info, listen, wait) =
+                (a.name("name"), a.text("info"), a.text("listen"), a.bool("wait"));
+            Some(ApiRequest::Accept {
+                name: name?,
+                info: info?,
+                listen: listen?,
+                wait,
+            })
+        },
+    },
+    RequestSpec {
+        name: "migrate",
+        doc: "Migration source: migrate the running instance to a target that accepted it. A job (migrate); follow it with migration-status.",
+        fields: &[
+            NAME,
+            field(
+                "target",
+                FieldType::Text,
+                FieldDefault::Required,
+                "The target's listen address, IP:PORT.",
+            ),
+            field(
+                "live",
+                FieldType::Bool,
+                FieldDefault::Bool(true),
+                "false: pause the guest first (also when hvparam migration_mode is non-live).",
+            ),
+            WAIT,
+        ],
+        build: |a| {
+            let (name, target, live, wait) =
+                (a.name("name"), a.text("target"), a.bool("live"), a.bool("wait"));
+            Some(ApiRequest::Migrate {
+                name: name?,
+                target: target?,
+                live,
+                wait,
+            })
+        },
+    },
+    RequestSpec {
+        name: "migration-status",
+        doc: "A migration's status (QEMU's, as Ganeti reads it) and figures; after its end, its summary.",
+        fields: &[NAME],
+        build: |a| {
+            Some(ApiRequest::MigrationStatus {
+                name: a.name("name")?,
+            })
+        },
+    },
+    RequestSpec {
+        name: "finalize-dst",
+        doc: "Migration target: success runs the guest (only if QEMU says the migration completed); failure drops the waiting QEMU and every file.",
+        fields: &[NAME, SUCCESS],
+        build: |a| {
+            let (name, success) = (a.name("name"), a.bool("success"));
+            Some(ApiRequest::FinalizeDst {
+                name: name?,
+                success,
+            })
+        },
+    },
+    RequestSpec {
+        name: "finalize-src",
+        doc: "Migration source: success ends the source's QEMU (the VM moved); failure resumes the guest here (never after postcopy began).",
+        fields: &[NAME, SUCCESS],
+        build: |a| {
+            let (name, success) = (a.name("name"), a.bool("success"));
+            Some(ApiRequest::FinalizeSrc {
+                name: name?,
+                success,
+            })
+        },
+    },
+    RequestSpec {
+        name: "migrate-cancel",
+        doc: "Migration source: cancel the running migration (any phase before postcopy); the guest runs here again.",
+        fields: &[NAME],
+        build: |a| {
+            Some(ApiRequest::MigrateCancel {
+                name: a.name("name")?,
+            })
+        },
+    },
 ];
+
+const SUCCESS: FieldSpec = field(
+    "success",
+    FieldType::Bool,
+    FieldDefault::Required,
+    "Whether the migration succeeded.",
+);
 
 /// The table entry of a request name.
 pub fn spec(name: &str) -> Option<&'static RequestSpec> {
@@ -670,6 +781,51 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
         ApiRequest::MigrationPreflight { info } => {
             put("info", json!(info));
             "migration-preflight"
+        }
+        ApiRequest::Accept {
+            name,
+            info,
+            listen,
+            wait,
+        } => {
+            put("name", json!(name.as_str()));
+            put("info", json!(info));
+            put("listen", json!(listen));
+            if !wait {
+                put("wait", json!(false));
+            }
+            "accept"
+        }
+        ApiRequest::Migrate {
+            name,
+            target,
+            live,
+            wait,
+        } => {
+            put("name", json!(name.as_str()));
+            put("target", json!(target));
+            put("live", json!(live));
+            if !wait {
+                put("wait", json!(false));
+            }
+            "migrate"
+        }
+        ApiRequest::MigrationStatus { name } => {
+            put("name", json!(name.as_str()));
+            "migration-status"
+        }
+        ApiRequest::FinalizeDst { name, success } | ApiRequest::FinalizeSrc { name, success } => {
+            put("name", json!(name.as_str()));
+            put("success", json!(success));
+            if matches!(req, ApiRequest::FinalizeDst { .. }) {
+                "finalize-dst"
+            } else {
+                "finalize-src"
+            }
+        }
+        ApiRequest::MigrateCancel { name } => {
+            put("name", json!(name.as_str()));
+            "migrate-cancel"
         }
         ApiRequest::Subscribe { since, follow } => {
             if let Some(s) = since {

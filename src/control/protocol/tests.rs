@@ -236,6 +236,28 @@ fn every_request_round_trips() {
         ApiRequest::MigrationPreflight {
             info: "{\"format\": 1, \"note\": \"\\u0007\"}".into(),
         },
+        ApiRequest::Accept {
+            name: n("a"),
+            info: "{}".into(),
+            listen: "192.0.2.1:8102".into(),
+            wait: false,
+        },
+        ApiRequest::Migrate {
+            name: n("a"),
+            target: "[2001:db8::1]:8102".into(),
+            live: false,
+            wait: true,
+        },
+        ApiRequest::MigrationStatus { name: n("a") },
+        ApiRequest::FinalizeDst {
+            name: n("a"),
+            success: true,
+        },
+        ApiRequest::FinalizeSrc {
+            name: n("a"),
+            success: false,
+        },
+        ApiRequest::MigrateCancel { name: n("a") },
         ApiRequest::List,
         ApiRequest::Info { name: Some(n("a")) },
         ApiRequest::Info { name: None },
@@ -340,7 +362,41 @@ fn every_reply() -> Vec<ApiReply> {
             machine: "pc-q35-7.2".into(),
             qemu_version: "QEMU emulator version 7.2.22".into(),
         },
+        ApiReply::MigrationStatus {
+            info: vm(),
+            migration: Box::new(kvmd_migration()),
+        },
+        ApiReply::MigrationStep(plain),
     ]
+}
+
+fn kvmd_migration() -> crate::api::MigrationReport {
+    crate::api::MigrationReport {
+        status: "active".into(),
+        job: Some(JobId(12)),
+        transferred: 1 << 20,
+        remaining: 3 << 20,
+        total: 256 << 20,
+        speed_bps: 33_554_432,
+        dirty_pages_rate: 1200,
+        pass: 2,
+        downtime_limit_ms: 30,
+        stalled_ms: Some(4000),
+        elapsed_ms: 1500,
+        summary: Some(crate::api::MigrationSummary {
+            outcome: "failed".into(),
+            reason: Some("the target went away".into()),
+            total_time_ms: Some(2000),
+            downtime_ms: None,
+            transferred: 5,
+            passes: 3,
+            path: "auto-converge".into(),
+            downtime_limit_ms: 60,
+            stopped_at_us: Some(1),
+            seen_after_us: None,
+        }),
+        resumed_at_us: None,
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::ProtocolError;
 use crate::api::{
     ApiError, DaemonEvent, ErrorCode, Event, EventKind, JobInfo, JobOutcome, JobState, JobSummary,
-    Progress, QemuEvent, StopResult, VmInfo,
+    MigrationReport, MigrationSummary, Progress, QemuEvent, StopResult, VmInfo,
 };
 use crate::model::exit::{ExitKind, ExitRecord};
 use crate::model::field_error::FieldError;
@@ -23,10 +23,16 @@ fn exit_kind_str(k: ExitKind) -> &'static str {
         ExitKind::Stopped => "stopped",
         ExitKind::UserDown => "user-down",
         ExitKind::Crashed => "crashed",
+        ExitKind::Migrated => "migrated",
     }
 }
 
-const EXIT_KINDS: [ExitKind; 3] = [ExitKind::Stopped, ExitKind::UserDown, ExitKind::Crashed];
+const EXIT_KINDS: [ExitKind; 4] = [
+    ExitKind::Stopped,
+    ExitKind::UserDown,
+    ExitKind::Crashed,
+    ExitKind::Migrated,
+];
 
 /// The longest found value quoted in a decode error.
 const MAX_FOUND: usize = 80;
@@ -466,6 +472,74 @@ pub fn job_from_json(v: &Value) -> Result<JobInfo, ProtocolError> {
         ended_at_ms: o.opt_u64("ended_at_ms")?,
         resumed: o.bool("resumed")?,
         outcome: o.opt("outcome").map(outcome_from_json).transpose()?,
+    })
+}
+
+// ---- migrations ----
+
+pub fn migration_to_json(m: &MigrationReport) -> Value {
+    json!({
+        "status": m.status,
+        "job_id": m.job.map(|j| j.0),
+        "transferred": m.transferred,
+        "remaining": m.remaining,
+        "total": m.total,
+        "speed_bps": m.speed_bps,
+        "dirty_pages_rate": m.dirty_pages_rate,
+        "pass": m.pass,
+        "downtime_limit_ms": m.downtime_limit_ms,
+        "stalled_ms": m.stalled_ms,
+        "elapsed_ms": m.elapsed_ms,
+        "resumed_at_us": m.resumed_at_us,
+        "summary": m.summary.as_ref().map(|s| json!({
+            "outcome": s.outcome,
+            "reason": s.reason,
+            "total_time_ms": s.total_time_ms,
+            "downtime_ms": s.downtime_ms,
+            "transferred": s.transferred,
+            "passes": s.passes,
+            "path": s.path,
+            "downtime_limit_ms": s.downtime_limit_ms,
+            "stopped_at_us": s.stopped_at_us,
+            "seen_after_us": s.seen_after_us,
+        })),
+    })
+}
+
+pub fn migration_from_json(v: &Value) -> Result<MigrationReport, ProtocolError> {
+    let o = Obj::of(v, "migration")?;
+    let summary = match o.opt("summary").filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => {
+            let s = Obj::of(v, "summary")?;
+            Some(MigrationSummary {
+                outcome: s.str("outcome")?.to_string(),
+                reason: s.opt_str("reason")?.map(String::from),
+                total_time_ms: s.opt_u64("total_time_ms")?,
+                downtime_ms: s.opt_u64("downtime_ms")?,
+                transferred: s.u64("transferred")?,
+                passes: s.u64("passes")?,
+                path: s.str("path")?.to_string(),
+                downtime_limit_ms: s.u64("downtime_limit_ms")?,
+                stopped_at_us: s.opt_u64("stopped_at_us")?,
+                seen_after_us: s.opt_u64("seen_after_us")?,
+            })
+        }
+    };
+    Ok(MigrationReport {
+        status: o.str("status")?.to_string(),
+        job: o.opt_u64("job_id")?.map(JobId),
+        transferred: o.u64("transferred")?,
+        remaining: o.u64("remaining")?,
+        total: o.u64("total")?,
+        speed_bps: o.u64("speed_bps")?,
+        dirty_pages_rate: o.u64("dirty_pages_rate")?,
+        pass: o.u64("pass")?,
+        downtime_limit_ms: o.u64("downtime_limit_ms")?,
+        stalled_ms: o.opt_u64("stalled_ms")?,
+        elapsed_ms: o.u64("elapsed_ms")?,
+        resumed_at_us: o.opt_u64("resumed_at_us")?,
+        summary,
     })
 }
 

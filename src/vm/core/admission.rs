@@ -22,6 +22,14 @@ pub enum Ask {
     Pause,
     Resume,
     Cleanup,
+    Migrate,
+    Accept,
+    FinalizeSrc {
+        success: bool,
+    },
+    FinalizeDst {
+        success: bool,
+    },
 }
 
 /// The running job, as far as admission cares.
@@ -42,6 +50,8 @@ pub struct Facts {
     pub state: VmState,
     /// A pidfd watches that QEMU (false: adopted, but kvmd cannot see it exit yet).
     pub watched: bool,
+    /// This node took the VM by an incoming migration not finalized yet.
+    pub incoming: bool,
 }
 
 /// What the table says to do.
@@ -61,6 +71,8 @@ pub enum Rule {
     Defer,
     /// A stop with nothing to stop.
     AlreadyStopped,
+    /// A finalization with nothing left to do.
+    Unchanged,
 }
 
 /// The admission table.
@@ -73,6 +85,11 @@ pub fn rule(ask: Ask, job: Option<Running>, vm: Facts) -> Rule {
         (_, Some((Op::Recovery, _))) => Rule::Defer,
 
         (Start, Some(_)) => Rule::Refuse(ErrorCode::Busy, "another job is in progress"),
+        // The VM lives on another node now: starting it here would run it twice.
+        (Start, None) if vm.state == VmState::Moved => Rule::Refuse(
+            ErrorCode::AlreadyRunning,
+            "cannot start: it was migrated to another node (see its last exit); `cleanup` first to start it here",
+        ),
         (Start, None) if vm.has_qemu && vm.exiting => Rule::Defer,
         (Start, None) if vm.has_qemu => Rule::Refuse(ErrorCode::AlreadyRunning, "it is running"),
         (Start, None) => Rule::Begin,
@@ -117,6 +134,45 @@ pub fn rule(ask: Ask, job: Option<Running>, vm: Facts) -> Rule {
             Rule::Refuse(ErrorCode::AlreadyRunning, "cannot clean up: it is running")
         }
         (Cleanup, None) => Rule::Begin,
+
+        (Migrate | Accept | FinalizeSrc { .. } | FinalizeDst { .. }, Some(_)) => {
+            Rule::Refuse(ErrorCode::Busy, "another job is in progress")
+        }
+        (Migrate, None) if vm.has_qemu && vm.incoming => Rule::Refuse(
+            ErrorCode::NotRunning,
+            "its incoming migration is not finalized (finalize-dst first)",
+        ),
+        (Migrate, None) if vm.has_qemu && up && !vm.exiting && vm.watched => Rule::Begin,
+        (Migrate, None) => {
+            Rule::Refuse(ErrorCode::NotRunning, "a migration needs it running or paused")
+        }
+        (Accept, None) if vm.has_qemu => Rule::Refuse(
+            ErrorCode::AlreadyRunning,
+            "cannot accept it: it runs on this node already",
+        ),
+        (Accept, None) => Rule::Begin,
+        (FinalizeSrc { .. }, None) if vm.state == VmState::Migrated && vm.has_qemu => Rule::Begin,
+        // The migration failed and the guest was resumed (or stayed paused) already.
+        (FinalizeSrc { success: false }, None) if up => Rule::Unchanged,
+        (FinalizeSrc { success: true }, None) if vm.state == VmState::Moved => Rule::Unchanged,
+        (FinalizeSrc { .. }, None) => Rule::Refuse(
+            ErrorCode::NotRunning,
+            "no completed migration to finalize",
+        ),
+        (FinalizeDst { success: true }, None) if vm.incoming && vm.has_qemu && !vm.exiting => {
+            Rule::Begin
+        }
+        (FinalizeDst { success: true }, None) if !vm.incoming && up => Rule::Unchanged,
+        (FinalizeDst { success: true }, None) => Rule::Refuse(
+            ErrorCode::NotRunning,
+            "no incoming migration whose QEMU is alive to run",
+        ),
+        (FinalizeDst { success: false }, None) if vm.incoming => Rule::Begin,
+        (FinalizeDst { success: false }, None) if up => Rule::Refuse(
+            ErrorCode::AlreadyRunning,
+            "cannot drop it: the migration was finalized and the VM runs here",
+        ),
+        (FinalizeDst { success: false }, None) => Rule::Unchanged,
     }
 }
 
@@ -130,7 +186,11 @@ fn ask_of(r: &Request) -> Option<Ask> {
         Request::Pause => Ask::Pause,
         Request::Resume => Ask::Resume,
         Request::Cleanup => Ask::Cleanup,
-        Request::Cancel { .. } => return None,
+        Request::Migrate { .. } => Ask::Migrate,
+        Request::Accept { .. } => Ask::Accept,
+        Request::FinalizeSrc { success } => Ask::FinalizeSrc { success: *success },
+        Request::FinalizeDst { success } => Ask::FinalizeDst { success: *success },
+        Request::Cancel { .. } | Request::MigrateCancel => return None,
     })
 }
 
@@ -145,6 +205,7 @@ impl Core {
                 .is_some_and(|r| r.exited.is_some() || r.shutdown.is_some()),
             state: self.state,
             watched: self.run.as_ref().is_none_or(|r| r.watched),
+            incoming: self.incoming,
         }
     }
 
@@ -179,7 +240,7 @@ impl Core {
         ApiError::new(code, message)
     }
 
-    fn answer(&self, ticket: Ticket, r: Result<Answer, ApiError>, fx: &mut Vec<Effect>) {
+    pub(super) fn answer(&self, ticket: Ticket, r: Result<Answer, ApiError>, fx: &mut Vec<Effect>) {
         fx.push(Effect::Answer(
             ticket,
             Outcome::Now(r),
@@ -202,6 +263,7 @@ impl Core {
                 self.answer(ticket, Ok(Answer::StartCancelled), fx)
             }
             Rule::AlreadyStopped => self.answer(ticket, Ok(Answer::AlreadyStopped), fx),
+            Rule::Unchanged => self.answer(ticket, Ok(Answer::Unchanged), fx),
             Rule::Defer => self.defer(ticket, request, fx),
             Rule::CancelThenDefer => {
                 if let Some(id) = self.job_id() {
@@ -306,7 +368,13 @@ impl Core {
                 self.begin(job, Some(ticket), fx);
                 fx.push(Effect::Spawn(Task::Cleanup { job: id }));
             }
-            Request::Cancel { .. } => {}
+            Request::Migrate { uri, live } => self.begin_migrate(ticket, uri, live, now, fx),
+            Request::Accept { spec, incoming } => {
+                self.begin_accept(ticket, *spec, incoming, now, fx)
+            }
+            Request::FinalizeSrc { success } => self.begin_finalize_src(ticket, success, now, fx),
+            Request::FinalizeDst { success } => self.begin_finalize_dst(ticket, success, now, fx),
+            Request::Cancel { .. } | Request::MigrateCancel => {}
         }
     }
 

@@ -154,9 +154,24 @@ impl Core {
         now: Now,
         fx: &mut Vec<Effect>,
     ) {
-        let Some(spec) = self.spec.clone() else {
+        // A VM that came by migration and is not in this node's config reboots with the
+        // definition it runs with.
+        let Some(spec) = self.spec.clone().or_else(|| self.last_spec.clone()) else {
             return;
         };
+        self.launch_start(ticket, spec, paused, None, now, fx);
+    }
+
+    /// Begin a start (or an accept, with `incoming`) of `spec`.
+    pub(super) fn launch_start(
+        &mut self,
+        ticket: Option<Ticket>,
+        spec: InstanceSpec,
+        paused: bool,
+        incoming: Option<IncomingPlan>,
+        now: Now,
+        fx: &mut Vec<Effect>,
+    ) {
         let before = Before {
             state: self.state,
             last_exit: self.last_exit.clone(),
@@ -173,10 +188,15 @@ impl Core {
             }
             other => {
                 self.job = other;
-                self.new_job(now, Operation::Start, "checking")
+                let kind = if incoming.is_some() {
+                    Operation::Accept
+                } else {
+                    Operation::Start
+                };
+                self.new_job(now, kind, "checking")
             }
         };
-        job.paused = paused;
+        job.paused = paused || incoming.is_some();
         job.before = Some(before);
         self.gen += 1;
         self.run = Some(Run {
@@ -195,9 +215,10 @@ impl Core {
             job: job.id,
             gen: self.gen,
             spec: Box::new(spec),
-            paused,
+            paused: job.paused,
             resume: false,
             undo: Vec::new(),
+            incoming,
         };
         if job.restarting {
             let persist = Self::persisted(&job);
@@ -226,13 +247,20 @@ impl Core {
         match result {
             Ok(info) => {
                 let paused = self.job.as_ref().is_some_and(|j| j.paused);
+                let accept = self
+                    .job
+                    .as_ref()
+                    .is_some_and(|j| j.kind == Operation::Accept);
                 self.last_spec = Some(info.spec.clone());
                 if let Some(run) = self.run.as_mut() {
                     run.info = Some(info);
                 }
                 self.start_cancelled_by_stop = false;
+                self.incoming = accept;
                 self.set_state(
-                    if paused {
+                    if accept {
+                        VmState::Incoming
+                    } else if paused {
                         VmState::Paused
                     } else {
                         VmState::Running
@@ -284,6 +312,15 @@ impl Core {
                     self.set_state(VmState::Paused, fx)
                 }
                 Some(Operation::Resume) if self.state == VmState::Paused => {
+                    self.set_state(VmState::Running, fx)
+                }
+                Some(Operation::FinalizeSrc) => {
+                    self.moved_to = None;
+                    self.set_state(VmState::Running, fx)
+                }
+                Some(Operation::FinalizeDst) => {
+                    self.incoming = false;
+                    fx.push(Effect::IncomingDone);
                     self.set_state(VmState::Running, fx)
                 }
                 _ => {}
@@ -343,6 +380,13 @@ impl Core {
         };
         match end {
             Ok(_) if self.has_qemu() => {} // the exit is on its way
+            Ok(_) if job.kind == Operation::FinalizeDst => {
+                if let Some(j) = self.job.as_mut() {
+                    j.stop_end = None;
+                    j.phase = "removing files".into();
+                }
+                self.drop_incoming(job.id, fx);
+            }
             Ok(ended) => {
                 let elapsed_ms = now.ms.saturating_sub(job.started_at_ms);
                 if job.kind == Operation::Reboot {
@@ -407,7 +451,12 @@ impl Core {
             status,
             reboot_exits,
         });
+        let migrated = self.exit_of_migration();
         let (kind, reason, restart) = match verdict {
+            ExitVerdict::Stopped if migrated.is_some() => {
+                let (kind, reason) = migrated.unwrap_or((ExitKind::Stopped, String::new()));
+                (kind, reason, false)
+            }
             ExitVerdict::Stopped => (ExitKind::Stopped, "stopped by kvmd".to_string(), false),
             ExitVerdict::UserDown => (ExitKind::UserDown, USER_DOWN_REASON.to_string(), false),
             ExitVerdict::RestartForReboot => (
@@ -443,11 +492,11 @@ impl Core {
         self.set_state(VmState::after_exit(kind), fx);
         if self.job.as_ref().is_some_and(|j| j.stop_end.is_some()) {
             self.stop_progress(now, fx);
-        } else if self
-            .job
-            .as_ref()
-            .is_some_and(|j| matches!(j.kind, Operation::Stop | Operation::Reboot))
-        {
+        } else if self.job.as_ref().is_some_and(|j| {
+            matches!(j.kind, Operation::Stop | Operation::Reboot)
+                || (matches!(j.kind, Operation::FinalizeSrc | Operation::FinalizeDst)
+                    && run.stop_requested)
+        }) {
             // The stop task will report in a moment; the job ends then.
         } else if let Some(job) = self.job.as_ref() {
             // QEMU went away under a short job (pause, resume, reset): it ends with its task.
@@ -475,6 +524,15 @@ impl Core {
         };
         match job.kind {
             Operation::Start => {}
+            Operation::Migrate if job.phase == "postcopy-active" => {
+                return Err(ApiError::new(
+                    ErrorCode::NotCancellable,
+                    format!(
+                        "The migrate job {id} runs postcopy: the guest is on the target, so it cannot be taken back"
+                    ),
+                ))
+            }
+            Operation::Migrate => {}
             // A signal cannot be taken back: only the power-button phase of a stop (or of a
             // reboot's stop half) can be cancelled.
             Operation::Stop | Operation::Reboot

@@ -13,6 +13,7 @@
 
 mod admission;
 mod lifecycle;
+mod migration;
 mod recovery;
 #[cfg(test)]
 mod tests;
@@ -89,6 +90,8 @@ pub(super) struct Job {
     before: Option<Before>,
     /// What a stop that does not happen goes back to (running or paused).
     before_stop: Option<VmState>,
+    /// Migrate: where to (as the operator named it).
+    target: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +133,12 @@ pub struct Core {
     recovered: bool,
     /// A start cancelled by a stop: that stop answers `start-cancelled`.
     start_cancelled_by_stop: bool,
+    /// This node took the VM by an incoming migration that is not finalized yet.
+    incoming: bool,
+    /// Where the last outgoing migration went (named in the exit record of `finalize-src`).
+    moved_to: Option<String>,
+    /// The last outgoing migration began postcopy: the guest must not run here again.
+    postcopy: bool,
 }
 
 const USER_DOWN_REASON: &str = "the guest powered itself off";
@@ -160,6 +169,9 @@ impl Core {
             dir_exists: false,
             recovered: false,
             start_cancelled_by_stop: false,
+            incoming: false,
+            moved_to: None,
+            postcopy: false,
         };
         core.job = Some(core.new_job(now, Operation::Recovery, "reading the run dir"));
         core
@@ -190,6 +202,14 @@ impl Core {
 
     pub fn job_id(&self) -> Option<JobId> {
         self.job.as_ref().map(|j| j.id)
+    }
+
+    /// The definition the current QEMU runs with.
+    pub fn running_spec(&self) -> Option<&InstanceSpec> {
+        self.run
+            .as_ref()
+            .and_then(|r| r.info.as_ref())
+            .map(|i| &i.spec)
     }
 
     /// The definition a start would use now.
@@ -292,6 +312,7 @@ impl Core {
             stop_end: None,
             before: None,
             before_stop: None,
+            target: None,
         }
     }
 
@@ -308,6 +329,7 @@ impl Core {
             timeout_ms: u64::try_from(j.timeout.as_millis()).unwrap_or(u64::MAX),
             restarting: j.restarting,
             undo: j.undo.clone(),
+            target: j.target.clone(),
         }
     }
 
@@ -395,8 +417,13 @@ impl Core {
     /// now or when the job serving it ends.
     pub fn request(&mut self, ticket: Ticket, request: Request, now: Now) -> Vec<Effect> {
         let mut fx = Vec::new();
-        if let Request::Cancel { id } = request {
-            let answer = self.cancel(id, "cancelled by the operator", &mut fx);
+        let cancel = match request {
+            Request::Cancel { id } => Some(Ok(id)),
+            Request::MigrateCancel => Some(self.migration_job()),
+            _ => None,
+        };
+        if let Some(id) = cancel {
+            let answer = id.and_then(|id| self.cancel(id, "cancelled by the operator", &mut fx));
             fx.push(Effect::Answer(
                 ticket,
                 Outcome::Now(answer),
@@ -499,12 +526,16 @@ impl Core {
                     Ok(()) => {
                         self.last_exit = None;
                         self.dir_exists = false;
+                        self.incoming = false;
                         self.set_state(VmState::Stopped, &mut fx);
                         JobOutcome::Done { stop: None }
                     }
                     Err(e) => JobOutcome::Failed(e),
                 };
                 self.end_job(outcome, now, &mut fx);
+            }
+            Input::MigrateDone { job, gen, end } if self.job_is(job) => {
+                self.on_migrate_done(gen, end, now, &mut fx)
             }
             Input::UndoDone { job } if self.job_is(job) => {
                 // An unfinished start found at recovery was undone: no QEMU, no run files.

@@ -7,7 +7,7 @@
 //! is ours but cannot be watched is adopted (unresponsive) and watched again later.
 
 use super::{Core, Effect, Job, Link, Now, Run, RunInfo, RunState, StopPhase, Task};
-use crate::api::{EventKind, JobOutcome, StopResult};
+use crate::api::{ApiError, ErrorCode, EventKind, JobOutcome, StopResult};
 use crate::model::exit::{ExitKind, ExitRecord};
 use crate::model::job::{Operation, PersistedJob, Undo};
 use crate::model::state::{StopEnd, VmState};
@@ -58,6 +58,8 @@ pub struct RecoveryFacts {
     pub job: Option<PersistedJob>,
     /// The `stopping` marker of a kvmd before jobs were persisted.
     pub legacy_stopping: bool,
+    /// The `incoming` marker: the VM came by a migration not finalized yet.
+    pub incoming: bool,
     pub qemu: FoundQemu,
 }
 
@@ -79,6 +81,7 @@ impl Core {
         j.timeout = std::time::Duration::from_millis(p.timeout_ms);
         j.restarting = p.restarting;
         j.undo = p.undo.clone();
+        j.target = p.target.clone();
         j
     }
 
@@ -106,6 +109,7 @@ impl Core {
                 timeout_ms: super::ms(self.settings.stop_timeout),
                 restarting: false,
                 undo: Vec::new(),
+                target: None,
             })
         });
         match f.qemu.clone() {
@@ -170,11 +174,20 @@ impl Core {
         });
         self.dir_exists = true;
         self.unresponsive = conn.is_none() || !watched;
+        self.incoming = f.incoming;
         self.state = match &status {
+            // A target whose migration is not finalized: it must not run yet.
+            _ if f.incoming => VmState::Incoming,
+            Some(RunState::Other(s)) if s == "inmigrate" => VmState::Incoming,
+            // A source whose migration completed: the VM belongs to the target.
+            Some(RunState::Other(s)) if s == "postmigrate" => VmState::Migrated,
             Some(RunState::Paused) | Some(RunState::Prelaunch) => VmState::Paused,
             Some(RunState::Other(s)) if s == "suspended" => VmState::Paused,
             _ => VmState::Running,
         };
+        if self.state == VmState::Incoming {
+            self.incoming = true;
+        }
         if !watched {
             // Ours, but nothing can tell us when it exits: keep it (a start would run a
             // second QEMU), show it unresponsive, and look again later. An unfinished job
@@ -195,6 +208,35 @@ impl Core {
                 let kill_at = p.phase_deadline_ms;
                 self.begin(j, None, fx);
                 self.launch_stop(now, from, kill_at, fx);
+            }
+            Some(p) if p.kind == Operation::Migrate => {
+                // The migration may still run: settle it (cancel unless it completed or runs
+                // postcopy), then resume the guest if it ran before.
+                let j = self.resumed_job(&p);
+                let id = j.id;
+                let target = p.target.clone().unwrap_or_default();
+                self.begin(j, None, fx);
+                self.state = VmState::Migrating;
+                fx.push(Effect::Spawn(Task::Migrate {
+                    job: id,
+                    gen: f.gen,
+                    uri: target,
+                    live: true,
+                    resume_on_failure: !p.paused,
+                    recover: true,
+                }));
+            }
+            Some(p) if p.kind == Operation::Accept => {
+                // A target kvmd died during its accept: drop the waiting QEMU (the source sees
+                // the migration fail and keeps the VM).
+                self.state = self.state_of_history();
+                self.incoming = false;
+                self.roll_back(
+                    &p,
+                    Some(pid),
+                    "kvmd restarted during the accept; the waiting QEMU is dropped",
+                    fx,
+                );
             }
             Some(p) if runtime_missing || info.is_none() => {
                 // A start (or a reboot's start half) that never wrote its runtime file: its
@@ -230,6 +272,7 @@ impl Core {
                     paused,
                     resume: true,
                     undo: p.undo.clone(),
+                    incoming: None,
                 }));
             }
             Some(_) => {}
@@ -247,6 +290,7 @@ impl Core {
                     timeout_ms: 0,
                     restarting: false,
                     undo: vec![Undo::DropRunFiles],
+                    target: None,
                 };
                 self.state = self.state_of_history();
                 self.roll_back(
@@ -320,10 +364,10 @@ impl Core {
     ) {
         self.state = self.state_of_history();
         // A start (or a reboot's start half) whose QEMU is gone: undo it; nothing ran.
-        if let Some(p) = job
-            .as_ref()
-            .filter(|p| p.kind == Operation::Start || (p.kind == Operation::Reboot && p.restarting))
-        {
+        if let Some(p) = job.as_ref().filter(|p| {
+            matches!(p.kind, Operation::Start | Operation::Accept)
+                || (p.kind == Operation::Reboot && p.restarting)
+        }) {
             let why = if matches!(f.runtime, RuntimeState::Missing) {
                 "kvmd restarted before the start was recorded"
             } else {
@@ -390,6 +434,17 @@ impl Core {
                 spec: info.as_ref().map(|i| Box::new(i.spec.clone())),
             });
             fx.push(Effect::Event(EventKind::Exited(record)));
+        }
+        if let Some(p) = job.as_ref().filter(|p| p.kind == Operation::Migrate) {
+            // The source's QEMU died while kvmd was down: the migration ended with it.
+            let j = self.resumed_job(p);
+            self.begin(j, None, fx);
+            let e = ApiError::new(
+                ErrorCode::MigrationFailed,
+                "the source's QEMU exited while kvmd was not running",
+            );
+            self.end_job(JobOutcome::Failed(e), now, fx);
+            return;
         }
         if let Some(p) = job.filter(|_| stopping) {
             // The stop (or a reboot's stop half) is done: QEMU is gone.

@@ -75,6 +75,55 @@ pub enum Request {
     Cancel {
         id: JobId,
     },
+    /// Source: migrate the running VM to `uri` (a target that accepted it).
+    Migrate {
+        uri: String,
+        live: bool,
+    },
+    /// Target: a QEMU for the VM `spec` that waits for it on `incoming.uri`.
+    Accept {
+        spec: Box<InstanceSpec>,
+        incoming: IncomingPlan,
+    },
+    FinalizeSrc {
+        success: bool,
+    },
+    FinalizeDst {
+        success: bool,
+    },
+    /// Cancel the running migration.
+    MigrateCancel,
+}
+
+/// What a target's QEMU needs besides the VM's definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncomingPlan {
+    /// Where QEMU listens (`tcp:ADDR:PORT`).
+    pub uri: String,
+    /// The source's exact machine type.
+    pub machine: String,
+    /// The migration capabilities the source turns on (the target needs the same).
+    pub capabilities: Vec<String>,
+}
+
+/// How a migration ended on the source, as the core cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MigrateOutcome {
+    Completed,
+    Cancelled(String),
+    Failed(String),
+    /// QEMU did not say.
+    Unknown(String),
+}
+
+/// What the migrate task reports at its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrateEnd {
+    pub outcome: MigrateOutcome,
+    /// The guest runs on this node now (`query-status` after the end; `None`: no answer).
+    pub running: Option<bool>,
+    /// Postcopy began (the guest is on the target, whatever happens next).
+    pub postcopy: bool,
 }
 
 /// How a request is answered.
@@ -100,6 +149,8 @@ pub enum Answer {
     Cancelling(JobInfo),
     /// A stop that cancelled a start: the start was rolled back, no QEMU is left.
     StartCancelled,
+    /// Nothing was left to do (a finalization that already happened).
+    Unchanged,
 }
 
 /// A QMP event, as far as the core cares.
@@ -172,6 +223,19 @@ pub enum Task {
         resume: bool,
         /// A resumed start's undo steps so far (from its job file).
         undo: Vec<Undo>,
+        /// A migration target: wait for the VM instead of booting it.
+        incoming: Option<IncomingPlan>,
+    },
+    /// Migrate the QEMU of `gen` to `uri` (the coordinator); with `recover`, only settle a
+    /// migration a previous kvmd began (cancel it unless it completed or runs postcopy).
+    /// On failure, resume the guest if `resume_on_failure` and postcopy never began.
+    Migrate {
+        job: JobId,
+        gen: u64,
+        uri: String,
+        live: bool,
+        resume_on_failure: bool,
+        recover: bool,
     },
     /// Make QEMU of generation `gen` go away: ACPI (when `acpi`) until `deadline_ms`, then
     /// SIGTERM, then SIGKILL. `from` is where to begin (a resumed stop may be past ACPI).
@@ -218,6 +282,8 @@ pub enum QmpAction {
     Pause,
     Resume,
     Reset,
+    /// A migration target: `cont`, only if QEMU says the incoming migration completed.
+    RunIncoming,
 }
 
 /// Messages to a running task.
@@ -273,6 +339,8 @@ pub enum Effect {
     ReleaseUid,
     /// Hold this pool uid for this instance (an adopted QEMU runs as it).
     HoldUid(u32),
+    /// The incoming migration was finalized: remove the `incoming` marker.
+    IncomingDone,
     /// The adopted QEMU of `gen` could not be watched (no pidfd): look at the run dir again
     /// later and send a fresh [`Input::Recovered`].
     Rewatch {
@@ -360,5 +428,10 @@ pub enum Input {
     },
     UndoDone {
         job: JobId,
+    },
+    MigrateDone {
+        job: JobId,
+        gen: u64,
+        end: MigrateEnd,
     },
 }

@@ -120,6 +120,7 @@ fn nothing() -> RecoveryFacts {
         pidfile_pid: None,
         job: None,
         legacy_stopping: false,
+        incoming: false,
         qemu: FoundQemu::None,
     }
 }
@@ -242,6 +243,7 @@ fn the_admission_table() {
         exiting,
         state,
         watched: true,
+        incoming: false,
     };
     let job = |kind, force| Some(Running { kind, force });
     let stopped = vm(false, false, VmState::Stopped);
@@ -299,6 +301,7 @@ fn a_stop_of_a_qemu_kvmd_cannot_watch_is_refused_not_attempted() {
         exiting: false,
         state: VmState::Running,
         watched: false,
+        incoming: false,
     };
     assert!(matches!(
         rule(Ask::Stop, None, facts),

@@ -16,6 +16,7 @@ fn adopted(status: RunState) -> RecoveryFacts {
         pidfile_pid: Some(4242),
         job: None,
         legacy_stopping: false,
+        incoming: false,
         qemu: FoundQemu::Adopted {
             pid: 4242,
             conn: Some(1),
@@ -38,6 +39,7 @@ fn persisted(kind: Operation, phase: &str) -> PersistedJob {
         timeout_ms: 20_000,
         restarting: false,
         undo: vec![Undo::DropRunFiles],
+        target: None,
     }
 }
 

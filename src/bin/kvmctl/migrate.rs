@@ -1,0 +1,612 @@
+//! `kvmctl migrate NAME --to TARGET`: the whole migration against both daemons, the way a
+//! cluster engine drives the steps — migration-info on the source, accept on the target (its
+//! preflight first), migrate on the source, migration-status until the job ends, then
+//! finalize-dst and finalize-src with the outcome — with a progress bar and a summary.
+//!
+//! TARGET is the target kvmd's control socket, or `ssh://[user@]host[:port][/socket]`: the
+//! remote socket is forwarded to a private local one by `ssh -L` (kvmd has no network
+//! listener).
+//!
+//! Invariant: whatever happens after the target accepted, both finalizations run with the
+//! same verdict, so exactly one copy runs: the target only after QEMU reported `completed`,
+//! the source otherwise. Ctrl-C cancels the migration (it does not leave it half done).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvmd::api::{ApiError, ApiReply, ApiRequest, ErrorCode, MigrationReport};
+use kvmd::control::client::{Answer, Client, ClientError};
+use kvmd::model::field_error::FieldError;
+use kvmd::model::name::InstanceName;
+use serde_json::{json, Value};
+
+use crate::render::{e, json_pretty};
+use crate::Failure;
+
+/// The default remote socket of an `ssh://` target.
+const REMOTE_SOCKET: &str = "/run/kvmd/kvmd.sock";
+/// How long a daemon may stay unreachable while the migration is followed.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
+
+/// What the operator asked.
+pub struct Request<'a> {
+    pub name: InstanceName,
+    pub source: &'a Path,
+    pub to: &'a str,
+    pub listen: Option<&'a str>,
+    pub live: bool,
+    pub json: bool,
+    pub verbose: bool,
+}
+
+/// Where the target kvmd is reached.
+enum Target {
+    Socket(PathBuf),
+    Ssh {
+        destination: String,
+        port: Option<u16>,
+        socket: String,
+    },
+}
+
+fn usage(field: &str, value: &str, rule: &str) -> Failure {
+    Failure::Usage(ApiError::invalid(vec![FieldError::new(
+        field,
+        e(value),
+        rule,
+    )]))
+}
+
+fn parse_target(to: &str) -> Result<Target, Failure> {
+    let Some(rest) = to.strip_prefix("ssh://") else {
+        return Ok(Target::Socket(PathBuf::from(to)));
+    };
+    let rule = "must be a control socket path or ssh://[user@]host[:port][/socket]";
+    let (authority, socket) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, REMOTE_SOCKET.to_string()),
+    };
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (
+            h,
+            Some(p.parse::<u16>().map_err(|_| usage("to", to, rule))?),
+        ),
+        _ => (hostport, None),
+    };
+    // Passed to ssh as one argument after `--`; still, nothing that looks like an option or
+    // holds spaces or controls gets that far.
+    let ok = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-[]:".contains(c))
+    };
+    if !ok(host) || user.is_some_and(|u| !ok(u)) || socket.chars().any(char::is_control) {
+        return Err(usage("to", to, rule));
+    }
+    let destination = match user {
+        Some(u) => format!("{u}@{host}"),
+        None => host.to_string(),
+    };
+    Ok(Target::Ssh {
+        destination,
+        port,
+        socket,
+    })
+}
+
+/// An `ssh -L` forwarding of the remote socket to a private local one, ended on drop.
+struct Forward {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A fresh directory only this user can enter (its name is random; creating it fails if it
+/// exists, so nobody can have prepared it).
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = base.join(format!("kvmctl-{suffix}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+fn forward(destination: &str, port: Option<u16>, remote: &str) -> Result<Forward, Failure> {
+    let fail = |why: String| {
+        Failure::Usage(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("Cannot reach the target over ssh: {why}"),
+        ))
+    };
+    let dir = private_dir().map_err(|err| fail(format!("no private directory: {err}")))?;
+    let socket = dir.join("kvmd.sock");
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-N",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+    ])
+    .arg("-L")
+    .arg(format!("{}:{remote}", socket.display()));
+    if let Some(p) = port {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    cmd.arg("--")
+        .arg(destination)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let child = cmd
+        .spawn()
+        .map_err(|err| fail(format!("cannot run ssh: {err}")))?;
+    let mut f = Forward { child, dir, socket };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f.socket.exists() {
+        if let Ok(Some(status)) = f.child.try_wait() {
+            return Err(fail(format!("ssh exited ({status})")));
+        }
+        if Instant::now() > deadline {
+            return Err(fail("no forwarded socket after 15 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(f)
+}
+
+/// A free TCP port on the loopback (for a target on this host).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// kvmd's reply, or its error as a refusal.
+fn call(socket: &Path, req: &ApiRequest) -> Result<ApiReply, ClientError> {
+    let Answer { result, .. } = Client::connect(socket)?.call(req)?;
+    result.map_err(ClientError::Refused)
+}
+
+/// The progress bar (stderr, redrawn on a terminal; a line per second with `--verbose`).
+struct Bar {
+    tty: bool,
+    show: bool,
+    last_line: Instant,
+    drawn: bool,
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1_048_576.0)
+}
+
+impl Bar {
+    fn draw(&mut self, m: &MigrationReport) {
+        if !self.show {
+            return;
+        }
+        let done = m.transferred;
+        let pct = (done.min(m.total) * 100)
+            .checked_div(m.total)
+            .and_then(|p| usize::try_from(p).ok())
+            .unwrap_or(0);
+        let width = 24;
+        let filled = pct * width / 100;
+        let eta = if m.speed_bps > 0 {
+            format!("{}s", m.remaining / m.speed_bps.max(1))
+        } else {
+            "-".into()
+        };
+        let mut line = format!(
+            "[{}{}] {:>3}%  {} sent  {} left  {}/s  dirty {} pages/s  pass {}  ETA {}  ({})",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            pct,
+            mib(done),
+            mib(m.remaining),
+            mib(m.speed_bps),
+            m.dirty_pages_rate,
+            m.pass,
+            eta,
+            e(&m.status),
+        );
+        if let Some(s) = m.stalled_ms {
+            line.push_str(&format!("  stalled {} s", s / 1000));
+        }
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+            self.drawn = true;
+        } else if self.last_line.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{line}");
+            self.last_line = Instant::now();
+        }
+    }
+
+    fn done(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        if self.show {
+            self.done();
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// What the flow found, for the summary.
+struct Account {
+    steps: Vec<Value>,
+    outcome: String,
+    reason: Option<String>,
+    last: Option<MigrationReport>,
+    resumed_at_us: Option<u64>,
+    runs_on: &'static str,
+}
+
+impl Account {
+    fn step(&mut self, name: &str, result: Result<&str, String>) {
+        self.steps.push(match result {
+            Ok(what) => json!({"step": name, "ok": true, "result": what}),
+            Err(why) => json!({"step": name, "ok": false, "error": why}),
+        });
+    }
+}
+
+fn err_text(e: &ClientError) -> String {
+    match e {
+        ClientError::Refused(api) => api.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Follow the migration until its job ended; Ctrl-C cancels it (once).
+fn follow(
+    socket: &Path,
+    name: &InstanceName,
+    bar: &mut Bar,
+    interrupted: &AtomicBool,
+) -> Result<MigrationReport, String> {
+    let mut cancelled = false;
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        if interrupted.load(Ordering::Relaxed) && !cancelled {
+            cancelled = true;
+            bar.note("interrupted: cancelling the migration");
+            if let Err(err) = call(socket, &ApiRequest::MigrateCancel { name: name.clone() }) {
+                bar.note(&format!("cancel refused: {}", e(&err_text(&err))));
+            }
+        }
+        match call(socket, &ApiRequest::MigrationStatus { name: name.clone() }) {
+            Ok(ApiReply::MigrationStatus { migration, .. }) => {
+                unreachable_since = None;
+                if migration.job.is_none() {
+                    bar.done();
+                    return Ok(*migration);
+                }
+                bar.draw(&migration);
+            }
+            Ok(_) => return Err("the source answered migration-status oddly".into()),
+            Err(err) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > UNREACHABLE_FOR {
+                    bar.done();
+                    return Err(format!(
+                        "the source kvmd did not answer for {} s ({}); the migration may go on: see `kvmctl migration-status`",
+                        UNREACHABLE_FOR.as_secs(),
+                        err_text(&err)
+                    ));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The whole flow. Exit code: 0 when the VM runs on the target; 1 otherwise.
+pub fn run(r: &Request) -> Result<u8, Failure> {
+    let target = parse_target(r.to)?;
+    let listen = match (r.listen, &target) {
+        (Some(l), _) => l.to_string(),
+        (None, Target::Socket(_)) => format!(
+            "127.0.0.1:{}",
+            free_port().map_err(|err| usage("listen", "(default)", &err.to_string()))?
+        ),
+        (None, Target::Ssh { .. }) => {
+            return Err(usage(
+                "listen",
+                "(missing)",
+                "an ssh:// target needs --listen IP:PORT (the target's address on the migration network)",
+            ))
+        }
+    };
+    let _forward;
+    let dst: PathBuf = match &target {
+        Target::Socket(p) => p.clone(),
+        Target::Ssh {
+            destination,
+            port,
+            socket,
+        } => {
+            let f = forward(destination, *port, socket)?;
+            let p = f.socket.clone();
+            _forward = f;
+            p
+        }
+    };
+    if let (Ok(a), Ok(b)) = (r.source.canonicalize(), dst.canonicalize()) {
+        if a == b {
+            return Err(usage(
+                "to",
+                r.to,
+                "must be another kvmd than the source (the same socket was given)",
+            ));
+        }
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+    let tty = std::io::stderr().is_terminal();
+    let mut bar = Bar {
+        tty,
+        show: (tty || r.verbose) && !r.json,
+        last_line: Instant::now() - Duration::from_secs(2),
+        drawn: false,
+    };
+    let name = r.name.clone();
+    let t0 = Instant::now();
+    let mut acc = Account {
+        steps: Vec::new(),
+        outcome: "failed".into(),
+        reason: None,
+        last: None,
+        resumed_at_us: None,
+        runs_on: "source",
+    };
+    // 1. The blob from the source.
+    let info = match call(r.source, &ApiRequest::MigrationInfo { name: name.clone() }) {
+        Ok(ApiReply::MigrationInfo { info }) => {
+            acc.step("migration-info", Ok("ok"));
+            info
+        }
+        Ok(_) => return Err(Failure::Client(ClientError::Closed)),
+        Err(err) => return Err(Failure::Client(err)),
+    };
+    // 2. The target: preflight, then a paused QEMU listening.
+    bar.note(&format!(
+        "{}: target accepts on {}",
+        e(name.as_str()),
+        e(&listen)
+    ));
+    if let Err(err) = call(
+        &dst,
+        &ApiRequest::Accept {
+            name: name.clone(),
+            info,
+            listen: listen.clone(),
+            wait: true,
+        },
+    ) {
+        acc.step("accept", Err(err_text(&err)));
+        acc.reason = Some(format!("the target refused: {}", err_text(&err)));
+        return Ok(finish(r, &acc, t0, &listen));
+    }
+    acc.step("accept", Ok("incoming"));
+    // 3. The source's job, followed to its end.
+    let started = call(
+        r.source,
+        &ApiRequest::Migrate {
+            name: name.clone(),
+            target: listen.clone(),
+            live: r.live,
+            wait: false,
+        },
+    );
+    let verdict = match started {
+        Err(err) => {
+            acc.step("migrate", Err(err_text(&err)));
+            Err(format!("the source refused: {}", err_text(&err)))
+        }
+        Ok(_) => {
+            acc.step("migrate", Ok("started"));
+            match follow(r.source, &name, &mut bar, &interrupted) {
+                Ok(m) => {
+                    let s = m.summary.clone();
+                    acc.last = Some(m);
+                    match s {
+                        Some(s) if s.outcome == "completed" => Ok(()),
+                        Some(s) => {
+                            acc.outcome = s.outcome.clone();
+                            Err(s.reason.unwrap_or(s.outcome))
+                        }
+                        None => Err("the source's migrate job ended before it began".into()),
+                    }
+                }
+                Err(why) => Err(why),
+            }
+        }
+    };
+    // 4. Both finalizations with one verdict.
+    let verdict = verdict.and_then(|()| {
+        match call(
+            &dst,
+            &ApiRequest::FinalizeDst {
+                name: name.clone(),
+                success: true,
+            },
+        ) {
+            Ok(_) => {
+                acc.step("finalize-dst", Ok("running"));
+                Ok(())
+            }
+            Err(err) => {
+                acc.step("finalize-dst", Err(err_text(&err)));
+                Err(format!("the target could not run it: {}", err_text(&err)))
+            }
+        }
+    });
+    match verdict {
+        Ok(()) => {
+            acc.outcome = "completed".into();
+            acc.runs_on = "target";
+            if let Ok(ApiReply::MigrationStatus { migration, .. }) =
+                call(&dst, &ApiRequest::MigrationStatus { name: name.clone() })
+            {
+                acc.resumed_at_us = migration.resumed_at_us;
+            }
+            match call(
+                r.source,
+                &ApiRequest::FinalizeSrc {
+                    name: name.clone(),
+                    success: true,
+                },
+            ) {
+                Ok(_) => acc.step("finalize-src", Ok("moved")),
+                Err(err) => acc.step("finalize-src", Err(err_text(&err))),
+            }
+        }
+        Err(why) => {
+            acc.reason = Some(why);
+            match call(
+                &dst,
+                &ApiRequest::FinalizeDst {
+                    name: name.clone(),
+                    success: false,
+                },
+            ) {
+                Ok(_) => acc.step("finalize-dst", Ok("dropped")),
+                Err(err) => acc.step("finalize-dst", Err(err_text(&err))),
+            }
+            match call(
+                r.source,
+                &ApiRequest::FinalizeSrc {
+                    name: name.clone(),
+                    success: false,
+                },
+            ) {
+                Ok(_) => acc.step("finalize-src", Ok("running")),
+                Err(err) => acc.step("finalize-src", Err(err_text(&err))),
+            }
+        }
+    }
+    Ok(finish(r, &acc, t0, &listen))
+}
+
+/// Print the summary; the exit code.
+fn finish(r: &Request, acc: &Account, t0: Instant, listen: &str) -> u8 {
+    let s = acc.last.as_ref().and_then(|m| m.summary.clone());
+    let pause_ms = match (acc.resumed_at_us, s.as_ref().and_then(|s| s.stopped_at_us)) {
+        (Some(resumed), Some(stopped)) if resumed >= stopped => Some((resumed - stopped) / 1000),
+        _ => None,
+    };
+    let ok = acc.outcome == "completed";
+    if r.json {
+        let v = json!({
+            "ok": ok,
+            "kind": "migration",
+            "instance": r.name.as_str(),
+            "target": r.to,
+            "listen": listen,
+            "outcome": acc.outcome,
+            "reason": acc.reason,
+            "runs_on": acc.runs_on,
+            "elapsed_ms": u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "total_time_ms": s.as_ref().and_then(|s| s.total_time_ms),
+            "downtime_ms": s.as_ref().and_then(|s| s.downtime_ms),
+            "pause_ms": pause_ms,
+            "transferred": s.as_ref().map(|s| s.transferred),
+            "passes": s.as_ref().map(|s| s.passes),
+            "path": s.as_ref().map(|s| s.path.clone()),
+            "downtime_limit_ms": s.as_ref().map(|s| s.downtime_limit_ms),
+            "seen_after_us": s.as_ref().and_then(|s| s.seen_after_us),
+            "steps": acc.steps,
+        });
+        println!("{}", json_pretty(&v));
+    } else {
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        if ok {
+            println!(
+                "{}: migrated to {} ({}), running there",
+                e(r.name.as_str()),
+                e(r.to),
+                e(listen)
+            );
+        } else {
+            println!(
+                "{}: migration {}: {}; it runs on the {}",
+                e(r.name.as_str()),
+                e(&acc.outcome),
+                e(acc.reason.as_deref().unwrap_or("no reason given")),
+                acc.runs_on
+            );
+        }
+        if let Some(s) = &s {
+            println!("  total time      {} (QEMU)", ms(s.total_time_ms));
+            println!("  downtime        {} (QEMU)", ms(s.downtime_ms));
+            if ok {
+                println!(
+                    "  guest paused    {} (source STOP to target continued)",
+                    ms(pause_ms)
+                );
+            }
+            println!(
+                "  transferred     {} in {} passes, {}",
+                mib(s.transferred),
+                s.passes,
+                e(&s.path)
+            );
+            if let Some(us) = s.seen_after_us {
+                println!(
+                    "  completion seen {:.1} ms after QEMU's event",
+                    us as f64 / 1000.0
+                );
+            }
+        }
+        println!("  steps           {}", steps_line(&acc.steps));
+    }
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+fn steps_line(steps: &[Value]) -> String {
+    steps
+        .iter()
+        .map(|s| {
+            let name = s["step"].as_str().unwrap_or("?");
+            match s["ok"].as_bool() {
+                Some(true) => format!("{name} ✓"),
+                _ => format!("{name} ✗"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
