@@ -191,6 +191,22 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
                 errs,
             )
             .unwrap_or(d.health_interval),
+        migration_stall: o
+            .duration(
+                "migration_stall_ms",
+                (100, 86_400_000),
+                Duration::from_millis,
+                errs,
+            )
+            .unwrap_or(d.migration_stall),
+        migration_abort_after_stall: o
+            .duration(
+                "migration_abort_after_stall_ms",
+                (0, 86_400_000),
+                Duration::from_millis,
+                errs,
+            )
+            .unwrap_or(d.migration_abort_after_stall),
         serial_log_max_bytes: o
             .int("serial_log_max_bytes", 4096, 1 << 40, errs)
             .unwrap_or(d.serial_log_max_bytes),

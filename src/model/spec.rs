@@ -75,6 +75,10 @@ pub struct NodeConfig {
     /// How often a running VM's QMP is asked `query-status`. A command that misses its
     /// deadline marks the VM unresponsive at once, whatever this interval.
     pub health_interval: Duration,
+    /// An outgoing migration that moved no byte for this long is `stalled`.
+    pub migration_stall: Duration,
+    /// A stalled migration is given up (cancelled, the source resumed) after this much more.
+    pub migration_abort_after_stall: Duration,
     /// `serial.log` is rotated when it grows past this many bytes...
     pub serial_log_max_bytes: u64,
     /// ...keeping this many of its last bytes in `serial.log.1`.
@@ -118,6 +122,8 @@ impl NodeConfig {
             probe_timeout: Duration::from_secs(20),
             startup_timeout: Duration::from_secs(60),
             health_interval: Duration::from_secs(2),
+            migration_stall: Duration::from_secs(30),
+            migration_abort_after_stall: Duration::from_secs(30),
             serial_log_max_bytes: 1 << 20,
             serial_log_keep_bytes: 256 << 10,
             max_connections: 256,

@@ -643,7 +643,7 @@ impl VmActor {
             .running_spec()
             .map(|s| s.effective_hvparams(&self.node))
             .unwrap_or_else(|| self.node.hvparams_with(&Default::default()));
-        let plan = migrate::plan(&hv, uri, live);
+        let plan = migrate::plan(&hv, &self.node, uri, live);
         let (tx, rx) = mpsc::channel(crate::qmp::NOTICE_CAPACITY);
         *self.tap.lock().expect("migration tap") = Some(tx);
         let coordinator = {

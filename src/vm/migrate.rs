@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::migration::coordinator::{self, Outcome, Plan, Summary, CANCEL_GRACE};
 use crate::migration::policy::{Path, PolicyConfig};
 use crate::model::hvparams::{key, HvParams};
+use crate::model::spec::NodeConfig;
 use crate::qmp::{MigrationStatus, Notice, Qmp, QmpEvent, RunState};
 use crate::vm::core::{IncomingPlan, MigrateEnd, MigrateOutcome};
 
@@ -57,11 +58,13 @@ fn user_caps(hv: &HvParams) -> Vec<String> {
         .collect()
 }
 
-/// What the coordinator is to do for a VM with hvparams `hv`.
-pub(super) fn plan(hv: &HvParams, uri: &str, live: bool) -> Plan {
+/// What the coordinator is to do for a VM with hvparams `hv` on `node`.
+pub(super) fn plan(hv: &HvParams, node: &NodeConfig, uri: &str, live: bool) -> Plan {
     let caps = user_caps(hv);
     let downtime = u64::try_from(hv.int(key::MIGRATION_DOWNTIME)).unwrap_or(0);
-    let policy = PolicyConfig::for_hvparams(downtime, &caps);
+    let mut policy = PolicyConfig::for_hvparams(downtime, &caps);
+    policy.stall_after = node.migration_stall;
+    policy.abort_after_stall = node.migration_abort_after_stall;
     Plan {
         uri: uri.to_string(),
         live: live && hv.str(key::MIGRATION_MODE) != "non-live",

@@ -18,9 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvmd::api::{ApiError, ApiReply, ApiRequest, ErrorCode, MigrationReport};
-use kvmd::control::client::{Answer, Client, ClientError};
+use kvmd::api::{
+    ApiError, ApiReply, ApiRequest, ErrorCode, EventKind, MigrationReport, StreamItem,
+};
+use kvmd::control::client::{Answer, Client, ClientError, EventStream};
 use kvmd::model::field_error::FieldError;
+use kvmd::model::job::Operation;
 use kvmd::model::name::InstanceName;
 use serde_json::{json, Value};
 
@@ -46,11 +49,18 @@ pub struct Request<'a> {
 /// Where the target kvmd is reached.
 enum Target {
     Socket(PathBuf),
-    Ssh {
-        destination: String,
-        port: Option<u16>,
-        socket: String,
-    },
+    Ssh(Ssh),
+}
+
+/// An `ssh://` target.
+struct Ssh {
+    destination: String,
+    port: Option<u16>,
+    socket: String,
+    /// `?keyfile=PATH` (as libvirt's qemu+ssh URIs spell it).
+    keyfile: Option<String>,
+    /// `?known_hosts=PATH`.
+    known_hosts: Option<String>,
 }
 
 fn usage(field: &str, value: &str, rule: &str) -> Failure {
@@ -65,7 +75,22 @@ fn parse_target(to: &str) -> Result<Target, Failure> {
     let Some(rest) = to.strip_prefix("ssh://") else {
         return Ok(Target::Socket(PathBuf::from(to)));
     };
-    let rule = "must be a control socket path or ssh://[user@]host[:port][/socket]";
+    let rule = "must be a control socket path or ssh://[user@]host[:port][/socket][?keyfile=PATH&known_hosts=PATH]";
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (mut keyfile, mut known_hosts) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("keyfile", v)) if !v.is_empty() => keyfile = Some(v.to_string()),
+            Some(("known_hosts", v)) if !v.is_empty() => known_hosts = Some(v.to_string()),
+            _ => return Err(usage("to", to, rule)),
+        }
+    }
+    if [&keyfile, &known_hosts]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| v.chars().any(char::is_control)))
+    {
+        return Err(usage("to", to, rule));
+    }
     let (authority, socket) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].to_string()),
         None => (rest, REMOTE_SOCKET.to_string()),
@@ -96,11 +121,13 @@ fn parse_target(to: &str) -> Result<Target, Failure> {
         Some(u) => format!("{u}@{host}"),
         None => host.to_string(),
     };
-    Ok(Target::Ssh {
+    Ok(Target::Ssh(Ssh {
         destination,
         port,
         socket,
-    })
+        keyfile,
+        known_hosts,
+    }))
 }
 
 /// An `ssh -L` forwarding of the remote socket to a private local one, ended on drop.
@@ -135,7 +162,7 @@ fn private_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-fn forward(destination: &str, port: Option<u16>, remote: &str) -> Result<Forward, Failure> {
+fn forward(t: &Ssh) -> Result<Forward, Failure> {
     let fail = |why: String| {
         Failure::Usage(ApiError::new(
             ErrorCode::BadRequest,
@@ -153,12 +180,18 @@ fn forward(destination: &str, port: Option<u16>, remote: &str) -> Result<Forward
         "ExitOnForwardFailure=yes",
     ])
     .arg("-L")
-    .arg(format!("{}:{remote}", socket.display()));
-    if let Some(p) = port {
+    .arg(format!("{}:{}", socket.display(), t.socket));
+    if let Some(p) = t.port {
         cmd.arg("-p").arg(p.to_string());
     }
+    if let Some(k) = &t.keyfile {
+        cmd.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    if let Some(k) = &t.known_hosts {
+        cmd.arg("-o").arg(format!("UserKnownHostsFile={k}"));
+    }
     cmd.arg("--")
-        .arg(destination)
+        .arg(&t.destination)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let child = cmd
@@ -189,6 +222,34 @@ fn free_port() -> std::io::Result<u16> {
 fn call(socket: &Path, req: &ApiRequest) -> Result<ApiReply, ClientError> {
     let Answer { result, .. } = Client::connect(socket)?.call(req)?;
     result.map_err(ClientError::Refused)
+}
+
+/// [`call`], retried while kvmd cannot be reached (a restarting kvmd), for `UNREACHABLE_FOR`.
+fn call_retrying(socket: &Path, req: &ApiRequest) -> Result<ApiReply, ClientError> {
+    let since = Instant::now();
+    loop {
+        match call(socket, req) {
+            Err(err)
+                if !matches!(err, ClientError::Refused(_)) && since.elapsed() < UNREACHABLE_FOR =>
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The target's state, once it answers (`None`: it did not, within `UNREACHABLE_FOR`).
+fn target_state(socket: &Path, name: &InstanceName) -> Option<String> {
+    match call_retrying(
+        socket,
+        &ApiRequest::Info {
+            name: Some(name.clone()),
+        },
+    ) {
+        Ok(ApiReply::Info(v)) => v.first().map(|i| i.state.as_str().to_string()),
+        _ => None,
+    }
 }
 
 /// The progress bar (stderr, redrawn on a terminal; a line per second with `--verbose`).
@@ -287,15 +348,23 @@ fn err_text(e: &ClientError) -> String {
     }
 }
 
-/// Follow the migration until its job ended; Ctrl-C cancels it (once).
+/// Follow the migration until its job ended: its end from the source's event stream (so the
+/// target is continued at once), the figures from `migration-status` every 200 ms, and by
+/// polling alone if the stream is lost. Ctrl-C cancels it (once).
 fn follow(
     socket: &Path,
     name: &InstanceName,
+    mut stream: Option<EventStream>,
     bar: &mut Bar,
     interrupted: &AtomicBool,
 ) -> Result<MigrationReport, String> {
     let mut cancelled = false;
     let mut unreachable_since: Option<Instant> = None;
+    let tick = Duration::from_millis(200);
+    let mut next_poll = Instant::now();
+    if let Some(s) = &stream {
+        s.set_timeout(Some(tick));
+    }
     loop {
         if interrupted.load(Ordering::Relaxed) && !cancelled {
             cancelled = true;
@@ -304,6 +373,21 @@ fn follow(
                 bar.note(&format!("cancel refused: {}", e(&err_text(&err))));
             }
         }
+        let mut ended = false;
+        match stream.as_mut().map(|s| s.next()) {
+            Some(Some(Ok(StreamItem::Event(ev)))) => {
+                ended = matches!(&ev.kind, EventKind::JobEnded(j)
+                    if j.instance == *name && j.kind == Operation::Migrate);
+            }
+            Some(Some(Ok(_))) => {}
+            Some(Some(Err(err))) if err.is_timeout() => {}
+            Some(_) => stream = None,
+            None => std::thread::sleep(tick),
+        }
+        if !ended && Instant::now() < next_poll {
+            continue;
+        }
+        next_poll = Instant::now() + tick;
         match call(socket, &ApiRequest::MigrationStatus { name: name.clone() }) {
             Ok(ApiReply::MigrationStatus { migration, .. }) => {
                 unreachable_since = None;
@@ -326,7 +410,6 @@ fn follow(
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -339,7 +422,7 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
             "127.0.0.1:{}",
             free_port().map_err(|err| usage("listen", "(default)", &err.to_string()))?
         ),
-        (None, Target::Ssh { .. }) => {
+        (None, Target::Ssh(_)) => {
             return Err(usage(
                 "listen",
                 "(missing)",
@@ -350,12 +433,8 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
     let _forward;
     let dst: PathBuf = match &target {
         Target::Socket(p) => p.clone(),
-        Target::Ssh {
-            destination,
-            port,
-            socket,
-        } => {
-            let f = forward(destination, *port, socket)?;
+        Target::Ssh(t) => {
+            let f = forward(t)?;
             let p = f.socket.clone();
             _forward = f;
             p
@@ -419,6 +498,10 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
     }
     acc.step("accept", Ok("incoming"));
     // 3. The source's job, followed to its end.
+    // Subscribed before the job begins, so its end cannot be missed.
+    let stream = Client::connect(r.source)
+        .and_then(|c| c.subscribe(None, true))
+        .ok();
     let started = call(
         r.source,
         &ApiRequest::Migrate {
@@ -435,7 +518,7 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
         }
         Ok(_) => {
             acc.step("migrate", Ok("started"));
-            match follow(r.source, &name, &mut bar, &interrupted) {
+            match follow(r.source, &name, stream, &mut bar, &interrupted) {
                 Ok(m) => {
                     let s = m.summary.clone();
                     acc.last = Some(m);
@@ -452,9 +535,10 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
             }
         }
     };
-    // 4. Both finalizations with one verdict.
+    // 4. Both finalizations with one verdict. A finalize-dst whose answer was lost may have
+    // run the guest: the target's state decides then.
     let verdict = verdict.and_then(|()| {
-        match call(
+        match call_retrying(
             &dst,
             &ApiRequest::FinalizeDst {
                 name: name.clone(),
@@ -464,6 +548,18 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
             Ok(_) => {
                 acc.step("finalize-dst", Ok("running"));
                 Ok(())
+            }
+            Err(err) if !matches!(err, ClientError::Refused(_)) => {
+                match target_state(&dst, &name).as_deref() {
+                    Some("running") => {
+                        acc.step("finalize-dst", Ok("running"));
+                        Ok(())
+                    }
+                    _ => {
+                        acc.step("finalize-dst", Err(err_text(&err)));
+                        Err(format!("the target could not run it: {}", err_text(&err)))
+                    }
+                }
             }
             Err(err) => {
                 acc.step("finalize-dst", Err(err_text(&err)));
@@ -480,7 +576,7 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
             {
                 acc.resumed_at_us = migration.resumed_at_us;
             }
-            match call(
+            match call_retrying(
                 r.source,
                 &ApiRequest::FinalizeSrc {
                     name: name.clone(),
@@ -493,17 +589,8 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
         }
         Err(why) => {
             acc.reason = Some(why);
-            match call(
-                &dst,
-                &ApiRequest::FinalizeDst {
-                    name: name.clone(),
-                    success: false,
-                },
-            ) {
-                Ok(_) => acc.step("finalize-dst", Ok("dropped")),
-                Err(err) => acc.step("finalize-dst", Err(err_text(&err))),
-            }
-            match call(
+            // The source first: the guest runs again as soon as possible.
+            match call_retrying(
                 r.source,
                 &ApiRequest::FinalizeSrc {
                     name: name.clone(),
@@ -513,6 +600,28 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
                 Ok(_) => acc.step("finalize-src", Ok("running")),
                 Err(err) => acc.step("finalize-src", Err(err_text(&err))),
             }
+            match call_retrying(
+                &dst,
+                &ApiRequest::FinalizeDst {
+                    name: name.clone(),
+                    success: false,
+                },
+            ) {
+                Ok(_) => acc.step("finalize-dst", Ok("dropped")),
+                Err(err) => acc.step("finalize-dst", Err(err_text(&err))),
+            }
+            acc.runs_on = match call(
+                r.source,
+                &ApiRequest::Info {
+                    name: Some(name.clone()),
+                },
+            ) {
+                Ok(ApiReply::Info(v)) if v.first().is_some_and(|i| i.state.has_process()) => {
+                    "source"
+                }
+                Ok(_) => "nowhere",
+                Err(_) => "source (unconfirmed)",
+            };
         }
     }
     Ok(finish(r, &acc, t0, &listen))

@@ -347,7 +347,9 @@ impl Core {
         let gen = run.gen;
         let acpi = run.info.as_ref().is_none_or(|i| i.acpi);
         let Some(job) = self.job.as_mut() else { return };
-        let acpi = acpi && self.state != VmState::Paused && !job.force;
+        // Only a running guest hears the button (not a paused one, nor one whose migration
+        // holds it stopped).
+        let acpi = acpi && self.state == VmState::Running && !job.force;
         let from = match from {
             _ if job.force => StopPhase::Sigkill,
             // A guest that cannot hear the button (paused, or no ACPI) gets SIGTERM at once.

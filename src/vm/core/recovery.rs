@@ -175,9 +175,15 @@ impl Core {
         self.dir_exists = true;
         self.unresponsive = conn.is_none() || !watched;
         self.incoming = f.incoming;
+        if f.incoming && status == Some(RunState::Running) {
+            // finalize-dst continued the guest; kvmd went down before removing the marker.
+            self.incoming = false;
+            fx.push(Effect::IncomingDone);
+        }
         self.state = match &status {
+            Some(RunState::Running) => VmState::Running,
             // A target whose migration is not finalized: it must not run yet.
-            _ if f.incoming => VmState::Incoming,
+            _ if self.incoming => VmState::Incoming,
             Some(RunState::Other(s)) if s == "inmigrate" => VmState::Incoming,
             // A source whose migration completed: the VM belongs to the target.
             Some(RunState::Other(s)) if s == "postmigrate" => VmState::Migrated,
@@ -185,6 +191,9 @@ impl Core {
             Some(RunState::Other(s)) if s == "suspended" => VmState::Paused,
             _ => VmState::Running,
         };
+        if self.state != VmState::Incoming {
+            self.incoming = false;
+        }
         if self.state == VmState::Incoming {
             self.incoming = true;
         }

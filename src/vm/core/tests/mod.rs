@@ -1,5 +1,6 @@
 //! The core's rules as sentences: no QEMU, no actor, no clock, no sleeping.
 
+mod migration;
 mod recovery;
 
 use std::time::Duration;

@@ -26,7 +26,7 @@ fn adopted(status: RunState) -> RecoveryFacts {
     }
 }
 
-fn persisted(kind: Operation, phase: &str) -> PersistedJob {
+pub(super) fn persisted(kind: Operation, phase: &str) -> PersistedJob {
     PersistedJob {
         id: JobId(77),
         kind,
