@@ -718,6 +718,21 @@ impl VmActor {
         let summary = self.last_migration.as_ref().map(summary_of);
         let resumed_at_us = *self.resumed_at_us.lock().expect("resumed_at");
         let Some(o) = self.outgoing.as_ref() else {
+            // No coordinator runs, but a job may still decide the migration: a restarted
+            // kvmd settling one, or reading the run dir first.
+            let busy = self.core.job_info().and_then(|j| match j.kind {
+                crate::model::job::Operation::Migrate => Some((j.id, "settling")),
+                crate::model::job::Operation::Recovery => Some((j.id, "recovering")),
+                _ => None,
+            });
+            if let Some((id, status)) = busy {
+                return MigrationReport {
+                    status: status.into(),
+                    job: Some(id),
+                    resumed_at_us,
+                    ..MigrationReport::default()
+                };
+            }
             let status = summary
                 .as_ref()
                 .map_or("none".to_string(), |s| s.outcome.clone());
