@@ -333,6 +333,7 @@ fn peers_outside_root_and_the_socket_group_are_refused() {
         dir,
         child: None,
         config: cfg,
+        netns: None,
     };
     d.spawn();
     let meta = std::fs::metadata(d.socket()).unwrap();

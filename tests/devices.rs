@@ -89,6 +89,7 @@ fn a_bridged_tap_nic_reaches_the_host_and_the_nic_script_sees_ganetis_environmen
         dir,
         child: None,
         config,
+        netns: None,
     };
     d.spawn();
     d.start_vm("net");
@@ -277,6 +278,7 @@ fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
         dir,
         child: None,
         config,
+        netns: None,
     };
     d.spawn();
     let pid = d.start_vm("p1").pid.unwrap();

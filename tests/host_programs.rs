@@ -57,6 +57,7 @@ fn start_with_tmpdir(
         dir,
         child: Some(child),
         config,
+        netns: None,
     };
     let sock = d.socket();
     wait_for("kvmd to answer", Duration::from_secs(10), || {

@@ -691,10 +691,17 @@ impl VmActor {
                         return;
                     }
                     o.last = p.clone();
-                    let phase = p
+                    let status = p
                         .status
                         .as_ref()
                         .map_or("setup".to_string(), |s| s.to_string());
+                    // A stall shows in the job's phase (and so in the events), except once
+                    // postcopy runs: that phase is what a cancel is refused on.
+                    let phase = if p.stalled_for.is_some() && !status.starts_with("postcopy") {
+                        "stalled".to_string()
+                    } else {
+                        status
+                    };
                     act.feed(
                         Input::Phase {
                             job,

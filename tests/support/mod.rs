@@ -114,6 +114,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub config: PathBuf,
+    /// The network namespace kvmd (and so its QEMUs) runs in, if not the host's.
+    pub netns: Option<String>,
 }
 
 impl Daemon {
@@ -150,7 +152,16 @@ impl Daemon {
             dir,
             child: None,
             config,
+            netns: None,
         }
+    }
+
+    /// Like [`Daemon::start_with`], with kvmd in the network namespace `netns`.
+    pub fn start_in(netns: &Netns, extra_node: &str, instances: &str) -> Daemon {
+        let mut d = Self::prepare(extra_node, instances);
+        d.netns = Some(netns.0.clone());
+        d.spawn();
+        d
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -173,7 +184,15 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("kvmd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kvmd"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_kvmd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_kvmd")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--log")
@@ -456,6 +475,84 @@ impl Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// A network namespace with its loopback up, deleted on drop.
+pub struct Netns(pub String);
+
+fn ip(args: &[&str]) {
+    assert!(
+        Command::new("ip").args(args).status().unwrap().success(),
+        "ip {args:?}"
+    )
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("kvmdt-{tag}-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Two test hosts: namespaces joined by a veth pair, `NET.1/24` in `a` (on `a_link`) and
+/// `NET.2/24` in `b`, with NET a documentation /24 this host does not use.
+pub struct TwoHosts {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_link: String,
+    pub a_ip: String,
+    pub b_ip: String,
+}
+
+impl TwoHosts {
+    pub fn new(tag: &str) -> TwoHosts {
+        let (a, b) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}b")));
+        let id = std::process::id() % 100_000;
+        let (va, vb) = (format!("kva{id}"), format!("kvb{id}"));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &a.0]);
+        ip(&["link", "set", &vb, "netns", &b.0]);
+        let net = free_test_net();
+        let (a_ip, b_ip) = (format!("{net}.1"), format!("{net}.2"));
+        ip(&["-n", &a.0, "addr", "add", &format!("{a_ip}/24"), "dev", &va]);
+        ip(&["-n", &b.0, "addr", "add", &format!("{b_ip}/24"), "dev", &vb]);
+        ip(&["-n", &a.0, "link", "set", &va, "up"]);
+        ip(&["-n", &b.0, "link", "set", &vb, "up"]);
+        TwoHosts {
+            a,
+            b,
+            a_link: va,
+            a_ip,
+            b_ip,
+        }
+    }
+
+    /// Cut (or mend) the link, as a pulled cable does.
+    pub fn link(&self, up: bool) {
+        ip(&[
+            "-n",
+            &self.a.0,
+            "link",
+            "set",
+            &self.a_link,
+            if up { "up" } else { "down" },
+        ]);
     }
 }
 
