@@ -511,7 +511,8 @@ impl Drop for Netns {
 }
 
 /// Two test hosts: namespaces joined by a veth pair, `NET.1/24` in `a` (on `a_link`) and
-/// `NET.2/24` in `b`, with NET a documentation /24 this host does not use.
+/// `NET.2/24` in `b`, with NET a documentation /24 this host does not use. `tag` (at most 4
+/// bytes are used) tells apart the pairs of tests running at once.
 pub struct TwoHosts {
     pub a: Netns,
     pub b: Netns,
@@ -522,9 +523,13 @@ pub struct TwoHosts {
 
 impl TwoHosts {
     pub fn new(tag: &str) -> TwoHosts {
-        let (a, b) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}b")));
+        let (a, b) = (
+            Netns::new(&format!("{tag}a")),
+            Netns::new(&format!("{tag}b")),
+        );
         let id = std::process::id() % 100_000;
-        let (va, vb) = (format!("kva{id}"), format!("kvb{id}"));
+        // Named by tag too: tests run in parallel in one process. At most 15 bytes.
+        let (va, vb) = (format!("kv{tag:.4}a{id}"), format!("kv{tag:.4}b{id}"));
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
         ip(&["link", "set", &va, "netns", &a.0]);
         ip(&["link", "set", &vb, "netns", &b.0]);
