@@ -301,3 +301,69 @@ fn a_target_without_the_sources_machine_type_refuses_before_any_byte_moves() {
     assert_eq!(src.info("web").state.as_str(), "running");
     target_is_empty(&dst);
 }
+
+#[test]
+fn the_source_qemu_killed_midway_ends_with_no_copy_and_both_daemons_say_why() {
+    let (src, dst) = pair(2);
+    let child = migrate_in_background(&src, &dst);
+    wait_active(&src);
+    let pid = src.info("web").pid.expect("the source's QEMU");
+    nix::sys::signal::kill(support::nix_pid(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let v = finished(child);
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["runs_on"], "nowhere", "{v}");
+    assert_eq!(
+        src.wait_state("web", "crashed", Duration::from_secs(10))
+            .state
+            .as_str(),
+        "crashed"
+    );
+    target_is_empty(&dst);
+    assert!(support::qemus_under(src.dir.path()).is_empty());
+    // The reasons, in each daemon's events.
+    let exited = |d: &support::Daemon| {
+        let mut events = d.subscribe(Some(0), false);
+        std::iter::from_fn(|| events.next())
+            .filter_map(Result::ok)
+            .filter_map(|item| match item {
+                kvmd::api::StreamItem::Event(e) => match e.kind {
+                    kvmd::api::EventKind::Exited(r) => Some(r.reason),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let s = exited(&src);
+    assert!(s.iter().any(|r| r.contains("SIGKILL")), "{s:?}");
+    let d = exited(&dst);
+    assert!(d.iter().any(|r| r.contains("incoming migration")), "{d:?}");
+    eprintln!("source: {s:?}\ntarget: {d:?}");
+}
+
+#[test]
+fn a_non_live_migration_pauses_the_guest_for_the_whole_copy() {
+    let (src, dst) = pair(64);
+    let out = src.kvmctl(&[
+        "--json",
+        "migrate",
+        "web",
+        "--non-live",
+        "--to",
+        dst.socket().to_str().unwrap(),
+    ]);
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{v}");
+    let (total, pause) = (
+        v["total_time_ms"].as_u64().unwrap(),
+        v["pause_ms"].as_u64().unwrap(),
+    );
+    // Paused before the first byte: the guest's pause (source STOP to target continued)
+    // spans the whole copy. (QEMU's own downtime counts only the switchover.)
+    assert!(
+        pause >= total,
+        "paused {pause} ms of a {total} ms migration"
+    );
+    dst.wait_state("web", "running", Duration::from_secs(10));
+    assert_eq!(dst.guest_run("web", "echo alive"), "alive");
+}

@@ -167,16 +167,25 @@ impl Core {
         fx.push(Effect::Spawn(Task::Cleanup { job }));
     }
 
-    /// What an exit under a finalization means: the VM moved (source), or nothing.
+    /// What a requested exit under a finalization means: the VM moved (source), or the
+    /// incoming migration was dropped (target).
     pub(super) fn exit_of_migration(&self) -> Option<(ExitKind, String)> {
         let job = self.job.as_ref()?;
-        (job.kind == Operation::FinalizeSrc).then(|| {
-            let to = job
-                .target
-                .clone()
-                .or_else(|| self.moved_to.clone())
-                .map_or("another node".to_string(), |t| t);
-            (ExitKind::Migrated, format!("migrated to {to}"))
-        })
+        match job.kind {
+            Operation::FinalizeSrc => {
+                let to = job
+                    .target
+                    .clone()
+                    .or_else(|| self.moved_to.clone())
+                    .map_or("another node".to_string(), |t| t);
+                Some((ExitKind::Migrated, format!("migrated to {to}")))
+            }
+            Operation::FinalizeDst => Some((
+                ExitKind::Stopped,
+                "the incoming migration did not complete: dropped by finalize-dst --failure"
+                    .to_string(),
+            )),
+            _ => None,
+        }
     }
 }
