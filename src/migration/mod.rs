@@ -2,10 +2,10 @@
 //! source hands its target with the target's preflight (`info`), and the coordinator actor
 //! that drives one outgoing migration over QMP by the policy (`coordinator`).
 //!
-//! `steps` serves the requests that need no VM actor: the source's `migration-info` and the
-//! target's `migration-preflight`. Still to come (issue 8): accept, migrate, status,
-//! finalize and cancel as jobs of the VM actors, VM states and recovery for migrations,
-//! `kvmctl migrate`.
+//! `steps` serves the requests that need no VM actor: the source's `migration-info`, the
+//! target's `migration-preflight`, and what a target's `accept` starts. The moving steps
+//! (accept, migrate, finalize, cancel) are jobs of the VM actors (`vm::core::migration`,
+//! `vm::migrate`).
 
 pub mod coordinator;
 pub mod info;

@@ -336,6 +336,31 @@ impl Daemon {
     }
 }
 
+/// Wait until the shell of the guest on the serial socket `serial` prompts (pressing Enter
+/// every half second: output from before a connection is not kept).
+pub fn wait_shell(serial: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut s = loop {
+        match UnixStream::connect(serial) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no serial socket: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    while !String::from_utf8_lossy(&out).contains("guest# ") {
+        assert!(Instant::now() < deadline, "no shell prompt on {}", serial.display());
+        let _ = s.write_all(b"\n");
+        if let Ok(k) = s.read(&mut buf) {
+            out.extend_from_slice(&buf[..k]);
+        }
+    }
+}
+
 /// Run a command with `gx` in the guest whose serial console is the socket `serial`.
 pub fn guest_run_on(serial: &Path, cmd: &str) -> String {
     let mut s = UnixStream::connect(serial).unwrap();
