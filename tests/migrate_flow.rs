@@ -60,6 +60,20 @@ fn kvmctl_migrate_moves_a_booted_guest_with_its_memory() {
             .contains("migrated to another node"),
         "{v}"
     );
+    // And back home: the source takes it in again over its `moved` record.
+    let out = dst.kvmctl(&[
+        "--json",
+        "migrate",
+        "web",
+        "--to",
+        src.socket().to_str().unwrap(),
+    ]);
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{v}");
+    src.wait_state("web", "running", Duration::from_secs(10));
+    assert_eq!(src.guest_run("web", "cat /tmp/token"), token);
+    dst.wait_state("web", "moved", Duration::from_secs(10));
+    assert!(support::qemus_under(dst.dir.path()).is_empty());
 }
 
 /// A source with `web` booted and migrating slowly (`bandwidth` MiB/s), and an empty target.

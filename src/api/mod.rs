@@ -162,6 +162,9 @@ pub struct MigrationSummary {
     pub stopped_at_us: Option<u64>,
     /// How long after QEMU's `completed` event kvmd saw it, µs.
     pub seen_after_us: Option<u64>,
+    /// `total_time_ms` and `downtime_ms` are kvmd's measure: QEMU reported 0 (QEMU 7.2 does
+    /// for a QEMU that itself arrived by a migration).
+    pub kvmd_measured: bool,
 }
 
 /// How a `job` request names its job.

@@ -109,6 +109,8 @@ pub struct Summary {
     pub was_running: bool,
     /// Capabilities and parameters were put back as they were.
     pub restored: bool,
+    /// `total_time_ms` and `downtime_ms` are kvmd's measure, QEMU's being unusable.
+    pub own_figures: bool,
 }
 
 impl Summary {
@@ -145,6 +147,7 @@ pub async fn run(
         seen_after_us: None,
         was_running: false,
         restored: false,
+        own_figures: false,
     };
     // What is there now, to put it back afterwards.
     let before_caps = match qmp.query_migrate_capabilities().await {
@@ -308,6 +311,17 @@ pub async fn run(
         take_figures(info, &mut fig, &mut s);
         s.total_time_ms = info.total_time_ms;
         s.downtime_ms = info.downtime_ms;
+    }
+    // QEMU 7.2 reports 0 ms for both once this QEMU itself arrived by a migration (measured:
+    // a VM moved A→B→A; B's outgoing figures were 0). Then kvmd's own measure stands in:
+    // from `migrate` to the completed event, and from the STOP to it (QEMU's timestamps).
+    if s.completed_at_us.is_some() && s.total_time_ms == Some(0) {
+        s.total_time_ms = Some(ms(t0));
+        s.downtime_ms = match (s.stopped_at_us, s.completed_at_us) {
+            (Some(stop), Some(done)) if done >= stop => Some((done - stop) / 1000),
+            _ => None,
+        };
+        s.own_figures = true;
     }
     let _ = progress.send(fig);
     let status = final_status.or_else(|| {

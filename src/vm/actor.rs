@@ -495,11 +495,18 @@ impl VmActor {
                     .instrument(span),
                 );
             }
-            Task::Cleanup { job } => {
+            Task::Cleanup { .. } | Task::DropIncoming { .. } => {
+                let (job, restore) = match task {
+                    Task::DropIncoming { job, restore } => (job, restore),
+                    Task::Cleanup { job } => (job, None),
+                    _ => return,
+                };
                 let paths = self.paths.clone();
-                let done = self
-                    .store
-                    .run(move || crate::store::files::remove_dir(&paths));
+                let done = self.store.run(move || match restore {
+                    None => crate::store::files::remove_dir(&paths),
+                    Some(rec) => crate::store::files::fresh_dir(&paths)
+                        .and_then(|()| crate::store::runtime_file::record_exit(&paths, &rec)),
+                });
                 actix::spawn(async move {
                     let result = match done.await {
                         Ok(Ok(())) => Ok(()),
@@ -1046,6 +1053,7 @@ fn summary_of(s: &Summary) -> MigrationSummary {
         downtime_limit_ms: s.downtime_limit_ms,
         stopped_at_us: s.stopped_at_us,
         seen_after_us: s.seen_after_us,
+        kvmd_measured: s.own_figures,
     }
 }
 

@@ -136,6 +136,7 @@ pub(super) async fn settle(qmp: Option<Qmp>, resume: bool) -> Summary {
         seen_after_us: None,
         was_running: resume,
         restored: false,
+        own_figures: false,
     };
     let Some(q) = qmp.as_ref().filter(|q| !q.is_closed()) else {
         return unknown("no QMP connection to the source's QEMU");

@@ -351,9 +351,14 @@ pub fn wait_shell(serial: &Path, timeout: Duration) {
             }
         }
     };
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     while !String::from_utf8_lossy(&out).contains("guest# ") {
-        assert!(Instant::now() < deadline, "no shell prompt on {}", serial.display());
+        assert!(
+            Instant::now() < deadline,
+            "no shell prompt on {}",
+            serial.display()
+        );
         let _ = s.write_all(b"\n");
         if let Ok(k) = s.read(&mut buf) {
             out.extend_from_slice(&buf[..k]);

@@ -258,6 +258,8 @@ struct Bar {
     show: bool,
     last_line: Instant,
     drawn: bool,
+    /// The guest's RAM, as the last figures said.
+    total: u64,
 }
 
 fn mib(b: u64) -> String {
@@ -269,14 +271,17 @@ impl Bar {
         if !self.show {
             return;
         }
-        let done = m.transferred;
-        let pct = (done.min(m.total) * 100)
+        // The share of guest memory already processed (zero pages cost no bytes on the wire).
+        let done = m.total.saturating_sub(m.remaining);
+        let pct = (done * 100)
             .checked_div(m.total)
             .and_then(|p| usize::try_from(p).ok())
             .unwrap_or(0);
         let width = 24;
         let filled = pct * width / 100;
-        let eta = if m.speed_bps > 0 {
+        let eta = if m.remaining == 0 && m.status == "completed" {
+            "0s".into()
+        } else if m.speed_bps > 0 {
             format!("{}s", m.remaining / m.speed_bps.max(1))
         } else {
             "-".into()
@@ -286,7 +291,7 @@ impl Bar {
             "#".repeat(filled),
             ".".repeat(width - filled),
             pct,
-            mib(done),
+            mib(m.transferred),
             mib(m.remaining),
             mib(m.speed_bps),
             m.dirty_pages_rate,
@@ -392,9 +397,26 @@ fn follow(
             Ok(ApiReply::MigrationStatus { migration, .. }) => {
                 unreachable_since = None;
                 if migration.job.is_none() {
+                    if let Some(s) = migration
+                        .summary
+                        .as_ref()
+                        .filter(|s| s.outcome == "completed")
+                    {
+                        // The last state, which the job's end overtook.
+                        let last = MigrationReport {
+                            status: "completed".into(),
+                            transferred: s.transferred,
+                            remaining: 0,
+                            total: bar.total,
+                            pass: s.passes,
+                            ..MigrationReport::default()
+                        };
+                        bar.draw(&last);
+                    }
                     bar.done();
                     return Ok(*migration);
                 }
+                bar.total = migration.total;
                 bar.draw(&migration);
             }
             Ok(_) => return Err("the source answered migration-status oddly".into()),
@@ -457,6 +479,7 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
         show: (tty || r.verbose) && !r.json,
         last_line: Instant::now() - Duration::from_secs(2),
         drawn: false,
+        total: 0,
     };
     let name = r.name.clone();
     let t0 = Instant::now();
@@ -479,7 +502,7 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
     };
     // 2. The target: preflight, then a paused QEMU listening.
     bar.note(&format!(
-        "{}: target accepts on {}",
+        "{}: asking the target to take it on {}",
         e(name.as_str()),
         e(&listen)
     ));
@@ -526,7 +549,7 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
                         Some(s) if s.outcome == "completed" => Ok(()),
                         Some(s) => {
                             acc.outcome = s.outcome.clone();
-                            Err(s.reason.unwrap_or(s.outcome))
+                            Err(s.reason.unwrap_or_default())
                         }
                         None => Err("the source's migrate job ended before it began".into()),
                     }
@@ -588,7 +611,7 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
             }
         }
         Err(why) => {
-            acc.reason = Some(why);
+            acc.reason = Some(why).filter(|w| !w.is_empty());
             // The source first: the guest runs again as soon as possible.
             match call_retrying(
                 r.source,
@@ -648,6 +671,7 @@ fn finish(r: &Request, acc: &Account, t0: Instant, listen: &str) -> u8 {
             "elapsed_ms": u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
             "total_time_ms": s.as_ref().and_then(|s| s.total_time_ms),
             "downtime_ms": s.as_ref().and_then(|s| s.downtime_ms),
+            "figures": s.as_ref().map(|s| if s.kvmd_measured { "kvmd" } else { "qemu" }),
             "pause_ms": pause_ms,
             "transferred": s.as_ref().map(|s| s.transferred),
             "passes": s.as_ref().map(|s| s.passes),
@@ -667,17 +691,27 @@ fn finish(r: &Request, acc: &Account, t0: Instant, listen: &str) -> u8 {
                 e(listen)
             );
         } else {
+            let why = acc
+                .reason
+                .as_deref()
+                .map_or(String::new(), |r| format!(": {}", e(r)));
             println!(
-                "{}: migration {}: {}; it runs on the {}",
+                "{}: migration {}{why}; it runs on the {}",
                 e(r.name.as_str()),
                 e(&acc.outcome),
-                e(acc.reason.as_deref().unwrap_or("no reason given")),
                 acc.runs_on
             );
         }
         if let Some(s) = &s {
-            println!("  total time      {} (QEMU)", ms(s.total_time_ms));
-            println!("  downtime        {} (QEMU)", ms(s.downtime_ms));
+            let by = if s.kvmd_measured {
+                "kvmd's measure: QEMU said 0"
+            } else {
+                "QEMU"
+            };
+            if s.total_time_ms.is_some() {
+                println!("  total time      {} ({by})", ms(s.total_time_ms));
+                println!("  downtime        {} ({by})", ms(s.downtime_ms));
+            }
             if ok {
                 println!(
                     "  guest paused    {} (source STOP to target continued)",

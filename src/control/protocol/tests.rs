@@ -394,6 +394,7 @@ fn kvmd_migration() -> crate::api::MigrationReport {
             downtime_limit_ms: 60,
             stopped_at_us: Some(1),
             seen_after_us: None,
+            kvmd_measured: true,
         }),
         resumed_at_us: None,
     }

@@ -502,6 +502,7 @@ pub fn migration_to_json(m: &MigrationReport) -> Value {
             "downtime_limit_ms": s.downtime_limit_ms,
             "stopped_at_us": s.stopped_at_us,
             "seen_after_us": s.seen_after_us,
+            "kvmd_measured": s.kvmd_measured,
         })),
     })
 }
@@ -523,6 +524,10 @@ pub fn migration_from_json(v: &Value) -> Result<MigrationReport, ProtocolError> 
                 downtime_limit_ms: s.u64("downtime_limit_ms")?,
                 stopped_at_us: s.opt_u64("stopped_at_us")?,
                 seen_after_us: s.opt_u64("seen_after_us")?,
+                kvmd_measured: s
+                    .opt("kvmd_measured")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             })
         }
     };

@@ -320,6 +320,7 @@ impl Core {
                 }
                 Some(Operation::FinalizeDst) => {
                     self.incoming = false;
+                    self.before_accept = None;
                     fx.push(Effect::IncomingDone);
                     self.set_state(VmState::Running, fx)
                 }

@@ -94,6 +94,11 @@ impl Core {
         now: Now,
         fx: &mut Vec<Effect>,
     ) {
+        self.before_accept = Some(Before {
+            state: self.state,
+            last_exit: self.last_exit.clone(),
+            dir_exists: self.dir_exists,
+        });
         self.launch_start(Some(ticket), spec, true, Some(incoming), now, fx);
     }
 
@@ -161,10 +166,15 @@ impl Core {
     }
 
     /// The target's QEMU is gone after `finalize-dst --failure`: remove every file (the VM
-    /// never lived here).
+    /// never lived here), except the instance's own history from before the accept (a VM that
+    /// had moved away keeps saying so).
     pub(super) fn drop_incoming(&mut self, job: JobId, fx: &mut Vec<Effect>) {
         self.epoch += 1;
-        fx.push(Effect::Spawn(Task::Cleanup { job }));
+        let restore = self
+            .before_accept
+            .as_ref()
+            .and_then(|b| b.last_exit.clone());
+        fx.push(Effect::Spawn(Task::DropIncoming { job, restore }));
     }
 
     /// What a requested exit under a finalization means: the VM moved (source), or the

@@ -139,6 +139,8 @@ pub struct Core {
     moved_to: Option<String>,
     /// The last outgoing migration began postcopy: the guest must not run here again.
     postcopy: bool,
+    /// What the instance was before an accept (a dropped incoming migration goes back to it).
+    before_accept: Option<Before>,
 }
 
 const USER_DOWN_REASON: &str = "the guest powered itself off";
@@ -172,6 +174,7 @@ impl Core {
             incoming: false,
             moved_to: None,
             postcopy: false,
+            before_accept: None,
         };
         core.job = Some(core.new_job(now, Operation::Recovery, "reading the run dir"));
         core
@@ -522,7 +525,26 @@ impl Core {
                 self.on_qmp_done(gen, result, now, &mut fx)
             }
             Input::CleanupDone { job, result } if self.job_is(job) => {
+                let restore = self
+                    .job
+                    .as_ref()
+                    .filter(|j| j.kind == Operation::FinalizeDst)
+                    .and(self.before_accept.take())
+                    .filter(|b| b.last_exit.is_some());
                 let outcome = match result {
+                    Ok(()) if restore.is_some() => {
+                        // A dropped incoming migration: the instance is what it was before.
+                        let b = restore.unwrap_or(Before {
+                            state: VmState::Stopped,
+                            last_exit: None,
+                            dir_exists: false,
+                        });
+                        self.incoming = false;
+                        self.last_exit = b.last_exit;
+                        self.dir_exists = true;
+                        self.set_state(b.state, &mut fx);
+                        JobOutcome::Done { stop: None }
+                    }
                     Ok(()) => {
                         self.last_exit = None;
                         self.dir_exists = false;

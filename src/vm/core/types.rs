@@ -257,6 +257,13 @@ pub enum Task {
     },
     /// Remove the instance directory.
     Cleanup { job: JobId },
+    /// A dropped incoming migration: remove the run's files; with `restore`, keep the
+    /// directory with this exit record (the instance's history before the accept), else
+    /// remove the directory. Reports [`Input::CleanupDone`].
+    DropIncoming {
+        job: JobId,
+        restore: Option<ExitRecord>,
+    },
 }
 
 /// Where a stop is.

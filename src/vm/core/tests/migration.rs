@@ -309,7 +309,7 @@ fn finalize_dst_failure_kills_the_waiting_qemu_and_removes_every_file() {
     });
     assert!(fx
         .iter()
-        .any(|e| matches!(e, Effect::Spawn(Task::Cleanup { .. }))));
+        .any(|e| matches!(e, Effect::Spawn(Task::DropIncoming { restore: None, .. }))));
     let fx = t.input(Input::CleanupDone {
         job,
         result: Ok(()),
@@ -320,6 +320,61 @@ fn finalize_dst_failure_kills_the_waiting_qemu_and_removes_every_file() {
         t.core.retirable(),
         "an instance that never lived here is forgotten"
     );
+}
+
+#[test]
+fn a_dropped_incoming_migration_gives_back_the_history_it_found() {
+    // web1 had moved away from here; a migration back fails: it is still `moved`.
+    let mut t = migrated();
+    t.req(Request::FinalizeSrc { success: true });
+    let (job, gen) = (t.job(), t.core.gen());
+    t.input(exited_ok(gen));
+    t.input(Input::ExitSettled { gen });
+    t.input(Input::StopDone {
+        job,
+        gen,
+        result: Ok(StopEnd::Sigterm),
+    });
+    assert_eq!(t.core.state(), VmState::Moved);
+    let (_, fx) = t.req(Request::Accept {
+        spec: Box::new(spec()),
+        incoming: IncomingPlan {
+            uri: "tcp:192.0.2.1:8102".into(),
+            machine: "pc-q35-7.2".into(),
+            capabilities: Vec::new(),
+        },
+    });
+    let job = started_job(&fx);
+    let gen = t.core.gen();
+    t.input(Input::Spawned { gen, pid: 99 });
+    t.input(Input::StartDone {
+        job,
+        gen,
+        result: Ok(run_info(false)),
+    });
+    assert_eq!(t.core.state(), VmState::Incoming);
+    let (_, fx) = t.req(Request::FinalizeDst { success: false });
+    let (job, ..) = stop_task(&fx).expect("a kill");
+    t.input(killed(gen));
+    t.input(Input::ExitSettled { gen });
+    let fx = t.input(Input::StopDone {
+        job,
+        gen,
+        result: Ok(StopEnd::Sigkill),
+    });
+    let restore = fx.iter().find_map(|e| match e {
+        Effect::Spawn(Task::DropIncoming { restore, .. }) => Some(restore.clone()),
+        _ => None,
+    });
+    let rec = restore.flatten().expect("the old record is written back");
+    assert_eq!(rec.kind, ExitKind::Migrated);
+    t.input(Input::CleanupDone {
+        job,
+        result: Ok(()),
+    });
+    assert_eq!(t.core.state(), VmState::Moved);
+    let (ticket, fx) = t.req(start());
+    assert_eq!(refused(&fx, ticket), ErrorCode::AlreadyRunning);
 }
 
 #[test]
@@ -340,7 +395,7 @@ fn a_target_qemu_that_died_is_dropped_by_finalize_dst_failure() {
     let (_, fx) = t.req(Request::FinalizeDst { success: false });
     assert!(fx
         .iter()
-        .any(|e| matches!(e, Effect::Spawn(Task::Cleanup { .. }))));
+        .any(|e| matches!(e, Effect::Spawn(Task::DropIncoming { .. }))));
 }
 
 #[test]
