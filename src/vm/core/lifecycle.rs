@@ -467,6 +467,12 @@ impl Core {
                 "the guest rebooted (reboot_behavior=exit); kvmd starts it again".to_string(),
                 true,
             ),
+            // A target's QEMU ends itself when the stream fails (QEMU drops a destination).
+            ExitVerdict::Crashed(r) if self.incoming => (
+                ExitKind::Crashed,
+                format!("the incoming migration did not complete: {r}"),
+                false,
+            ),
             ExitVerdict::Crashed(r) => (ExitKind::Crashed, r, false),
         };
         let record = ExitRecord {
