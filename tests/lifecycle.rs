@@ -363,3 +363,100 @@ fn a_raw_disk_and_a_user_nic_are_visible_inside_the_guest() {
         "52:54:00:12:34:56"
     );
 }
+
+#[test]
+fn kvmctl_pin_repins_every_thread_of_a_running_vm_live() {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(n >= 2, "this test needs two host CPUs");
+    let every = format!("0-{}", n - 1);
+    let d = Daemon::start(&instance_toml("lp", "vcpus = 2"));
+    // No guest needed: QEMU's threads exist paused.
+    let pid = match d.call(ApiRequest::Start {
+        name: name("lp"),
+        paused: true,
+        wait: true,
+    }) {
+        Ok(ApiReply::Started(i)) => i.pid.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d.info("lp").cpu_mask.as_deref(), Some("all"));
+    // One mask: every thread, emulator and vCPUs.
+    let out = d.kvmctl(&["pin", "lp", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pinned to 1"));
+    let threads = affinities(pid);
+    assert!(threads.iter().all(|(_, a)| a == "1"), "{threads:?}");
+    // One per vCPU: each its own; the emulator's threads the union.
+    let out = d.kvmctl(&["pin", "lp", "1:0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let threads = affinities(pid);
+    let of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
+            .unwrap()
+    };
+    assert_eq!((of("CPU 0/TCG"), of("CPU 1/TCG")), ("1".into(), "0".into()));
+    assert!(
+        threads
+            .iter()
+            .filter(|(n, _)| !n.starts_with("CPU "))
+            .all(|(_, a)| a == "0-1"),
+        "the union of 1 and 0: {threads:?}"
+    );
+    assert_eq!(d.info("lp").cpu_mask.as_deref(), Some("1:0"));
+    // `all` unpins; a restarted kvmd still shows the mask in force.
+    let out = d.kvmctl(&["pin", "lp", "all"]);
+    assert!(out.status.success());
+    assert!(affinities(pid).iter().all(|(_, a)| *a == every));
+    let mut d = d;
+    d.kill9();
+    d.spawn();
+    assert_eq!(d.info("lp").cpu_mask.as_deref(), Some("all"));
+    // Bad masks name the offending part; a stopped VM cannot be pinned.
+    let out = d.kvmctl(&["--json", "pin", "lp", "0-x"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_parameter", "{v}");
+    assert_eq!(v["error"]["fields"][0]["field"], "mask", "{v}");
+    let out = d.kvmctl(&["--json", "pin", "lp", "0:1:0"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has 3 entries but the instance has 2 vCPUs"),
+        "{v}"
+    );
+    let out = d.kvmctl(&["--json", "pin", "lp", &n.to_string()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("names CPU {n}")),
+        "{v}"
+    );
+    assert!(
+        affinities(pid).iter().all(|(_, a)| *a == every),
+        "nothing changed"
+    );
+    d.call(ApiRequest::Stop {
+        name: name("lp"),
+        timeout_s: None,
+        force: true,
+        wait: true,
+    })
+    .unwrap();
+    let out = d.kvmctl(&["--json", "pin", "lp", "1"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "not_running", "{v}");
+}

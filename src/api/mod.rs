@@ -116,6 +116,11 @@ pub enum ApiRequest {
     MigrateCancel {
         name: InstanceName,
     },
+    /// Pin a running instance's threads to host CPUs (`cpu_mask` grammar).
+    Pin {
+        name: InstanceName,
+        mask: String,
+    },
 }
 
 /// `migration-status`: one VM's migration as this node sees it.
@@ -195,6 +200,8 @@ pub struct VmInfo {
     /// The job in progress, if any.
     pub job: Option<JobSummary>,
     pub last_exit: Option<ExitRecord>,
+    /// The vCPU pinning in force (`cpu_mask` grammar), while QEMU runs.
+    pub cpu_mask: Option<String>,
 }
 
 /// The job an instance is busy with, as `info` shows it.
@@ -337,6 +344,8 @@ pub enum ApiReply {
     /// A migration step (accept, migrate, finalize-src, finalize-dst) ended, or had nothing
     /// left to do: the VM now.
     MigrationStep(VmInfo),
+    /// A live pin took effect: the instance with its `cpu_mask`.
+    Pinned(VmInfo),
 }
 
 /// One event: every state change, job start/progress/end, notable QMP event, and the

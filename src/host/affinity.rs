@@ -16,6 +16,25 @@ pub fn apply(pin: &Pin, host_cpus: u32) -> nix::Result<()> {
     )
 }
 
+/// The thread ids of process `pid` (`/proc/PID/task`).
+pub fn threads_of(pid: u32) -> std::io::Result<Vec<u32>> {
+    let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// The host CPUs thread `tid` may run on now.
+pub fn current(tid: u32) -> nix::Result<Vec<u32>> {
+    let set =
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(crate::host::sys::pid_t(tid)))?;
+    Ok((0..nix::sched::CpuSet::count())
+        .filter(|c| set.is_set(*c).unwrap_or(false))
+        .filter_map(|c| u32::try_from(c).ok())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

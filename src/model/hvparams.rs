@@ -366,6 +366,12 @@ impl HvParams {
             .unwrap_or(&HvValue::Bool(false))
     }
 
+    /// Set a string parameter (a value changed while the VM runs, e.g. `cpu_mask`).
+    pub fn set_str(&mut self, key: Key<kinds::Str>, value: &str) {
+        self.0
+            .insert(key.name.to_string(), HvValue::Str(value.to_string()));
+    }
+
     /// A parameter by name, for code that walks the table.
     pub fn get_named(&self, name: &str) -> Option<&HvValue> {
         self.0.get(name)

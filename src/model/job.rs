@@ -45,10 +45,12 @@ pub enum Operation {
     FinalizeSrc,
     /// Target, after a migration: run the guest (success) or drop the waiting QEMU (failure).
     FinalizeDst,
+    /// Pin a running VM's threads to host CPUs (`cpu_mask` grammar), live.
+    Pin,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 13] = [
         Operation::Start,
         Operation::Stop,
         Operation::Reboot,
@@ -61,6 +63,7 @@ impl Operation {
         Operation::Accept,
         Operation::FinalizeSrc,
         Operation::FinalizeDst,
+        Operation::Pin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +80,7 @@ impl Operation {
             Operation::Accept => "accept",
             Operation::FinalizeSrc => "finalize-src",
             Operation::FinalizeDst => "finalize-dst",
+            Operation::Pin => "pin",
         }
     }
 

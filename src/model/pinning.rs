@@ -60,10 +60,78 @@ pub fn plan(mask: &[CpuSet], main_pid: u32, vcpu_threads: &[(u32, u32)]) -> Vec<
     }
 }
 
+/// The pins of a live re-pin: every thread of the QEMU process gets a set, including `all`
+/// (which a start leaves as it is). One entry: every thread. One entry per vCPU: each vCPU
+/// thread its own, and every other thread (the emulator's: main loop, I/O, workers) the
+/// union of the entries. `threads` are all the process's thread ids.
+pub fn plan_live(mask: &[CpuSet], threads: &[u32], vcpu_threads: &[(u32, u32)]) -> Vec<Pin> {
+    let vcpu_tids: Vec<u32> = vcpu_threads.iter().map(|(_, tid)| *tid).collect();
+    let emulator = |cpus: Option<Vec<u32>>| {
+        threads
+            .iter()
+            .filter(|t| !vcpu_tids.contains(t))
+            .map(move |tid| Pin {
+                tid: *tid,
+                cpus: cpus.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    match mask {
+        [] => Vec::new(),
+        [one] => {
+            let mut pins = emulator(one.clone());
+            pins.extend(vcpu_tids.iter().map(|tid| Pin {
+                tid: *tid,
+                cpus: one.clone(),
+            }));
+            pins
+        }
+        many => {
+            let union = if many.iter().any(Option::is_none) {
+                None
+            } else {
+                let mut all: Vec<u32> = many.iter().flatten().flatten().copied().collect();
+                all.sort_unstable();
+                all.dedup();
+                Some(all)
+            };
+            let mut pins = emulator(union);
+            let mut vcpus = vcpu_threads.to_vec();
+            vcpus.sort_unstable();
+            pins.extend(vcpus.iter().zip(many).map(|((_, tid), cpus)| Pin {
+                tid: *tid,
+                cpus: cpus.clone(),
+            }));
+            pins
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::hvparams::parse_cpu_mask;
+
+    #[test]
+    fn a_live_pin_sets_every_thread_and_all_unpins() {
+        let threads = [100, 101, 102, 103];
+        let vcpus = [(1, 102), (0, 101)];
+        let p = plan_live(&parse_cpu_mask("all").unwrap(), &threads, &vcpus);
+        assert_eq!(p.len(), 4);
+        assert!(p.iter().all(|p| p.cpus.is_none()));
+        let p = plan_live(&parse_cpu_mask("0:1").unwrap(), &threads, &vcpus);
+        let of = |tid| p.iter().find(|p| p.tid == tid).unwrap().cpus.clone();
+        assert_eq!(of(101), Some(vec![0]));
+        assert_eq!(of(102), Some(vec![1]));
+        assert_eq!(
+            of(100),
+            Some(vec![0, 1]),
+            "the emulator threads get the union"
+        );
+        assert_eq!(of(103), Some(vec![0, 1]));
+        let p = plan_live(&parse_cpu_mask("0:all").unwrap(), &threads, &vcpus);
+        assert_eq!(p.iter().find(|p| p.tid == 100).unwrap().cpus, None);
+    }
 
     #[test]
     fn whole_vm_mask_pins_the_main_thread_and_every_vcpu() {

@@ -45,6 +45,16 @@ pub struct RuntimeFile {
     pub pool_uid: Option<u32>,
 }
 
+/// Record the vCPU pinning a live `pin` put in force (in the runtime file's hvparams).
+pub fn set_cpu_mask(paths: &RunPaths, mask: &str) -> io::Result<()> {
+    let Some(mut rt) = read_json::<RuntimeFile>(&paths.runtime())? else {
+        return Ok(());
+    };
+    rt.hvparams
+        .set_str(crate::model::hvparams::key::CPU_MASK, mask);
+    write_json(&paths.runtime(), &rt)
+}
+
 /// Record an exit: the exit record, plus Ganeti's `shutdown` marker for a user shutdown (and
 /// its removal otherwise).
 pub fn record_exit(paths: &RunPaths, rec: &ExitRecord) -> io::Result<()> {

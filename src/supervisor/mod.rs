@@ -111,6 +111,7 @@ impl Supervisor {
                 phase: "reading the run dir".into(),
             }),
             last_exit: None,
+            cpu_mask: None,
         };
         let vm = crate::vm::spawn(VmSetup {
             name: name.clone(),
@@ -472,6 +473,18 @@ impl Supervisor {
                 self.ask(&name, VmAsk::FinalizeSrc { success }, true)
             }
             ApiRequest::MigrateCancel { name } => self.ask(&name, VmAsk::MigrateCancel, true),
+            ApiRequest::Pin { name, mask } => {
+                if let Err(why) = crate::model::hvparams::parse_cpu_mask(&mask) {
+                    return ready(Err(ApiError::invalid(vec![
+                        crate::model::field_error::FieldError::new(
+                            "mask",
+                            crate::model::text::escape(&mask).into_owned(),
+                            why,
+                        ),
+                    ])));
+                }
+                self.ask(&name, VmAsk::Pin { mask }, true)
+            }
             ApiRequest::Subscribe { .. } => ready(Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "subscribe is served by the connection itself",

@@ -57,6 +57,7 @@ pub(super) fn reply_of(
                 Operation::Pause => ApiReply::Paused(info),
                 Operation::Resume => ApiReply::Resumed(info),
                 Operation::Cleanup => ApiReply::CleanedUp { name: name.clone() },
+                Operation::Pin => ApiReply::Pinned(info),
                 Operation::Migrate
                 | Operation::Accept
                 | Operation::FinalizeSrc

@@ -311,6 +311,15 @@ impl VmActor {
                         .instrument(self.span.clone()),
                     );
                 }
+                Effect::RecordPin(mask) => {
+                    let paths = self.paths.clone();
+                    let span = self.span.clone();
+                    self.store.spawn(move || {
+                        if let Err(e) = crate::store::runtime_file::set_cpu_mask(&paths, &mask) {
+                            warn!(parent: &span, error = %e, "cannot record the pinning");
+                        }
+                    });
+                }
                 Effect::IncomingDone => {
                     let marker = self.paths.incoming_marker();
                     self.store.spawn(move || {
@@ -451,6 +460,26 @@ impl VmActor {
                     report,
                 };
                 actix::spawn(stop::run(s).instrument(span));
+            }
+            Task::Pin { job, gen, mask } => {
+                let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                let process = self.res.process.clone().filter(|_| self.res.gen == gen);
+                let vcpus = self.core.running_spec().map_or(0, |s| s.vcpus);
+                actix::spawn(
+                    async move {
+                        let result = match (qmp, process) {
+                            (Some(q), Some(p)) => super::pin::live(&q, p.pid, vcpus, &mask)
+                                .await
+                                .map_err(|e| super::error::VmError::Pin(e).to_api()),
+                            _ => Err(ApiError::new(
+                                ErrorCode::Unresponsive,
+                                "No QMP connection to this VM's QEMU",
+                            )),
+                        };
+                        report.input(Input::QmpDone { job, gen, result });
+                    }
+                    .instrument(span),
+                );
             }
             Task::Migrate {
                 job,
@@ -895,6 +924,7 @@ impl Handler<Ask> for VmActor {
             VmAsk::FinalizeSrc { success } => Some(Request::FinalizeSrc { success }),
             VmAsk::FinalizeDst { success } => Some(Request::FinalizeDst { success }),
             VmAsk::MigrateCancel => Some(Request::MigrateCancel),
+            VmAsk::Pin { mask } => Some(Request::Pin { mask }),
         };
         if let Some(r) = request {
             self.feed_request(ticket, r, ctx);

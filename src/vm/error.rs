@@ -100,6 +100,8 @@ pub enum PinError {
     Mask(String),
     #[error("Cannot list the vCPU threads")]
     Query(#[source] QmpError),
+    #[error("Cannot list QEMU's threads")]
+    Threads(#[source] std::io::Error),
     #[error("Cannot pin thread {tid}")]
     Affinity {
         tid: u32,
@@ -124,7 +126,7 @@ impl VmError {
     /// The stable code of this error on the wire.
     pub fn code(&self) -> ErrorCode {
         match self {
-            VmError::Invalid(_) => ErrorCode::InvalidParameter,
+            VmError::Invalid(_) | VmError::Pin(PinError::Mask(_)) => ErrorCode::InvalidParameter,
             VmError::Cancelled(_) => ErrorCode::Cancelled,
             VmError::Qmp(QmpError::Timeout { .. }) => ErrorCode::Unresponsive,
             VmError::Qmp(_) => ErrorCode::QmpError,

@@ -45,6 +45,9 @@ pub enum VmAsk {
         success: bool,
     },
     MigrateCancel,
+    Pin {
+        mask: String,
+    },
 }
 
 /// How a VM answered.

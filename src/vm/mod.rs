@@ -15,6 +15,7 @@ mod handle;
 mod messages;
 mod migrate;
 mod observe;
+mod pin;
 mod recover;
 mod report;
 mod start;

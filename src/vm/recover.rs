@@ -53,6 +53,7 @@ pub(super) fn run_info(rt: &RuntimeFile) -> RunInfo {
         reboot_exits: rt.hvparams.str(key::REBOOT_BEHAVIOR) == "exit",
         taps: rt.taps.clone(),
         pool_uid: rt.pool_uid,
+        cpu_mask: rt.hvparams.str(key::CPU_MASK).to_string(),
     }
 }
 

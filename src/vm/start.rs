@@ -25,7 +25,6 @@ use crate::model::field_error::FieldError;
 use crate::model::hvparams::{self, key, HvParams};
 use crate::model::job::{JobId, Undo, UndoStack};
 use crate::model::layout::RunPaths;
-use crate::model::pinning;
 use crate::model::spec::{InstanceSpec, NodeConfig};
 use crate::qemu::caps::QemuCaps;
 use crate::qemu::cmdline::{build_command_line, CommandLine, Launch};
@@ -35,7 +34,7 @@ use crate::store::runtime_file::RuntimeFile;
 use crate::store::Store;
 use crate::vm::core::{Input, RunInfo, TaskControl};
 
-use super::error::{chain, PinError, VmError};
+use super::error::{chain, VmError};
 use super::report::Reporter;
 use super::undo::{self, UndoCtx};
 use super::watch::STDERR_LINES;
@@ -327,7 +326,7 @@ async fn configure(
     pre: &PreRun,
 ) -> Result<(), VmError> {
     if pre.pin_vcpus {
-        pin_vcpus(qmp, pid, hv.str(key::CPU_MASK))
+        super::pin::at_start(qmp, pid, hv.str(key::CPU_MASK))
             .await
             .map_err(VmError::Pin)?;
     }
@@ -366,27 +365,6 @@ async fn configure(
         qmp.cont().await.map_err(VmError::Resume)?;
     }
     Ok(())
-}
-
-/// Apply `cpu_mask` while the guest is still stopped (-S): threads exist but ran nothing.
-async fn pin_vcpus(qmp: &Qmp, pid: u32, mask: &str) -> Result<(), PinError> {
-    let mask = hvparams::parse_cpu_mask(mask).map_err(PinError::Mask)?;
-    let cpus = qmp.query_cpus_fast().await.map_err(PinError::Query)?;
-    let threads: Vec<(u32, u32)> = cpus.iter().map(|c| (c.cpu_index, c.thread_id)).collect();
-    let pins = pinning::plan(&mask, pid, &threads);
-    let host = crate::host::validate::host_cpus();
-    tokio::task::spawn_blocking(move || {
-        for pin in pins {
-            crate::host::affinity::apply(&pin, host).map_err(|source| PinError::Affinity {
-                tid: pin.tid,
-                source,
-            })?;
-            debug!(tid = pin.tid, "pinned");
-        }
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| Err(PinError::Mask(e.to_string())))
 }
 
 /// The node's checks, the probe, and what to gather (blocking).

@@ -199,6 +199,9 @@ pub enum Cmd {
     },
     /// Cancel the running migration of an instance (the guest runs on the source again).
     MigrateCancel { name: String },
+    /// Pin a running instance's threads to host CPUs, live (cpu_mask grammar: `all`,
+    /// `0-2,4`, or one entry per vCPU separated by `:`).
+    Pin { name: String, mask: String },
     /// Check a config file without kvmd: syntax, hvparam rules, and this node (files, users,
     /// what the QEMU binary offers). Prints every problem; exits non-zero on any.
     Validate {

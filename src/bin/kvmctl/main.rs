@@ -386,6 +386,10 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
         Cmd::MigrateCancel { name: n } => ApiRequest::MigrateCancel {
             name: name("name", n)?,
         },
+        Cmd::Pin { name: n, mask } => ApiRequest::Pin {
+            name: name("name", n)?,
+            mask: mask.clone(),
+        },
         Cmd::Validate { .. } => unreachable!("handled in main"),
     };
     let answer = Client::connect(&ctx.socket)?.call(&req)?;

@@ -141,6 +141,9 @@ pub fn vm_details(v: &VmInfo) {
     println!("  pid:          {}", pid(v.pid));
     println!("  memory:       {} MiB", v.memory_mib);
     println!("  vcpus:        {}", v.vcpus);
+    if let Some(m) = &v.cpu_mask {
+        println!("  pinning:      {}", e(m));
+    }
     println!(
         "  cpu time:     {}",
         v.cpu_time_ms
@@ -409,6 +412,11 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
             e(qemu_version)
         ),
         ApiReply::MigrationStep(v) => println!("{}: {}", e(v.name.as_str()), v.state.as_str()),
+        ApiReply::Pinned(v) => println!(
+            "{}: pinned to {}",
+            e(v.name.as_str()),
+            e(v.cpu_mask.as_deref().unwrap_or("?"))
+        ),
         ApiReply::MigrationStatus { info, migration: m } => {
             println!("{}: {}", e(info.name.as_str()), info.state.as_str());
             println!("  migration:    {}", e(&m.status));

@@ -76,6 +76,7 @@ pub const REPLY_KINDS: &[&str] = &[
     "preflight-passed",
     "migration-status",
     "migration-step",
+    "pinned",
 ];
 
 /// Every stream line kind.
@@ -155,6 +156,7 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::PreflightPassed { .. } => "preflight-passed",
         ApiReply::MigrationStatus { .. } => "migration-status",
         ApiReply::MigrationStep(_) => "migration-step",
+        ApiReply::Pinned(_) => "pinned",
     }
 }
 
@@ -202,6 +204,7 @@ fn reply_result(r: &ApiReply) -> Value {
             "migration": values::migration_to_json(migration),
         }),
         ApiReply::MigrationStep(i) => json!({"instance": vm_to_json(i)}),
+        ApiReply::Pinned(i) => json!({"pinned": vm_to_json(i)}),
     }
 }
 
@@ -328,6 +331,7 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
             migration: Box::new(values::migration_from_json(o.get("migration")?)?),
         },
         "migration-step" => ApiReply::MigrationStep(vm_from_json(o.get("instance")?)?),
+        "pinned" => ApiReply::Pinned(vm_from_json(o.get("pinned")?)?),
         other => return Err(ProtocolError::UnknownKind(other.to_string())),
     })
 }

@@ -499,6 +499,26 @@ pub static REQUESTS: &[RequestSpec] = &[
             })
         },
     },
+    RequestSpec {
+        name: "pin",
+        doc: "Pin a running instance's threads to host CPUs, live: one mask for the whole VM (every thread), or one per vCPU separated by `:` (the emulator's threads then get their union). Ganeti's cpu_mask grammar: `all`, `0-2,4`, `1:3`.",
+        fields: &[
+            NAME,
+            field(
+                "mask",
+                FieldType::Text,
+                FieldDefault::Required,
+                "The mask, in cpu_mask's grammar.",
+            ),
+        ],
+        build: |a| {
+            let (name, mask) = (a.name("name"), a.text("mask"));
+            Some(ApiRequest::Pin {
+                name: name?,
+                mask: mask?,
+            })
+        },
+    },
 ];
 
 const SUCCESS: FieldSpec = field(
@@ -826,6 +846,11 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
         ApiRequest::MigrateCancel { name } => {
             put("name", json!(name.as_str()));
             "migrate-cancel"
+        }
+        ApiRequest::Pin { name, mask } => {
+            put("name", json!(name.as_str()));
+            put("mask", json!(mask));
+            "pin"
         }
         ApiRequest::Subscribe { since, follow } => {
             if let Some(s) = since {

@@ -50,6 +50,7 @@ fn vm() -> VmInfo {
             phase: "acpi".into(),
         }),
         last_exit: Some(exit()),
+        cpu_mask: Some("0-1:all".into()),
     }
 }
 
@@ -258,6 +259,10 @@ fn every_request_round_trips() {
             success: false,
         },
         ApiRequest::MigrateCancel { name: n("a") },
+        ApiRequest::Pin {
+            name: n("a"),
+            mask: "0-1:all".into(),
+        },
         ApiRequest::List,
         ApiRequest::Info { name: Some(n("a")) },
         ApiRequest::Info { name: None },
@@ -366,7 +371,8 @@ fn every_reply() -> Vec<ApiReply> {
             info: vm(),
             migration: Box::new(kvmd_migration()),
         },
-        ApiReply::MigrationStep(plain),
+        ApiReply::MigrationStep(plain.clone()),
+        ApiReply::Pinned(plain),
     ]
 }
 

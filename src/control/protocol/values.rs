@@ -273,6 +273,7 @@ pub fn vm_to_json(i: &VmInfo) -> Value {
         "operation": i.job.as_ref().map(|j| j.kind.as_str()),
         "job": i.job.as_ref().map(summary_to_json),
         "last_exit": i.last_exit.as_ref().map(exit_to_json),
+        "cpu_mask": i.cpu_mask,
     })
 }
 
@@ -315,6 +316,7 @@ pub fn vm_from_json(v: &Value) -> Result<VmInfo, ProtocolError> {
         pending_changes: o.bool("pending_changes")?,
         job,
         last_exit: o.opt("last_exit").map(exit_from_json).transpose()?,
+        cpu_mask: o.opt_str("cpu_mask")?.map(String::from),
     })
 }
 

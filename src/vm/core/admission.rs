@@ -30,6 +30,7 @@ pub enum Ask {
     FinalizeDst {
         success: bool,
     },
+    Pin,
 }
 
 /// The running job, as far as admission cares.
@@ -135,6 +136,10 @@ pub fn rule(ask: Ask, job: Option<Running>, vm: Facts) -> Rule {
         }
         (Cleanup, None) => Rule::Begin,
 
+        (Pin, Some(_)) => Rule::Refuse(ErrorCode::Busy, "another job is in progress"),
+        (Pin, None) if vm.has_qemu && up && !vm.exiting => Rule::Begin,
+        (Pin, None) => Rule::Refuse(ErrorCode::NotRunning, "pinning needs it running or paused"),
+
         (Migrate | Accept | FinalizeSrc { .. } | FinalizeDst { .. }, Some(_)) => {
             Rule::Refuse(ErrorCode::Busy, "another job is in progress")
         }
@@ -190,6 +195,7 @@ fn ask_of(r: &Request) -> Option<Ask> {
         Request::Accept { .. } => Ask::Accept,
         Request::FinalizeSrc { success } => Ask::FinalizeSrc { success: *success },
         Request::FinalizeDst { success } => Ask::FinalizeDst { success: *success },
+        Request::Pin { .. } => Ask::Pin,
         Request::Cancel { .. } | Request::MigrateCancel => return None,
     })
 }
@@ -374,6 +380,13 @@ impl Core {
             }
             Request::FinalizeSrc { success } => self.begin_finalize_src(ticket, success, now, fx),
             Request::FinalizeDst { success } => self.begin_finalize_dst(ticket, success, now, fx),
+            Request::Pin { mask } => {
+                let job = self.new_job(now, Operation::Pin, "pinning");
+                let id = job.id;
+                self.pending_mask = Some(mask.clone());
+                self.begin(job, Some(ticket), fx);
+                fx.push(Effect::Spawn(Task::Pin { job: id, gen, mask }));
+            }
             Request::Cancel { .. } | Request::MigrateCancel => {}
         }
     }

@@ -318,6 +318,16 @@ impl Core {
                     self.moved_to = None;
                     self.set_state(VmState::Running, fx)
                 }
+                Some(Operation::Pin) => {
+                    if let (Some(mask), Some(info)) = (
+                        self.pending_mask.take(),
+                        self.run.as_mut().and_then(|r| r.info.as_mut()),
+                    ) {
+                        info.cpu_mask = mask.clone();
+                        fx.push(Effect::RecordPin(mask));
+                        fx.push(Effect::Publish);
+                    }
+                }
                 Some(Operation::FinalizeDst) => {
                     self.incoming = false;
                     self.before_accept = None;

@@ -141,6 +141,8 @@ pub struct Core {
     postcopy: bool,
     /// What the instance was before an accept (a dropped incoming migration goes back to it).
     before_accept: Option<Before>,
+    /// The mask of the running pin job.
+    pending_mask: Option<String>,
 }
 
 const USER_DOWN_REASON: &str = "the guest powered itself off";
@@ -175,6 +177,7 @@ impl Core {
             moved_to: None,
             postcopy: false,
             before_accept: None,
+            pending_mask: None,
         };
         core.job = Some(core.new_job(now, Operation::Recovery, "reading the run dir"));
         core
@@ -250,6 +253,7 @@ impl Core {
                 phase: j.phase.clone(),
             }),
             last_exit: self.last_exit.clone(),
+            cpu_mask: run_info.map(|r| r.cpu_mask.clone()),
         }
     }
 

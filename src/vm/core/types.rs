@@ -93,6 +93,10 @@ pub enum Request {
     },
     /// Cancel the running migration.
     MigrateCancel,
+    /// Pin the running VM's threads (`mask`: checked against the grammar by the caller).
+    Pin {
+        mask: String,
+    },
 }
 
 /// What a target's QEMU needs besides the VM's definition.
@@ -208,6 +212,8 @@ pub struct RunInfo {
     /// Per NIC, its tap (for the down hooks).
     pub taps: Vec<Option<String>>,
     pub pool_uid: Option<u32>,
+    /// The vCPU pinning in force (`cpu_mask` grammar): the start's, or the last live pin's.
+    pub cpu_mask: String,
 }
 
 /// Work the actor runs off the actor, reporting back with inputs.
@@ -257,6 +263,8 @@ pub enum Task {
     },
     /// Remove the instance directory.
     Cleanup { job: JobId },
+    /// Pin the threads of the QEMU of `gen` by `mask`; reports [`Input::QmpDone`].
+    Pin { job: JobId, gen: u64, mask: String },
     /// A dropped incoming migration: remove the run's files; with `restore`, keep the
     /// directory with this exit record (the instance's history before the accept), else
     /// remove the directory. Reports [`Input::CleanupDone`].
@@ -348,6 +356,8 @@ pub enum Effect {
     HoldUid(u32),
     /// The incoming migration was finalized: remove the `incoming` marker.
     IncomingDone,
+    /// A live pin took effect: record the mask in the runtime file (a restarted kvmd shows it).
+    RecordPin(String),
     /// The adopted QEMU of `gen` could not be watched (no pidfd): look at the run dir again
     /// later and send a fresh [`Input::Recovered`].
     Rewatch {

@@ -34,6 +34,7 @@ fn run_info(reboot_exits: bool) -> RunInfo {
         reboot_exits,
         taps: Vec::new(),
         pool_uid: None,
+        cpu_mask: "all".into(),
     }
 }
 
