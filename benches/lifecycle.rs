@@ -234,7 +234,7 @@ fn main() {
             started += 1;
         }
         for (label, req) in [
-            ("list", ApiRequest::List),
+            ("list", ApiRequest::List { all: false }),
             ("info --all", ApiRequest::Info { name: None }),
         ] {
             let mut v = Vec::new();

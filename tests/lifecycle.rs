@@ -14,14 +14,20 @@ const BOOT: Duration = Duration::from_secs(60);
 
 #[test]
 fn start_runs_the_guest_and_acpi_stop_powers_it_off() {
-    let d = Daemon::start(&instance_toml("a", ""));
+    let d = Daemon::start(&(instance_toml("a", "") + &instance_toml("idle", "")));
     let info = d.start_vm("a");
     assert_eq!(info.state.as_str(), "running");
+    // `list` shows what runs; `list --all` every defined instance.
+    let out = d.kvmctl(&["list", "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("idle") && text.contains("stopped"), "{text}");
+    let out = d.kvmctl(&["list"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("idle"));
     let pid = info.pid.unwrap();
     assert!(alive(pid));
     d.wait_ready("a", 1);
     assert_eq!(d.guest_run("a", "echo $((6*7))"), "42");
-    let list = match d.call(ApiRequest::List).unwrap() {
+    let list = match d.call(ApiRequest::List { all: false }).unwrap() {
         ApiReply::List(v) => v,
         other => panic!("{other:?}"),
     };

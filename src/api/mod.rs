@@ -18,8 +18,8 @@ use crate::model::state::{StopEnd, VmState};
 pub enum ApiRequest {
     /// kvmd answers with its version.
     Ping,
-    /// Running instances (those with a QEMU process).
-    List,
+    /// Running instances (those with a QEMU process); with `all`, every instance kvmd knows.
+    List { all: bool },
     /// One instance, or all (`name = None`).
     Info {
         name: Option<InstanceName>,

@@ -264,7 +264,7 @@ impl Handler<Call> for Supervisor {
     type Result = Reply;
 
     fn handle(&mut self, Call(req): Call, ctx: &mut Context<Self>) -> Reply {
-        if matches!(req, ApiRequest::List | ApiRequest::Info { .. })
+        if matches!(req, ApiRequest::List { .. } | ApiRequest::Info { .. })
             && *self.recovering.borrow() > 0
         {
             // Right after kvmd starts, VM actors are still looking at the run dir: answer once
@@ -310,10 +310,10 @@ impl Supervisor {
             ApiRequest::Ping => ready(Ok(ApiReply::Pong {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })),
-            ApiRequest::List => ready(Ok(ApiReply::List(
+            ApiRequest::List { all } => ready(Ok(ApiReply::List(
                 self.vms
                     .values()
-                    .filter(|e| e.info.state.has_process())
+                    .filter(|e| all || e.info.state.has_process())
                     .map(|e| live(e.info.clone()))
                     .collect(),
             ))),

@@ -68,7 +68,11 @@ pub enum Cmd {
     /// Check that kvmd answers.
     Ping,
     /// Running instances.
-    List,
+    List {
+        /// Every defined instance, not only those with a QEMU.
+        #[arg(long)]
+        all: bool,
+    },
     /// Details of one instance, or of all with --all.
     Info {
         name: Option<String>,

@@ -243,7 +243,7 @@ fn print_result(ctx: &Ctx, result: &Result<ApiReply, ApiError>) -> u8 {
 fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
     let req = match cmd {
         Cmd::Ping => ApiRequest::Ping,
-        Cmd::List => ApiRequest::List,
+        Cmd::List { all } => ApiRequest::List { all: *all },
         Cmd::Info { name: Some(n), .. } => ApiRequest::Info {
             name: Some(name("name", n)?),
         },

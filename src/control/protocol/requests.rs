@@ -142,9 +142,18 @@ pub static REQUESTS: &[RequestSpec] = &[
     },
     RequestSpec {
         name: "list",
-        doc: "Instances that have a QEMU process.",
-        fields: &[],
-        build: |_| Some(ApiRequest::List),
+        doc: "Instances that have a QEMU process; with all, every instance kvmd knows.",
+        fields: &[field(
+            "all",
+            FieldType::Bool,
+            FieldDefault::Bool(false),
+            "Every instance kvmd knows (defined in the config, or found in the run dir), not only those with a QEMU.",
+        )],
+        build: |a| {
+            Some(ApiRequest::List {
+                all: a.bool("all"),
+            })
+        },
     },
     RequestSpec {
         name: "info",
@@ -723,7 +732,12 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
     };
     let name = match req {
         ApiRequest::Ping => "ping",
-        ApiRequest::List => "list",
+        ApiRequest::List { all } => {
+            if *all {
+                put("all", json!(true));
+            }
+            "list"
+        }
         ApiRequest::Reload => "reload",
         ApiRequest::Info { name } | ApiRequest::Jobs { name } => {
             if let Some(n) = name {

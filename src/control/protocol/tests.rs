@@ -263,7 +263,8 @@ fn every_request_round_trips() {
             name: n("a"),
             mask: "0-1:all".into(),
         },
-        ApiRequest::List,
+        ApiRequest::List { all: false },
+        ApiRequest::List { all: true },
         ApiRequest::Info { name: Some(n("a")) },
         ApiRequest::Info { name: None },
         ApiRequest::Start {
