@@ -173,7 +173,10 @@ fn a_wedged_qemu_is_unresponsive_and_slows_nothing_else() {
     let mut c = d.client();
     let t0 = Instant::now();
     for _ in 0..20 {
-        c.call(&ApiRequest::List { all: false }).unwrap().result.unwrap();
+        c.call(&ApiRequest::List { all: false })
+            .unwrap()
+            .result
+            .unwrap();
     }
     let per_call = t0.elapsed() / 20;
     assert!(

@@ -19,7 +19,9 @@ pub enum ApiRequest {
     /// kvmd answers with its version.
     Ping,
     /// Running instances (those with a QEMU process); with `all`, every instance kvmd knows.
-    List { all: bool },
+    List {
+        all: bool,
+    },
     /// One instance, or all (`name = None`).
     Info {
         name: Option<InstanceName>,
@@ -121,6 +123,51 @@ pub enum ApiRequest {
         name: InstanceName,
         mask: String,
     },
+    /// The node's memory, CPUs, hypervisor version (Ganeti's `GetNodeInfo`).
+    NodeInfo,
+    /// The node's checks (Ganeti's `Verify`).
+    NodeVerify,
+    /// Power-cycle the node (Ganeti's `PowercycleNode`); refused without `yes`.
+    NodePowercycle {
+        yes: bool,
+    },
+}
+
+/// `node-info`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub hostname: String,
+    pub kvmd_version: String,
+    pub memory_total_mib: u64,
+    pub memory_free_mib: u64,
+    /// The memory of the instances that have a QEMU (their definitions).
+    pub memory_instances_mib: u64,
+    /// What the node itself uses: total − free − instances (Ganeti's `memory_dom0`).
+    pub memory_node_mib: u64,
+    pub instances_running: u32,
+    pub cpus: u32,
+    pub sockets: u32,
+    pub cores_per_socket: u32,
+    pub threads_per_core: u32,
+    pub numa_nodes: u32,
+    pub cpu_model: String,
+    /// `kvm` or `tcg`.
+    pub accelerator: String,
+    pub qemu_path: String,
+    /// `(major, minor, micro)`, when the probe answered (Ganeti's hv version).
+    pub qemu_version: Option<(u32, u32, u32)>,
+    pub qemu_version_text: Option<String>,
+    /// Files a cluster engine keeps the same on every node (Ganeti's `GetAncillaryFiles`).
+    pub ancillary_files: Vec<String>,
+}
+
+/// One result of `node-verify`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFinding {
+    /// `error`, `warning` or `ok`.
+    pub severity: String,
+    pub check: String,
+    pub detail: String,
 }
 
 /// `migration-status`: one VM's migration as this node sees it.
@@ -346,6 +393,12 @@ pub enum ApiReply {
     MigrationStep(VmInfo),
     /// A live pin took effect: the instance with its `cpu_mask`.
     Pinned(VmInfo),
+    NodeInfo(Box<NodeInfo>),
+    NodeVerified(Vec<NodeFinding>),
+    /// `node-powercycle`: what it does (without `yes`, what it would do: an error instead).
+    Powercycling {
+        steps: Vec<String>,
+    },
 }
 
 /// One event: every state change, job start/progress/end, notable QMP event, and the

@@ -17,6 +17,8 @@ pub mod faults;
 pub mod limits;
 /// Tap devices and NIC setup per Ganeti NIC mode.
 pub mod net;
+/// The node: memory and CPU facts, its checks (`verify`), the power cycle.
+pub mod node;
 /// Probing a QEMU binary's version, machines and devices, bounded by a deadline.
 pub mod probe;
 /// QEMU as an OS process: spawn, identify, wait, signal.

@@ -11,6 +11,7 @@
 
 mod handle;
 mod jobs;
+mod node;
 mod reply;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -485,6 +486,43 @@ impl Supervisor {
                 }
                 self.ask(&name, VmAsk::Pin { mask }, true)
             }
+            ApiRequest::NodeInfo => {
+                let running: Vec<&VmInfo> = self
+                    .vms
+                    .values()
+                    .map(|e| &e.info)
+                    .filter(|i| i.state.has_process())
+                    .collect();
+                let used = running.iter().map(|i| i.memory_mib).sum::<u64>();
+                let count = u32::try_from(running.len()).unwrap_or(u32::MAX);
+                let (node, config) = (self.node.clone(), self.config.path.clone());
+                blocking(move || {
+                    Ok(ApiReply::NodeInfo(Box::new(node::info(
+                        &node, &config, used, count,
+                    ))))
+                })
+            }
+            ApiRequest::NodeVerify => {
+                let owned: crate::host::node::Owned = self
+                    .vms
+                    .iter()
+                    .map(|(n, e)| (n.to_string(), e.info.pid))
+                    .collect();
+                let (node, config) = (self.node.clone(), self.config.path.clone());
+                blocking(move || {
+                    Ok(ApiReply::NodeVerified(
+                        crate::host::node::verify(&node, &config, &owned)
+                            .into_iter()
+                            .map(|f| crate::api::NodeFinding {
+                                severity: f.severity.as_str().into(),
+                                check: f.check,
+                                detail: f.detail,
+                            })
+                            .collect(),
+                    ))
+                })
+            }
+            ApiRequest::NodePowercycle { yes } => ready(node::powercycle(yes)),
             ApiRequest::Subscribe { .. } => ready(Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "subscribe is served by the connection itself",

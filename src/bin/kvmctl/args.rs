@@ -53,6 +53,22 @@ impl WaitFlags {
     }
 }
 
+/// `kvmctl node ...`.
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Memory (total, free, used by instances and by the node), CPUs and topology, the
+    /// hypervisor and its version, ancillary files.
+    Info,
+    /// The node's checks, each with a severity; exit status 1 if any is an error.
+    Verify,
+    /// Reboot this node at once, without stopping its VMs. Refused without --yes (the
+    /// refusal lists the steps).
+    Powercycle {
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 /// How a migration went, for a finalization.
 #[derive(clap::Args, Clone, Copy)]
 #[group(required = true, multiple = false)]
@@ -203,6 +219,11 @@ pub enum Cmd {
     },
     /// Cancel the running migration of an instance (the guest runs on the source again).
     MigrateCancel { name: String },
+    /// This node: info (memory, CPUs, hypervisor), verify (its checks), powercycle.
+    Node {
+        #[command(subcommand)]
+        what: NodeCmd,
+    },
     /// Pin a running instance's threads to host CPUs, live (cpu_mask grammar: `all`,
     /// `0-2,4`, or one entry per vCPU separated by `:`).
     Pin { name: String, mask: String },

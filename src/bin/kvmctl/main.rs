@@ -386,6 +386,22 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
         Cmd::MigrateCancel { name: n } => ApiRequest::MigrateCancel {
             name: name("name", n)?,
         },
+        Cmd::Node { what } => {
+            let req = match what {
+                args::NodeCmd::Info => ApiRequest::NodeInfo,
+                args::NodeCmd::Verify => ApiRequest::NodeVerify,
+                args::NodeCmd::Powercycle { yes } => ApiRequest::NodePowercycle { yes: *yes },
+            };
+            let answer = Client::connect(&ctx.socket)?.call(&req)?;
+            let code = print_answer(ctx, &answer);
+            // Findings of severity error fail the command.
+            if let Ok(ApiReply::NodeVerified(v)) = &answer.result {
+                if v.iter().any(|f| f.severity == "error") {
+                    return Ok(EXIT_FAILED);
+                }
+            }
+            return Ok(code);
+        }
         Cmd::Pin { name: n, mask } => ApiRequest::Pin {
             name: name("name", n)?,
             mask: mask.clone(),

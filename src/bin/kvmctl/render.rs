@@ -412,6 +412,47 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
             e(qemu_version)
         ),
         ApiReply::MigrationStep(v) => println!("{}: {}", e(v.name.as_str()), v.state.as_str()),
+        ApiReply::NodeInfo(n) => {
+            println!("{} (kvmd {})", e(&n.hostname), e(&n.kvmd_version));
+            println!(
+                "  memory:      {} MiB total, {} MiB free, {} MiB for {} instances, {} MiB for the node",
+                n.memory_total_mib,
+                n.memory_free_mib,
+                n.memory_instances_mib,
+                n.instances_running,
+                n.memory_node_mib
+            );
+            println!(
+                "  cpus:        {} ({} socket(s) x {} core(s) x {} thread(s), {} NUMA node(s)) {}",
+                n.cpus,
+                n.sockets,
+                n.cores_per_socket,
+                n.threads_per_core,
+                n.numa_nodes,
+                e(&n.cpu_model)
+            );
+            println!(
+                "  hypervisor:  {}; {} {}",
+                e(&n.accelerator),
+                e(&n.qemu_path),
+                n.qemu_version
+                    .map_or("(not probed)".to_string(), |(a, b, c)| format!(
+                        "{a}.{b}.{c}"
+                    ))
+            );
+            println!("  ancillary:   {}", e(&n.ancillary_files.join(", ")));
+        }
+        ApiReply::NodeVerified(v) => {
+            for f in v {
+                println!("{:<8} {:<12} {}", f.severity, e(&f.check), e(&f.detail));
+            }
+        }
+        ApiReply::Powercycling { steps } => {
+            println!("power-cycling this node now:");
+            for s in steps {
+                println!("  {}", e(s));
+            }
+        }
         ApiReply::Pinned(v) => println!(
             "{}: pinned to {}",
             e(v.name.as_str()),

@@ -77,6 +77,9 @@ pub const REPLY_KINDS: &[&str] = &[
     "migration-status",
     "migration-step",
     "pinned",
+    "node-info",
+    "node-verified",
+    "powercycling",
 ];
 
 /// Every stream line kind.
@@ -157,6 +160,9 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::MigrationStatus { .. } => "migration-status",
         ApiReply::MigrationStep(_) => "migration-step",
         ApiReply::Pinned(_) => "pinned",
+        ApiReply::NodeInfo(_) => "node-info",
+        ApiReply::NodeVerified(_) => "node-verified",
+        ApiReply::Powercycling { .. } => "powercycling",
     }
 }
 
@@ -205,6 +211,11 @@ fn reply_result(r: &ApiReply) -> Value {
         }),
         ApiReply::MigrationStep(i) => json!({"instance": vm_to_json(i)}),
         ApiReply::Pinned(i) => json!({"pinned": vm_to_json(i)}),
+        ApiReply::NodeInfo(n) => json!({"node": values::node_to_json(n)}),
+        ApiReply::NodeVerified(v) => json!({"findings": v.iter().map(|f| json!({
+            "severity": f.severity, "check": f.check, "detail": f.detail,
+        })).collect::<Vec<_>>()}),
+        ApiReply::Powercycling { steps } => json!({"powercycling": steps}),
     }
 }
 
@@ -332,6 +343,23 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
         },
         "migration-step" => ApiReply::MigrationStep(vm_from_json(o.get("instance")?)?),
         "pinned" => ApiReply::Pinned(vm_from_json(o.get("pinned")?)?),
+        "node-info" => ApiReply::NodeInfo(Box::new(values::node_from_json(o.get("node")?)?)),
+        "node-verified" => ApiReply::NodeVerified(
+            o.array("findings")?
+                .iter()
+                .map(|f| {
+                    let f = Obj::of(f, "finding")?;
+                    Ok(crate::api::NodeFinding {
+                        severity: f.str("severity")?.to_string(),
+                        check: f.str("check")?.to_string(),
+                        detail: f.str("detail")?.to_string(),
+                    })
+                })
+                .collect::<Result<_, ProtocolError>>()?,
+        ),
+        "powercycling" => ApiReply::Powercycling {
+            steps: o.strs("powercycling")?,
+        },
         other => return Err(ProtocolError::UnknownKind(other.to_string())),
     })
 }

@@ -528,6 +528,29 @@ pub static REQUESTS: &[RequestSpec] = &[
             })
         },
     },
+    RequestSpec {
+        name: "node-info",
+        doc: "This node: memory (total, free, used by instances, by the node itself), CPUs and their topology, the accelerator, the QEMU binary and its version, the files a cluster keeps alike on every node.",
+        fields: &[],
+        build: |_| Some(ApiRequest::NodeInfo),
+    },
+    RequestSpec {
+        name: "node-verify",
+        doc: "This node's checks, each a finding with a severity (error, warning, ok): the QEMU binary (probed), /dev/kvm, the run dir's and socket's owners and modes, the config's mode, the default kernel and initrd, the NIC hook, run-dir entries and QEMU processes no instance owns.",
+        fields: &[],
+        build: |_| Some(ApiRequest::NodeVerify),
+    },
+    RequestSpec {
+        name: "node-powercycle",
+        doc: "Reboot this node at once, without stopping its VMs (Ganeti's PowercycleNode). Refused unless yes is true; the refusal lists the steps.",
+        fields: &[field(
+            "yes",
+            FieldType::Bool,
+            FieldDefault::Bool(false),
+            "true: really do it.",
+        )],
+        build: |a| Some(ApiRequest::NodePowercycle { yes: a.bool("yes") }),
+    },
 ];
 
 const SUCCESS: FieldSpec = field(
@@ -865,6 +888,12 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
             put("name", json!(name.as_str()));
             put("mask", json!(mask));
             "pin"
+        }
+        ApiRequest::NodeInfo => "node-info",
+        ApiRequest::NodeVerify => "node-verify",
+        ApiRequest::NodePowercycle { yes } => {
+            put("yes", json!(yes));
+            "node-powercycle"
         }
         ApiRequest::Subscribe { since, follow } => {
             if let Some(s) = since {

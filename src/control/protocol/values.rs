@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::ProtocolError;
 use crate::api::{
     ApiError, DaemonEvent, ErrorCode, Event, EventKind, JobInfo, JobOutcome, JobState, JobSummary,
-    MigrationReport, MigrationSummary, Progress, QemuEvent, StopResult, VmInfo,
+    MigrationReport, MigrationSummary, NodeInfo, Progress, QemuEvent, StopResult, VmInfo,
 };
 use crate::model::exit::{ExitKind, ExitRecord};
 use crate::model::field_error::FieldError;
@@ -474,6 +474,71 @@ pub fn job_from_json(v: &Value) -> Result<JobInfo, ProtocolError> {
         ended_at_ms: o.opt_u64("ended_at_ms")?,
         resumed: o.bool("resumed")?,
         outcome: o.opt("outcome").map(outcome_from_json).transpose()?,
+    })
+}
+
+// ---- the node ----
+
+pub fn node_to_json(n: &NodeInfo) -> Value {
+    json!({
+        "hostname": n.hostname,
+        "kvmd_version": n.kvmd_version,
+        "memory_total_mib": n.memory_total_mib,
+        "memory_free_mib": n.memory_free_mib,
+        "memory_instances_mib": n.memory_instances_mib,
+        "memory_node_mib": n.memory_node_mib,
+        "instances_running": n.instances_running,
+        "cpus": n.cpus,
+        "sockets": n.sockets,
+        "cores_per_socket": n.cores_per_socket,
+        "threads_per_core": n.threads_per_core,
+        "numa_nodes": n.numa_nodes,
+        "cpu_model": n.cpu_model,
+        "accelerator": n.accelerator,
+        "qemu_path": n.qemu_path,
+        "qemu_version": n.qemu_version.map(|(a, b, c)| json!([a, b, c])),
+        "qemu_version_text": n.qemu_version_text,
+        "ancillary_files": n.ancillary_files,
+    })
+}
+
+pub fn node_from_json(v: &Value) -> Result<NodeInfo, ProtocolError> {
+    let o = Obj::of(v, "node")?;
+    let version = match o.opt("qemu_version").filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => {
+            let parts: Vec<u32> = v
+                .as_array()
+                .ok_or_else(|| invalid("qemu_version", "must be [major, minor, micro]", v))?
+                .iter()
+                .map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| invalid("qemu_version", "must be [major, minor, micro]", v))?;
+            match parts.as_slice() {
+                [a, b, c] => Some((*a, *b, *c)),
+                _ => return Err(invalid("qemu_version", "must be [major, minor, micro]", v)),
+            }
+        }
+    };
+    Ok(NodeInfo {
+        hostname: o.str("hostname")?.to_string(),
+        kvmd_version: o.str("kvmd_version")?.to_string(),
+        memory_total_mib: o.u64("memory_total_mib")?,
+        memory_free_mib: o.u64("memory_free_mib")?,
+        memory_instances_mib: o.u64("memory_instances_mib")?,
+        memory_node_mib: o.u64("memory_node_mib")?,
+        instances_running: o.u32("instances_running")?,
+        cpus: o.u32("cpus")?,
+        sockets: o.u32("sockets")?,
+        cores_per_socket: o.u32("cores_per_socket")?,
+        threads_per_core: o.u32("threads_per_core")?,
+        numa_nodes: o.u32("numa_nodes")?,
+        cpu_model: o.str("cpu_model")?.to_string(),
+        accelerator: o.str("accelerator")?.to_string(),
+        qemu_path: o.str("qemu_path")?.to_string(),
+        qemu_version: version,
+        qemu_version_text: o.opt_str("qemu_version_text")?.map(String::from),
+        ancillary_files: o.strs("ancillary_files")?,
     })
 }
 

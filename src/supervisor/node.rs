@@ -1,0 +1,72 @@
+//! The node requests: `node-info` (Ganeti's `GetNodeInfo`, with its ancillary files) and
+//! `node-powercycle` (guarded). `node-verify` is `host::node::verify` as it is.
+//!
+//! Invariant: `info` is blocking (files, the probe): called off the actor.
+
+use std::path::Path;
+
+use crate::api::{ApiError, ApiReply, NodeInfo};
+use crate::host::node::{facts, POWERCYCLE_STEPS};
+use crate::model::field_error::FieldError;
+use crate::model::spec::{Accel, NodeConfig};
+
+/// This node, with `used_mib` of memory defined for the `running` instances.
+pub(super) fn info(node: &NodeConfig, config: &Path, used_mib: u64, running: u32) -> NodeInfo {
+    let f = facts();
+    let probe = crate::host::probe::probe(&node.qemu, node.probe_timeout).ok();
+    let mut ancillary = vec![config.display().to_string()];
+    ancillary.extend(node.nic_script.iter().map(|p| p.display().to_string()));
+    NodeInfo {
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        kvmd_version: env!("CARGO_PKG_VERSION").to_string(),
+        memory_total_mib: f.memory_total_mib,
+        memory_free_mib: f.memory_free_mib,
+        memory_instances_mib: used_mib,
+        memory_node_mib: f
+            .memory_total_mib
+            .saturating_sub(f.memory_free_mib)
+            .saturating_sub(used_mib),
+        instances_running: running,
+        cpus: f.cpus,
+        sockets: f.sockets,
+        cores_per_socket: f.cores_per_socket,
+        threads_per_core: f.threads_per_core,
+        numa_nodes: f.numa_nodes,
+        cpu_model: f.cpu_model,
+        accelerator: match node.accelerator {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+        .into(),
+        qemu_path: node.qemu.display().to_string(),
+        qemu_version: probe.as_ref().map(|c| c.version),
+        qemu_version_text: probe.map(|c| c.version_text.clone()),
+        ancillary_files: ancillary,
+    }
+}
+
+/// Without `yes`: refused, naming what it would do. With it: the reply, then (a second later,
+/// so the reply gets out) the power cycle.
+pub(super) fn powercycle(yes: bool) -> Result<ApiReply, ApiError> {
+    let steps: Vec<String> = POWERCYCLE_STEPS.iter().map(|s| s.to_string()).collect();
+    if !yes {
+        let mut e = ApiError::invalid(vec![FieldError::new(
+            "yes",
+            "false",
+            "must be true: this reboots the node at once, without stopping its VMs",
+        )]);
+        e.details = steps;
+        return Err(e);
+    }
+    tracing::warn!("node-powercycle: rebooting this node in 1 s");
+    std::thread::spawn(|| {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if let Err(e) = crate::host::node::powercycle() {
+            tracing::error!(error = %e, "the power cycle failed");
+        }
+    });
+    Ok(ApiReply::Powercycling { steps })
+}
