@@ -123,6 +123,12 @@ pub enum ApiRequest {
         name: InstanceName,
         mask: String,
     },
+    /// Resize a running guest's memory with its balloon (MiB, between `min_memory` and
+    /// `memory`).
+    Balloon {
+        name: InstanceName,
+        mib: u64,
+    },
     /// The node's memory, CPUs, hypervisor version (Ganeti's `GetNodeInfo`).
     NodeInfo,
     /// The node's checks (Ganeti's `Verify`).
@@ -249,6 +255,18 @@ pub struct VmInfo {
     pub last_exit: Option<ExitRecord>,
     /// The vCPU pinning in force (`cpu_mask` grammar), while QEMU runs.
     pub cpu_mask: Option<String>,
+    /// The last balloon request of this QEMU and where the guest got to.
+    pub balloon: Option<BalloonInfo>,
+}
+
+/// A balloon's target and the guest's memory as the balloon sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalloonInfo {
+    pub target_mib: u64,
+    pub actual_mib: u64,
+    /// `moving` (a balloon job runs), `reached` (within 1 %), `stalled` (the guest stopped
+    /// moving before the target) or `timeout`.
+    pub state: String,
 }
 
 /// The job an instance is busy with, as `info` shows it.
@@ -393,6 +411,8 @@ pub enum ApiReply {
     MigrationStep(VmInfo),
     /// A live pin took effect: the instance with its `cpu_mask`.
     Pinned(VmInfo),
+    /// A balloon job ended: the instance with its `balloon`.
+    Ballooned(VmInfo),
     NodeInfo(Box<NodeInfo>),
     NodeVerified(Vec<NodeFinding>),
     /// `node-powercycle`: what it does (without `yes`, what it would do: an error instead).

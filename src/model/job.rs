@@ -47,10 +47,12 @@ pub enum Operation {
     FinalizeDst,
     /// Pin a running VM's threads to host CPUs (`cpu_mask` grammar), live.
     Pin,
+    /// Resize the guest's memory with its balloon driver.
+    Balloon,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 14] = [
         Operation::Start,
         Operation::Stop,
         Operation::Reboot,
@@ -64,6 +66,7 @@ impl Operation {
         Operation::FinalizeSrc,
         Operation::FinalizeDst,
         Operation::Pin,
+        Operation::Balloon,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Operation {
             Operation::FinalizeSrc => "finalize-src",
             Operation::FinalizeDst => "finalize-dst",
             Operation::Pin => "pin",
+            Operation::Balloon => "balloon",
         }
     }
 

@@ -41,6 +41,20 @@ impl Qmp {
         self.call("system_powerdown", None, None).await.map(drop)
     }
 
+    /// `balloon`: ask the guest's balloon driver for a memory size (bytes); the guest gets
+    /// there in its own time (`BALLOON_CHANGE` events, `query-balloon`).
+    pub async fn balloon(&self, bytes: u64) -> Result<(), QmpError> {
+        self.call("balloon", wire::args_balloon(bytes), None)
+            .await
+            .map(drop)
+    }
+
+    /// `query-balloon`: the guest's memory as the balloon sees it, in bytes.
+    pub async fn query_balloon(&self) -> Result<u64, QmpError> {
+        let v = self.call("query-balloon", None, None).await?;
+        reply("query-balloon", wire::decode_balloon(v))
+    }
+
     /// `system_reset`: reset the machine.
     pub async fn system_reset(&self) -> Result<(), QmpError> {
         self.call("system_reset", None, None).await.map(drop)

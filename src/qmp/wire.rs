@@ -258,6 +258,17 @@ pub fn args_uri(uri: &str) -> Option<Value> {
     Some(json!({ "uri": uri }))
 }
 
+pub fn args_balloon(bytes: u64) -> Option<Value> {
+    Some(json!({ "value": bytes }))
+}
+
+/// `query-balloon`'s `actual`, in bytes.
+pub fn decode_balloon(v: Value) -> Result<u64, String> {
+    v.get("actual")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| clip(&format!("no actual in {v}")))
+}
+
 // Replies of typed commands.
 
 fn shaped<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, String> {

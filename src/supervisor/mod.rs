@@ -113,6 +113,7 @@ impl Supervisor {
             }),
             last_exit: None,
             cpu_mask: None,
+            balloon: None,
         };
         let vm = crate::vm::spawn(VmSetup {
             name: name.clone(),
@@ -486,6 +487,7 @@ impl Supervisor {
                 }
                 self.ask(&name, VmAsk::Pin { mask }, true)
             }
+            ApiRequest::Balloon { name, mib } => self.ask(&name, VmAsk::Balloon { mib }, true),
             ApiRequest::NodeInfo => {
                 let running: Vec<&VmInfo> = self
                     .vms

@@ -58,6 +58,7 @@ pub(super) fn reply_of(
                 Operation::Resume => ApiReply::Resumed(info),
                 Operation::Cleanup => ApiReply::CleanedUp { name: name.clone() },
                 Operation::Pin => ApiReply::Pinned(info),
+                Operation::Balloon => ApiReply::Ballooned(info),
                 Operation::Migrate
                 | Operation::Accept
                 | Operation::FinalizeSrc

@@ -461,6 +461,28 @@ impl VmActor {
                 };
                 actix::spawn(stop::run(s).instrument(span));
             }
+            Task::Balloon { job, gen, mib } => {
+                let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                let (tx, rx) = mpsc::channel(64);
+                *self.tap.lock().expect("balloon tap") = Some(tx);
+                let tap = self.tap.clone();
+                actix::spawn(
+                    async move {
+                        let result = match qmp {
+                            Some(q) => super::balloon::follow(&q, rx, mib)
+                                .await
+                                .map_err(|e| super::error::VmError::Qmp(e).to_api()),
+                            None => Err(ApiError::new(
+                                ErrorCode::Unresponsive,
+                                "No QMP connection to this VM's QEMU",
+                            )),
+                        };
+                        super::migrate::close(&tap);
+                        report.input(Input::BalloonDone { job, gen, result });
+                    }
+                    .instrument(span),
+                );
+            }
             Task::Pin { job, gen, mask } => {
                 let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
                 let process = self.res.process.clone().filter(|_| self.res.gen == gen);
@@ -925,6 +947,7 @@ impl Handler<Ask> for VmActor {
             VmAsk::FinalizeDst { success } => Some(Request::FinalizeDst { success }),
             VmAsk::MigrateCancel => Some(Request::MigrateCancel),
             VmAsk::Pin { mask } => Some(Request::Pin { mask }),
+            VmAsk::Balloon { mib } => Some(Request::Balloon { mib }),
         };
         if let Some(r) = request {
             self.feed_request(ticket, r, ctx);

@@ -48,6 +48,9 @@ pub enum VmAsk {
     Pin {
         mask: String,
     },
+    Balloon {
+        mib: u64,
+    },
 }
 
 /// How a VM answered.

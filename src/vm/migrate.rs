@@ -20,7 +20,8 @@ use crate::vm::core::{IncomingPlan, MigrateEnd, MigrateOutcome};
 
 use super::error::VmError;
 
-/// Where the notices of a QMP connection are teed for a running migration.
+/// Where the notices of a QMP connection are teed for the running migration or balloon job
+/// (one job at a time).
 pub(crate) type Tap = Arc<Mutex<Option<mpsc::Sender<Notice>>>>;
 
 /// Hand `n` to the migration listening on `tap`, if it is one of its events.
@@ -31,7 +32,8 @@ pub(super) fn tee(tap: &Tap, n: &Notice) {
             event: QmpEvent::Migration { .. }
                 | QmpEvent::MigrationPass { .. }
                 | QmpEvent::Stop
-                | QmpEvent::Resume,
+                | QmpEvent::Resume
+                | QmpEvent::BalloonChange { .. },
             ..
         }
     );

@@ -9,6 +9,7 @@
 //! - `error` — what can go wrong, with causes, and its one conversion to the wire error.
 
 mod actor;
+mod balloon;
 pub mod core;
 pub mod error;
 mod handle;

@@ -219,6 +219,10 @@ pub enum Cmd {
     },
     /// Cancel the running migration of an instance (the guest runs on the source again).
     MigrateCancel { name: String },
+    /// Resize a running guest's memory with its balloon (MiB, from min_memory to memory);
+    /// waits until the guest got there (reached), stopped moving (stalled) or the deadline
+    /// (timeout). Exit status 1 unless reached.
+    Balloon { name: String, mib: u64 },
     /// This node: info (memory, CPUs, hypervisor), verify (its checks), powercycle.
     Node {
         #[command(subcommand)]

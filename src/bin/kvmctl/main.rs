@@ -402,6 +402,20 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
             }
             return Ok(code);
         }
+        Cmd::Balloon { name: n, mib } => {
+            let req = ApiRequest::Balloon {
+                name: name("name", n)?,
+                mib: *mib,
+            };
+            let answer = Client::connect(&ctx.socket)?.call(&req)?;
+            let code = print_answer(ctx, &answer);
+            if let Ok(ApiReply::Ballooned(v)) = &answer.result {
+                if v.balloon.as_ref().is_some_and(|b| b.state != "reached") {
+                    return Ok(EXIT_FAILED);
+                }
+            }
+            return Ok(code);
+        }
         Cmd::Pin { name: n, mask } => ApiRequest::Pin {
             name: name("name", n)?,
             mask: mask.clone(),

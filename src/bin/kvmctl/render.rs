@@ -144,6 +144,14 @@ pub fn vm_details(v: &VmInfo) {
     if let Some(m) = &v.cpu_mask {
         println!("  pinning:      {}", e(m));
     }
+    if let Some(b) = &v.balloon {
+        println!(
+            "  balloon:      {} MiB of target {} MiB ({})",
+            b.actual_mib,
+            b.target_mib,
+            e(&b.state)
+        );
+    }
     println!(
         "  cpu time:     {}",
         v.cpu_time_ms
@@ -453,6 +461,16 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
                 println!("  {}", e(s));
             }
         }
+        ApiReply::Ballooned(v) => match &v.balloon {
+            Some(b) => println!(
+                "{}: balloon {} at {} MiB (target {} MiB)",
+                e(v.name.as_str()),
+                e(&b.state),
+                b.actual_mib,
+                b.target_mib
+            ),
+            None => println!("{}: balloon done", e(v.name.as_str())),
+        },
         ApiReply::Pinned(v) => println!(
             "{}: pinned to {}",
             e(v.name.as_str()),

@@ -77,6 +77,7 @@ pub const REPLY_KINDS: &[&str] = &[
     "migration-status",
     "migration-step",
     "pinned",
+    "ballooned",
     "node-info",
     "node-verified",
     "powercycling",
@@ -160,6 +161,7 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::MigrationStatus { .. } => "migration-status",
         ApiReply::MigrationStep(_) => "migration-step",
         ApiReply::Pinned(_) => "pinned",
+        ApiReply::Ballooned(_) => "ballooned",
         ApiReply::NodeInfo(_) => "node-info",
         ApiReply::NodeVerified(_) => "node-verified",
         ApiReply::Powercycling { .. } => "powercycling",
@@ -211,6 +213,7 @@ fn reply_result(r: &ApiReply) -> Value {
         }),
         ApiReply::MigrationStep(i) => json!({"instance": vm_to_json(i)}),
         ApiReply::Pinned(i) => json!({"pinned": vm_to_json(i)}),
+        ApiReply::Ballooned(i) => json!({"ballooned": vm_to_json(i)}),
         ApiReply::NodeInfo(n) => json!({"node": values::node_to_json(n)}),
         ApiReply::NodeVerified(v) => json!({"findings": v.iter().map(|f| json!({
             "severity": f.severity, "check": f.check, "detail": f.detail,
@@ -343,6 +346,7 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
         },
         "migration-step" => ApiReply::MigrationStep(vm_from_json(o.get("instance")?)?),
         "pinned" => ApiReply::Pinned(vm_from_json(o.get("pinned")?)?),
+        "ballooned" => ApiReply::Ballooned(vm_from_json(o.get("ballooned")?)?),
         "node-info" => ApiReply::NodeInfo(Box::new(values::node_from_json(o.get("node")?)?)),
         "node-verified" => ApiReply::NodeVerified(
             o.array("findings")?

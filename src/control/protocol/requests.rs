@@ -529,6 +529,26 @@ pub static REQUESTS: &[RequestSpec] = &[
         },
     },
     RequestSpec {
+        name: "balloon",
+        doc: "Resize a running guest's memory with its balloon driver, as a job that follows the guest (BALLOON_CHANGE) and ends reached (within 1 %), stalled or timeout, with the size reached.",
+        fields: &[
+            NAME,
+            field(
+                "mib",
+                FieldType::Seq,
+                FieldDefault::Required,
+                "The memory the guest should have, in MiB: from min_memory to memory.",
+            ),
+        ],
+        build: |a| {
+            let (name, mib) = (a.name("name"), a.u64("mib"));
+            Some(ApiRequest::Balloon {
+                name: name?,
+                mib: mib?,
+            })
+        },
+    },
+    RequestSpec {
         name: "node-info",
         doc: "This node: memory (total, free, used by instances, by the node itself), CPUs and their topology, the accelerator, the QEMU binary and its version, the files a cluster keeps alike on every node.",
         fields: &[],
@@ -888,6 +908,11 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
             put("name", json!(name.as_str()));
             put("mask", json!(mask));
             "pin"
+        }
+        ApiRequest::Balloon { name, mib } => {
+            put("name", json!(name.as_str()));
+            put("mib", json!(mib));
+            "balloon"
         }
         ApiRequest::NodeInfo => "node-info",
         ApiRequest::NodeVerify => "node-verify",

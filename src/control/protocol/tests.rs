@@ -51,6 +51,11 @@ fn vm() -> VmInfo {
         }),
         last_exit: Some(exit()),
         cpu_mask: Some("0-1:all".into()),
+        balloon: Some(crate::api::BalloonInfo {
+            target_mib: 128,
+            actual_mib: 130,
+            state: "stalled".into(),
+        }),
     }
 }
 
@@ -263,6 +268,10 @@ fn every_request_round_trips() {
             name: n("a"),
             mask: "0-1:all".into(),
         },
+        ApiRequest::Balloon {
+            name: n("a"),
+            mib: 128,
+        },
         ApiRequest::NodeInfo,
         ApiRequest::NodeVerify,
         ApiRequest::NodePowercycle { yes: false },
@@ -376,7 +385,8 @@ fn every_reply() -> Vec<ApiReply> {
             migration: Box::new(kvmd_migration()),
         },
         ApiReply::MigrationStep(plain.clone()),
-        ApiReply::Pinned(plain),
+        ApiReply::Pinned(plain.clone()),
+        ApiReply::Ballooned(plain),
         ApiReply::NodeInfo(Box::new(crate::api::NodeInfo {
             hostname: "node1".into(),
             kvmd_version: "0.2.0".into(),

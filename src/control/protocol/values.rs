@@ -274,6 +274,9 @@ pub fn vm_to_json(i: &VmInfo) -> Value {
         "job": i.job.as_ref().map(summary_to_json),
         "last_exit": i.last_exit.as_ref().map(exit_to_json),
         "cpu_mask": i.cpu_mask,
+        "balloon": i.balloon.as_ref().map(|b| json!({
+            "target_mib": b.target_mib, "actual_mib": b.actual_mib, "state": b.state,
+        })),
     })
 }
 
@@ -317,6 +320,17 @@ pub fn vm_from_json(v: &Value) -> Result<VmInfo, ProtocolError> {
         job,
         last_exit: o.opt("last_exit").map(exit_from_json).transpose()?,
         cpu_mask: o.opt_str("cpu_mask")?.map(String::from),
+        balloon: match o.opt("balloon").filter(|v| !v.is_null()) {
+            None => None,
+            Some(b) => {
+                let b = Obj::of(b, "balloon")?;
+                Some(crate::api::BalloonInfo {
+                    target_mib: b.u64("target_mib")?,
+                    actual_mib: b.u64("actual_mib")?,
+                    state: b.str("state")?.to_string(),
+                })
+            }
+        },
     })
 }
 

@@ -31,6 +31,7 @@ pub enum Ask {
         success: bool,
     },
     Pin,
+    Balloon,
 }
 
 /// The running job, as far as admission cares.
@@ -136,7 +137,15 @@ pub fn rule(ask: Ask, job: Option<Running>, vm: Facts) -> Rule {
         }
         (Cleanup, None) => Rule::Begin,
 
-        (Pin, Some(_)) => Rule::Refuse(ErrorCode::Busy, "another job is in progress"),
+        (Pin | Balloon, Some(_)) => Rule::Refuse(ErrorCode::Busy, "another job is in progress"),
+        // A paused guest's driver cannot move the balloon.
+        (Balloon, None) if vm.has_qemu && vm.state == VmState::Running && !vm.exiting => {
+            Rule::Begin
+        }
+        (Balloon, None) => Rule::Refuse(
+            ErrorCode::NotRunning,
+            "the balloon needs it running (the guest's driver moves it)",
+        ),
         (Pin, None) if vm.has_qemu && up && !vm.exiting => Rule::Begin,
         (Pin, None) => Rule::Refuse(ErrorCode::NotRunning, "pinning needs it running or paused"),
 
@@ -196,6 +205,7 @@ fn ask_of(r: &Request) -> Option<Ask> {
         Request::FinalizeSrc { success } => Ask::FinalizeSrc { success: *success },
         Request::FinalizeDst { success } => Ask::FinalizeDst { success: *success },
         Request::Pin { .. } => Ask::Pin,
+        Request::Balloon { .. } => Ask::Balloon,
         Request::Cancel { .. } | Request::MigrateCancel => return None,
     })
 }
@@ -386,6 +396,34 @@ impl Core {
                 self.pending_mask = Some(mask.clone());
                 self.begin(job, Some(ticket), fx);
                 fx.push(Effect::Spawn(Task::Pin { job: id, gen, mask }));
+            }
+            Request::Balloon { mib } => {
+                let (memory, min) = self
+                    .running_spec()
+                    .map_or((0, 0), |s| (s.memory, s.min_memory.min(s.memory)));
+                if mib < min || mib > memory {
+                    let e = ApiError::invalid(vec![crate::model::field_error::FieldError::new(
+                        "mib",
+                        mib.to_string(),
+                        format!(
+                            "must be between min_memory ({min}) and memory ({memory}) of {}",
+                            self.name
+                        ),
+                    )]);
+                    return self.answer(ticket, Err(e), fx);
+                }
+                let job = self.new_job(now, Operation::Balloon, "moving");
+                let id = job.id;
+                if let Some(run) = self.run.as_mut() {
+                    let actual = run.balloon.as_ref().map_or(memory, |b| b.actual_mib);
+                    run.balloon = Some(crate::api::BalloonInfo {
+                        target_mib: mib,
+                        actual_mib: actual,
+                        state: "moving".into(),
+                    });
+                }
+                self.begin(job, Some(ticket), fx);
+                fx.push(Effect::Spawn(Task::Balloon { job: id, gen, mib }));
             }
             Request::Cancel { .. } | Request::MigrateCancel => {}
         }

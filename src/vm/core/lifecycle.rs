@@ -208,6 +208,7 @@ impl Core {
             shutdown: None,
             stop_requested: false,
             watched: true,
+            balloon: None,
         });
         self.unresponsive = false;
         self.dir_exists = true;

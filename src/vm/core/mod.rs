@@ -62,6 +62,8 @@ pub(super) struct Run {
     stop_requested: bool,
     /// A pidfd watches its exit (false: adopted without one; retried).
     watched: bool,
+    /// The last balloon request and where the guest got to (`None`: none since this QEMU).
+    balloon: Option<crate::api::BalloonInfo>,
 }
 
 /// The running job.
@@ -254,6 +256,7 @@ impl Core {
             }),
             last_exit: self.last_exit.clone(),
             cpu_mask: run_info.map(|r| r.cpu_mask.clone()),
+            balloon: self.run.as_ref().and_then(|r| r.balloon.clone()),
         }
     }
 
@@ -562,6 +565,27 @@ impl Core {
             }
             Input::MigrateDone { job, gen, end } if self.job_is(job) => {
                 self.on_migrate_done(gen, end, now, &mut fx)
+            }
+            Input::BalloonDone { job, gen, result } if self.job_is(job) => {
+                let outcome = match result {
+                    Ok((end, actual_mib)) => {
+                        if let Some(b) = self
+                            .run
+                            .as_mut()
+                            .filter(|r| r.gen == gen)
+                            .and_then(|r| r.balloon.as_mut())
+                        {
+                            b.actual_mib = actual_mib;
+                            b.state = end.as_str().into();
+                        }
+                        if let Some(j) = self.job.as_mut() {
+                            j.phase = end.as_str().into();
+                        }
+                        JobOutcome::Done { stop: None }
+                    }
+                    Err(e) => JobOutcome::Failed(e),
+                };
+                self.end_job(outcome, now, &mut fx);
             }
             Input::UndoDone { job } if self.job_is(job) => {
                 // An unfinished start found at recovery was undone: no QEMU, no run files.

@@ -171,6 +171,7 @@ impl Core {
             shutdown: None,
             stop_requested: false,
             watched,
+            balloon: None,
         });
         self.dir_exists = true;
         self.unresponsive = conn.is_none() || !watched;

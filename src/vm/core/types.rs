@@ -97,6 +97,31 @@ pub enum Request {
     Pin {
         mask: String,
     },
+    /// Resize the guest's memory with the balloon.
+    Balloon {
+        mib: u64,
+    },
+}
+
+/// How a balloon job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BalloonResult {
+    /// Within 1 % of the target.
+    Reached,
+    /// The guest stopped moving before the target.
+    Stalled,
+    /// Still moving at the deadline.
+    Timeout,
+}
+
+impl BalloonResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalloonResult::Reached => "reached",
+            BalloonResult::Stalled => "stalled",
+            BalloonResult::Timeout => "timeout",
+        }
+    }
 }
 
 /// What a target's QEMU needs besides the VM's definition.
@@ -265,6 +290,8 @@ pub enum Task {
     Cleanup { job: JobId },
     /// Pin the threads of the QEMU of `gen` by `mask`; reports [`Input::QmpDone`].
     Pin { job: JobId, gen: u64, mask: String },
+    /// Ask the balloon for `mib` and follow the guest there; reports [`Input::BalloonDone`].
+    Balloon { job: JobId, gen: u64, mib: u64 },
     /// A dropped incoming migration: remove the run's files; with `restore`, keep the
     /// directory with this exit record (the instance's history before the accept), else
     /// remove the directory. Reports [`Input::CleanupDone`].
@@ -450,5 +477,10 @@ pub enum Input {
         job: JobId,
         gen: u64,
         end: MigrateEnd,
+    },
+    BalloonDone {
+        job: JobId,
+        gen: u64,
+        result: Result<(BalloonResult, u64), ApiError>,
     },
 }
