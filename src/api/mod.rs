@@ -129,6 +129,16 @@ pub enum ApiRequest {
         name: InstanceName,
         mib: u64,
     },
+    /// Attach to the serial console: after the `console` reply the connection carries the
+    /// console's bytes both ways (`write`: this session types; others only watch).
+    Console {
+        name: InstanceName,
+        write: bool,
+    },
+    /// How to reach an instance's console from elsewhere (Ganeti's `GetInstanceConsole`).
+    ConsoleInfo {
+        name: InstanceName,
+    },
     /// The node's memory, CPUs, hypervisor version (Ganeti's `GetNodeInfo`).
     NodeInfo,
     /// The node's checks (Ganeti's `Verify`).
@@ -165,6 +175,21 @@ pub struct NodeInfo {
     pub qemu_version_text: Option<String>,
     /// Files a cluster engine keeps the same on every node (Ganeti's `GetAncillaryFiles`).
     pub ancillary_files: Vec<String>,
+}
+
+/// `console-info`: Ganeti's `GetInstanceConsole` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleInfo {
+    pub name: InstanceName,
+    /// `serial` (a command to run on this node), `vnc`, `spice`, or `none`.
+    pub kind: String,
+    /// For `serial`: the command that attaches to it on this node.
+    pub command: Vec<String>,
+    /// For `vnc`/`spice`: where to connect.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// How to get the display's password (the hvparam's file), if one is set.
+    pub password_file: Option<String>,
 }
 
 /// One result of `node-verify`.
@@ -413,6 +438,12 @@ pub enum ApiReply {
     Pinned(VmInfo),
     /// A balloon job ended: the instance with its `balloon`.
     Ballooned(VmInfo),
+    /// The connection is now the console's: raw bytes follow, both ways.
+    Console {
+        name: InstanceName,
+        writer: bool,
+    },
+    ConsoleInfo(ConsoleInfo),
     NodeInfo(Box<NodeInfo>),
     NodeVerified(Vec<NodeFinding>),
     /// `node-powercycle`: what it does (without `yes`, what it would do: an error instead).

@@ -124,6 +124,12 @@ pub struct Answer {
     pub raw: String,
 }
 
+/// A plain connection to kvmd's socket, with [`Client::connect`]'s errors (for a console,
+/// whose bytes are not lines).
+pub fn connect_raw(path: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path).map_err(|e| connect_error(path, e))
+}
+
 impl Client {
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path).map_err(|e| connect_error(path, e))?;

@@ -4,5 +4,6 @@
 //! Invariant: nothing outside `protocol` builds or reads control JSON.
 
 pub mod client;
+pub mod console;
 pub mod protocol;
 pub mod server;

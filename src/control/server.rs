@@ -221,6 +221,7 @@ pub async fn serve(
 ) {
     let requests = Arc::new(Tracker::default());
     let streams = Arc::new(Tracker::default());
+    let consoles = super::console::Consoles::default();
     let (drained_tx, drained_rx) = watch::channel(false);
     let slots = Arc::new(Slots {
         max_total: limits.max_connections,
@@ -271,6 +272,7 @@ pub async fn serve(
         };
         debug!(?uid, ?pid, "client connected");
         let conn = Connection {
+            consoles: consoles.clone(),
             sup: sup.clone(),
             limits: limits.clone(),
             requests: requests.clone(),
@@ -309,6 +311,7 @@ pub async fn serve(
 /// One served connection.
 struct Connection {
     sup: SupervisorHandle,
+    consoles: super::console::Consoles,
     limits: Limits,
     requests: Arc<Tracker>,
     streams: Arc<Tracker>,
@@ -364,6 +367,11 @@ impl Connection {
                 let _ = write.write_all(&protocol::encode_reply(&id, &Err(e))).await;
                 return;
             }
+            if let Ok(ApiRequest::Console { name, write: w }) = &req {
+                let _tracked = self.streams.enter();
+                self.console(reader, write, &id, name.clone(), *w).await;
+                return;
+            }
             if let Ok(ApiRequest::Subscribe { since, follow }) = req {
                 let _tracked = self.streams.enter();
                 self.stream(reader, write, &id, since, follow).await;
@@ -386,6 +394,96 @@ impl Connection {
                 return;
             }
         }
+    }
+
+    /// The connection as a console: the `console` reply, then the console's bytes both ways
+    /// until the client leaves, QEMU goes, or kvmd shuts down.
+    async fn console(
+        &mut self,
+        mut reader: BufReader<OwnedReadHalf>,
+        mut write: OwnedWriteHalf,
+        id: &Value,
+        name: crate::model::name::InstanceName,
+        writer: bool,
+    ) {
+        let checked = self
+            .sup
+            .call(ApiRequest::Console {
+                name: name.clone(),
+                write: writer,
+            })
+            .await;
+        let path = crate::model::layout::RunPaths::new(self.sup.run_dir(), &name).serial();
+        let session = match checked {
+            Err(e) => Err(e),
+            Ok(_) => self
+                .consoles
+                .attach(name.as_str(), &path, writer)
+                .await
+                .map_err(|e| match e {
+                    super::console::AttachError::WriterTaken => {
+                        ApiError::new(ErrorCode::Busy, format!("{name}: {e}"))
+                    }
+                    other => ApiError::new(ErrorCode::NotRunning, format!("{name}: {other}")),
+                }),
+        };
+        let mut session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = write.write_all(&protocol::encode_reply(id, &Err(e))).await;
+                return;
+            }
+        };
+        let reply = Ok(ApiReply::Console {
+            name: name.clone(),
+            writer: session.is_writer(),
+        });
+        if write
+            .write_all(&protocol::encode_reply(id, &reply))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        debug!(%name, writer, "console attached");
+        enum Step {
+            Typed(usize),
+            Shown(Vec<u8>),
+            Missed,
+            End,
+        }
+        let mut buf = vec![0u8; 1024];
+        loop {
+            let step = tokio::select! {
+                n = reader.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => Step::End,
+                    Ok(k) => Step::Typed(k),
+                },
+                out = session.output.recv() => match out {
+                    Ok(bytes) => Step::Shown(bytes),
+                    // A viewer that fell behind loses what it missed, and goes on.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Step::Missed,
+                    Err(_) => Step::End,
+                },
+                _ = session.gone.wait_for(|g| *g) => Step::End,
+                _ = self.shutdown.wait_for(|s| *s) => Step::End,
+            };
+            match step {
+                Step::Typed(k) => {
+                    if !session.send(buf[..k].to_vec()).await {
+                        break;
+                    }
+                }
+                Step::Shown(bytes) => {
+                    if write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Step::Missed => {}
+                Step::End => break,
+            }
+        }
+        debug!(%name, "console detached");
     }
 
     /// The connection as an event stream: the `subscribed` reply, the kept events after

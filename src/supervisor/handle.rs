@@ -16,11 +16,13 @@ use super::{Call, Supervisor};
 pub struct SupervisorHandle {
     addr: Addr<Supervisor>,
     bus: EventBus,
+    run_dir: std::path::PathBuf,
 }
 
 impl SupervisorHandle {
     pub fn start(config: Config, store: Store, bus: EventBus, ids: JobIds) -> Self {
         Self {
+            run_dir: config.node.run_dir.clone(),
             addr: Supervisor::new(config, store, bus.clone(), ids).start(),
             bus,
         }
@@ -30,6 +32,11 @@ impl SupervisorHandle {
         self.addr.send(Call(req)).await.map_err(|e| {
             ApiError::new(ErrorCode::Internal, format!("supervisor unavailable: {e}"))
         })?
+    }
+
+    /// The run directory (for a console's socket).
+    pub fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
     }
 
     /// The event bus (for `subscribe`).

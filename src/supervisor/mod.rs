@@ -488,6 +488,25 @@ impl Supervisor {
                 self.ask(&name, VmAsk::Pin { mask }, true)
             }
             ApiRequest::Balloon { name, mib } => self.ask(&name, VmAsk::Balloon { mib }, true),
+            ApiRequest::Console { name, write } => ready(match self.vms.get(&name) {
+                None => Err(ApiError::not_found(&name)),
+                Some(e) if e.info.state.has_process() => Ok(ApiReply::Console {
+                    name,
+                    writer: write,
+                }),
+                Some(e) => Err(ApiError::new(
+                    ErrorCode::NotRunning,
+                    format!("{name} has no QEMU (it is {})", e.info.state.as_str()),
+                )),
+            }),
+            ApiRequest::ConsoleInfo { name } => {
+                if !self.vms.contains_key(&name) {
+                    return ready(Err(ApiError::not_found(&name)));
+                }
+                let paths = crate::model::layout::RunPaths::new(&self.node.run_dir, &name);
+                let socket = self.node.socket.clone();
+                blocking(move || node::console_info(&name, &paths, &socket))
+            }
             ApiRequest::NodeInfo => {
                 let running: Vec<&VmInfo> = self
                     .vms

@@ -48,6 +48,56 @@ pub(super) fn info(node: &NodeConfig, config: &Path, used_mib: u64, running: u32
     }
 }
 
+/// How to reach the console of `name` (Ganeti's `GetInstanceConsole`): the serial console
+/// through this node's kvmctl, else VNC, else SPICE, from what the running QEMU was given.
+pub(super) fn console_info(
+    name: &crate::model::name::InstanceName,
+    paths: &crate::model::layout::RunPaths,
+    socket: &Path,
+) -> Result<ApiReply, ApiError> {
+    use crate::model::hvparams::key;
+    let rt = match crate::store::runtime_file::read_on_disk(paths).runtime {
+        Ok(Some(rt)) => rt,
+        _ => {
+            return Err(ApiError::new(
+                crate::api::ErrorCode::NotRunning,
+                format!("{name} has no running QEMU, so no console"),
+            ))
+        }
+    };
+    let hv = &rt.hvparams;
+    let none = |p: &str| (!p.is_empty()).then(|| p.to_string());
+    let mut info = crate::api::ConsoleInfo {
+        name: name.clone(),
+        kind: "none".into(),
+        command: Vec::new(),
+        host: None,
+        port: None,
+        password_file: None,
+    };
+    if hv.bool(key::SERIAL_CONSOLE) {
+        info.kind = "serial".into();
+        info.command = vec![
+            "kvmctl".into(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "console".into(),
+            name.to_string(),
+        ];
+    } else if !hv.str(key::VNC_BIND_ADDRESS).is_empty() {
+        info.kind = "vnc".into();
+        info.host = none(hv.str(key::VNC_BIND_ADDRESS));
+        info.port = rt.spec.network_port;
+        info.password_file = none(hv.str(key::VNC_PASSWORD_FILE));
+    } else if !hv.str(key::SPICE_BIND).is_empty() {
+        info.kind = "spice".into();
+        info.host = none(hv.str(key::SPICE_BIND));
+        info.port = rt.spec.network_port;
+        info.password_file = none(hv.str(key::SPICE_PASSWORD_FILE));
+    }
+    Ok(ApiReply::ConsoleInfo(info))
+}
+
 /// Without `yes`: refused, naming what it would do. With it: the reply, then (a second later,
 /// so the reply gets out) the power cycle.
 pub(super) fn powercycle(yes: bool) -> Result<ApiReply, ApiError> {

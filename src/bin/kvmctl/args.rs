@@ -223,6 +223,18 @@ pub enum Cmd {
     /// waits until the guest got there (reached), stopped moving (stalled) or the deadline
     /// (timeout). Exit status 1 unless reached.
     Balloon { name: String, mib: u64 },
+    /// Attach this terminal to an instance's serial console (Ctrl-] detaches; every other key
+    /// goes to the guest). Several may watch; one types.
+    Console {
+        name: String,
+        /// Watch only (another session may be typing).
+        #[arg(long)]
+        read_only: bool,
+        /// Print how to reach the console from elsewhere instead (Ganeti's
+        /// GetInstanceConsole): the command, or the VNC/SPICE endpoint.
+        #[arg(long, conflicts_with = "read_only")]
+        command: bool,
+    },
     /// This node: info (memory, CPUs, hypervisor), verify (its checks), powercycle.
     Node {
         #[command(subcommand)]

@@ -9,6 +9,7 @@
 //! goes through `render`, which escapes whatever came from kvmd.
 
 mod args;
+mod console;
 mod migrate;
 mod render;
 mod validate;
@@ -386,6 +387,17 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
         Cmd::MigrateCancel { name: n } => ApiRequest::MigrateCancel {
             name: name("name", n)?,
         },
+        Cmd::Console {
+            name: n,
+            read_only,
+            command,
+        } => {
+            let n = name("name", n)?;
+            if !*command {
+                return console::run(&ctx.socket, n, !*read_only);
+            }
+            ApiRequest::ConsoleInfo { name: n }
+        }
         Cmd::Node { what } => {
             let req = match what {
                 args::NodeCmd::Info => ApiRequest::NodeInfo,

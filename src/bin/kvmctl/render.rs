@@ -420,6 +420,35 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
             e(qemu_version)
         ),
         ApiReply::MigrationStep(v) => println!("{}: {}", e(v.name.as_str()), v.state.as_str()),
+        ApiReply::Console { name, writer } => println!(
+            "attached to {}'s console{}",
+            e(name.as_str()),
+            if *writer { "" } else { " (watching)" }
+        ),
+        ApiReply::ConsoleInfo(c) => match c.kind.as_str() {
+            "serial" => println!(
+                "{}: serial console; on this node run: {}",
+                e(c.name.as_str()),
+                e(&c.command.join(" "))
+            ),
+            "none" => println!(
+                "{}: no console (serial_console off, no VNC, no SPICE)",
+                e(c.name.as_str())
+            ),
+            kind => println!(
+                "{}: {} at {}:{}{}",
+                e(c.name.as_str()),
+                kind,
+                e(c.host.as_deref().unwrap_or("?")),
+                c.port.map_or("?".to_string(), |p| p.to_string()),
+                c.password_file
+                    .as_deref()
+                    .map_or(String::new(), |f| format!(
+                        " (password: the first line of {})",
+                        e(f)
+                    ))
+            ),
+        },
         ApiReply::NodeInfo(n) => {
             println!("{} (kvmd {})", e(&n.hostname), e(&n.kvmd_version));
             println!(

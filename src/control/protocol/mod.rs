@@ -78,6 +78,8 @@ pub const REPLY_KINDS: &[&str] = &[
     "migration-step",
     "pinned",
     "ballooned",
+    "console",
+    "console-info",
     "node-info",
     "node-verified",
     "powercycling",
@@ -162,6 +164,8 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::MigrationStep(_) => "migration-step",
         ApiReply::Pinned(_) => "pinned",
         ApiReply::Ballooned(_) => "ballooned",
+        ApiReply::Console { .. } => "console",
+        ApiReply::ConsoleInfo(_) => "console-info",
         ApiReply::NodeInfo(_) => "node-info",
         ApiReply::NodeVerified(_) => "node-verified",
         ApiReply::Powercycling { .. } => "powercycling",
@@ -214,6 +218,11 @@ fn reply_result(r: &ApiReply) -> Value {
         ApiReply::MigrationStep(i) => json!({"instance": vm_to_json(i)}),
         ApiReply::Pinned(i) => json!({"pinned": vm_to_json(i)}),
         ApiReply::Ballooned(i) => json!({"ballooned": vm_to_json(i)}),
+        ApiReply::Console { name, writer } => json!({"console": name.as_str(), "writer": writer}),
+        ApiReply::ConsoleInfo(c) => json!({
+            "name": c.name.as_str(), "kind": c.kind, "command": c.command,
+            "host": c.host, "port": c.port, "password_file": c.password_file,
+        }),
         ApiReply::NodeInfo(n) => json!({"node": values::node_to_json(n)}),
         ApiReply::NodeVerified(v) => json!({"findings": v.iter().map(|f| json!({
             "severity": f.severity, "check": f.check, "detail": f.detail,
@@ -347,6 +356,37 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
         "migration-step" => ApiReply::MigrationStep(vm_from_json(o.get("instance")?)?),
         "pinned" => ApiReply::Pinned(vm_from_json(o.get("pinned")?)?),
         "ballooned" => ApiReply::Ballooned(vm_from_json(o.get("ballooned")?)?),
+        "console" => ApiReply::Console {
+            name: {
+                let s = o.str("console")?;
+                InstanceName::parse(s)
+                    .map_err(|_| values::invalid("console", "must be a name", &json!(s)))?
+            },
+            writer: o.bool("writer")?,
+        },
+        "console-info" => ApiReply::ConsoleInfo(crate::api::ConsoleInfo {
+            name: {
+                let s = o.str("name")?;
+                InstanceName::parse(s)
+                    .map_err(|_| values::invalid("name", "must be a name", &json!(s)))?
+            },
+            kind: o.str("kind")?.to_string(),
+            command: o.strs("command")?,
+            host: o.opt_str("host")?.map(String::from),
+            port: o
+                .opt_u64("port")?
+                .map(|p| {
+                    u16::try_from(p).map_err(|_| {
+                        values::invalid(
+                            "port",
+                            "must be a port",
+                            o.get("port").unwrap_or(&Value::Null),
+                        )
+                    })
+                })
+                .transpose()?,
+            password_file: o.opt_str("password_file")?.map(String::from),
+        }),
         "node-info" => ApiReply::NodeInfo(Box::new(values::node_from_json(o.get("node")?)?)),
         "node-verified" => ApiReply::NodeVerified(
             o.array("findings")?

@@ -549,6 +549,33 @@ pub static REQUESTS: &[RequestSpec] = &[
         },
     },
     RequestSpec {
+        name: "console",
+        doc: "Attach to an instance's serial console: after the `console` reply the connection carries the console's raw bytes both ways until either side closes it (or QEMU goes). One session at a time types (write); others watch.",
+        fields: &[
+            NAME,
+            field(
+                "write",
+                FieldType::Bool,
+                FieldDefault::Bool(true),
+                "This session types; false: watch only.",
+            ),
+        ],
+        build: |a| {
+            let (name, write) = (a.name("name"), a.bool("write"));
+            Some(ApiRequest::Console { name: name?, write })
+        },
+    },
+    RequestSpec {
+        name: "console-info",
+        doc: "How to reach an instance's console from elsewhere (Ganeti's GetInstanceConsole): the command that attaches to its serial console on this node, or its VNC/SPICE host, port and password file.",
+        fields: &[NAME],
+        build: |a| {
+            Some(ApiRequest::ConsoleInfo {
+                name: a.name("name")?,
+            })
+        },
+    },
+    RequestSpec {
         name: "node-info",
         doc: "This node: memory (total, free, used by instances, by the node itself), CPUs and their topology, the accelerator, the QEMU binary and its version, the files a cluster keeps alike on every node.",
         fields: &[],
@@ -913,6 +940,15 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
             put("name", json!(name.as_str()));
             put("mib", json!(mib));
             "balloon"
+        }
+        ApiRequest::Console { name, write } => {
+            put("name", json!(name.as_str()));
+            put("write", json!(write));
+            "console"
+        }
+        ApiRequest::ConsoleInfo { name } => {
+            put("name", json!(name.as_str()));
+            "console-info"
         }
         ApiRequest::NodeInfo => "node-info",
         ApiRequest::NodeVerify => "node-verify",

@@ -272,6 +272,11 @@ fn every_request_round_trips() {
             name: n("a"),
             mib: 128,
         },
+        ApiRequest::Console {
+            name: n("a"),
+            write: false,
+        },
+        ApiRequest::ConsoleInfo { name: n("a") },
         ApiRequest::NodeInfo,
         ApiRequest::NodeVerify,
         ApiRequest::NodePowercycle { yes: false },
@@ -387,6 +392,18 @@ fn every_reply() -> Vec<ApiReply> {
         ApiReply::MigrationStep(plain.clone()),
         ApiReply::Pinned(plain.clone()),
         ApiReply::Ballooned(plain),
+        ApiReply::Console {
+            name: n("web1"),
+            writer: false,
+        },
+        ApiReply::ConsoleInfo(crate::api::ConsoleInfo {
+            name: n("web1"),
+            kind: "vnc".into(),
+            command: vec![],
+            host: Some("192.0.2.4".into()),
+            port: Some(5901),
+            password_file: Some("/etc/kvmd/vnc.pw".into()),
+        }),
         ApiReply::NodeInfo(Box::new(crate::api::NodeInfo {
             hostname: "node1".into(),
             kvmd_version: "0.2.0".into(),
