@@ -368,6 +368,29 @@ fn a_raw_disk_and_a_user_nic_are_visible_inside_the_guest() {
         d.guest_run("io", "cat /sys/class/net/eth0/address"),
         "52:54:00:12:34:56"
     );
+    // `info` shows the whole VM, as the guest sees it.
+    let hw = d.info("io").hardware.expect("hardware of a running VM");
+    assert_eq!(
+        (hw.machine.as_str(), hw.accelerator.as_str()),
+        ("pc-q35-7.2", "tcg")
+    );
+    assert_eq!(hw.disks.len(), 1);
+    assert_eq!(hw.disks[0].path, img.display().to_string());
+    assert_eq!(
+        (hw.disks[0].format.as_str(), hw.disks[0].readonly),
+        ("raw", false)
+    );
+    assert!(hw.disks[0].address.starts_with("pcie.0 0x"), "{hw:?}");
+    assert_eq!(hw.nics[0].mac, "52:54:00:12:34:56");
+    assert_eq!(hw.nics[0].mode, "user");
+    assert!(hw.serial_socket.unwrap().ends_with("/io/serial.sock"));
+    let text = String::from_utf8_lossy(&d.kvmctl(&["info", "io"]).stdout).into_owned();
+    assert!(
+        text.contains("disk/0:")
+            && text.contains("nic/0:")
+            && text.contains("machine:      pc-q35-7.2 (tcg)"),
+        "{text}"
+    );
 }
 
 #[test]

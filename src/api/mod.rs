@@ -282,6 +282,50 @@ pub struct VmInfo {
     pub cpu_mask: Option<String>,
     /// The last balloon request of this QEMU and where the guest got to.
     pub balloon: Option<BalloonInfo>,
+    /// The running VM's hardware as QEMU was given it (from the runtime file).
+    pub hardware: Option<Box<Hardware>>,
+}
+
+/// What a running VM has: `virsh dominfo` + `domblklist` + `domiflist` in one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hardware {
+    pub uuid: String,
+    /// The concrete machine type.
+    pub machine: String,
+    /// `kvm` or `tcg`.
+    pub accelerator: String,
+    pub disks: Vec<DiskInfo>,
+    pub nics: Vec<NicInfo>,
+    /// The serial console's socket, when `serial_console` is on.
+    pub serial_socket: Option<String>,
+    /// `vnc HOST:DISPLAY` or `spice ...` as QEMU was given it; `None` without a display.
+    pub display: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskInfo {
+    pub path: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    pub readonly: bool,
+    /// `disk_type`: `paravirtual`, `ide`, `scsi`, ...
+    pub bus: String,
+    /// Where it sits: `pci 0x05`, `scsi 0`, `ide 0:1`, `auto`.
+    pub address: String,
+    pub hotplugged: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicInfo {
+    /// `bridged`, `routed`, `openvswitch` or `user`.
+    pub mode: String,
+    pub link: String,
+    pub mac: String,
+    pub tap: Option<String>,
+    /// `nic_type`: `paravirtual`, `e1000`, ...
+    pub model: String,
+    pub address: String,
+    pub hotplugged: bool,
 }
 
 /// A balloon's target and the guest's memory as the balloon sees it.

@@ -114,6 +114,7 @@ impl Supervisor {
             last_exit: None,
             cpu_mask: None,
             balloon: None,
+            hardware: None,
         };
         let vm = crate::vm::spawn(VmSetup {
             name: name.clone(),

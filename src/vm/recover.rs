@@ -54,6 +54,76 @@ pub(super) fn run_info(rt: &RuntimeFile) -> RunInfo {
         taps: rt.taps.clone(),
         pool_uid: rt.pool_uid,
         cpu_mask: rt.hvparams.str(key::CPU_MASK).to_string(),
+        hardware: hardware(rt),
+    }
+}
+
+fn address(slot: Option<&crate::qemu::cmdline::Slot>) -> String {
+    use crate::qemu::cmdline::Slot;
+    match slot {
+        Some(Slot::Pci { bus, slot }) => format!("{bus} 0x{slot:02x}"),
+        Some(Slot::Scsi { id }) => format!("scsi {id}"),
+        Some(Slot::Ide { bus, unit, .. }) => format!("ide {bus}:{unit}"),
+        Some(Slot::Auto) | None => "auto".into(),
+    }
+}
+
+/// What `info` shows of a running VM's hardware, from its runtime file.
+fn hardware(rt: &RuntimeFile) -> crate::api::Hardware {
+    let arg_after = |flag: &str| {
+        rt.argv
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+    };
+    let accelerator = rt
+        .argv
+        .iter()
+        .find_map(|a| a.split(',').find_map(|p| p.strip_prefix("accel=")))
+        .unwrap_or("")
+        .to_string();
+    let display = arg_after("-vnc")
+        .map(|v| format!("vnc {v}"))
+        .or_else(|| arg_after("-spice").map(|v| format!("spice {v}")));
+    let serial = rt.argv.iter().find_map(|a| {
+        a.strip_prefix("socket,id=serial0,path=")
+            .map(|rest| rest.split(',').next().unwrap_or("").to_string())
+    });
+    crate::api::Hardware {
+        uuid: rt.spec.uuid.clone(),
+        machine: rt.machine.clone(),
+        accelerator,
+        disks: rt
+            .spec
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| crate::api::DiskInfo {
+                path: d.path.display().to_string(),
+                format: format!("{:?}", d.format).to_lowercase(),
+                readonly: d.readonly,
+                bus: rt.hvparams.str(key::DISK_TYPE).to_string(),
+                address: address(rt.slots.disks.get(i)),
+                hotplugged: false,
+            })
+            .collect(),
+        nics: rt
+            .spec
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| crate::api::NicInfo {
+                mode: format!("{:?}", n.mode).to_lowercase(),
+                link: n.link.clone(),
+                mac: n.mac.clone(),
+                tap: rt.taps.get(i).cloned().flatten(),
+                model: rt.hvparams.str(key::NIC_TYPE).to_string(),
+                address: address(rt.slots.nics.get(i)),
+                hotplugged: false,
+            })
+            .collect(),
+        serial_socket: serial,
+        display,
     }
 }
 

@@ -144,6 +144,42 @@ pub fn vm_details(v: &VmInfo) {
     if let Some(m) = &v.cpu_mask {
         println!("  pinning:      {}", e(m));
     }
+    if let Some(h) = &v.hardware {
+        println!("  uuid:         {}", e(&h.uuid));
+        println!("  machine:      {} ({})", e(&h.machine), e(&h.accelerator));
+        for (i, d) in h.disks.iter().enumerate() {
+            println!(
+                "  disk/{i}:       {} ({}{}, {} at {}{})",
+                e(&d.path),
+                e(&d.format),
+                if d.readonly { ", read-only" } else { "" },
+                e(&d.bus),
+                e(&d.address),
+                if d.hotplugged { ", hot-plugged" } else { "" }
+            );
+        }
+        for (i, n) in h.nics.iter().enumerate() {
+            println!(
+                "  nic/{i}:        {} {} {} tap {} ({} at {})",
+                e(&n.mode),
+                e(&n.link),
+                e(&n.mac),
+                e(n.tap.as_deref().unwrap_or("-")),
+                e(&n.model),
+                e(&n.address)
+            );
+        }
+        if let Some(s) = &h.serial_socket {
+            println!(
+                "  console:      {} (kvmctl console {})",
+                e(s),
+                e(v.name.as_str())
+            );
+        }
+        if let Some(d) = &h.display {
+            println!("  display:      {}", e(d));
+        }
+    }
     if let Some(b) = &v.balloon {
         println!(
             "  balloon:      {} MiB of target {} MiB ({})",

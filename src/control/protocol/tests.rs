@@ -56,6 +56,30 @@ fn vm() -> VmInfo {
             actual_mib: 130,
             state: "stalled".into(),
         }),
+        hardware: Some(Box::new(crate::api::Hardware {
+            uuid: "6c3b2a9e-8f41-4d2c-9e7a-1b2c3d4e5f60".into(),
+            machine: "pc-q35-7.2".into(),
+            accelerator: "tcg".into(),
+            disks: vec![crate::api::DiskInfo {
+                path: "/srv/web1.img".into(),
+                format: "raw".into(),
+                readonly: false,
+                bus: "paravirtual".into(),
+                address: "pcie.0 0x05".into(),
+                hotplugged: false,
+            }],
+            nics: vec![crate::api::NicInfo {
+                mode: "bridged".into(),
+                link: "br0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                tap: Some("tap0".into()),
+                model: "paravirtual".into(),
+                address: "pcie.0 0x06".into(),
+                hotplugged: false,
+            }],
+            serial_socket: Some("/run/kvmd/web1/serial.sock".into()),
+            display: None,
+        })),
     }
 }
 

@@ -9,8 +9,9 @@ use serde_json::{json, Map, Value};
 
 use super::ProtocolError;
 use crate::api::{
-    ApiError, DaemonEvent, ErrorCode, Event, EventKind, JobInfo, JobOutcome, JobState, JobSummary,
-    MigrationReport, MigrationSummary, NodeInfo, Progress, QemuEvent, StopResult, VmInfo,
+    ApiError, DaemonEvent, DiskInfo, ErrorCode, Event, EventKind, Hardware, JobInfo, JobOutcome,
+    JobState, JobSummary, MigrationReport, MigrationSummary, NicInfo, NodeInfo, Progress,
+    QemuEvent, StopResult, VmInfo,
 };
 use crate::model::exit::{ExitKind, ExitRecord};
 use crate::model::field_error::FieldError;
@@ -277,6 +278,67 @@ pub fn vm_to_json(i: &VmInfo) -> Value {
         "balloon": i.balloon.as_ref().map(|b| json!({
             "target_mib": b.target_mib, "actual_mib": b.actual_mib, "state": b.state,
         })),
+        "hardware": i.hardware.as_deref().map(hardware_to_json),
+    })
+}
+
+fn hardware_to_json(h: &Hardware) -> Value {
+    json!({
+        "uuid": h.uuid,
+        "machine": h.machine,
+        "accelerator": h.accelerator,
+        "disks": h.disks.iter().map(|d| json!({
+            "path": d.path, "format": d.format, "readonly": d.readonly, "bus": d.bus,
+            "address": d.address, "hotplugged": d.hotplugged,
+        })).collect::<Vec<_>>(),
+        "nics": h.nics.iter().map(|n| json!({
+            "mode": n.mode, "link": n.link, "mac": n.mac, "tap": n.tap, "model": n.model,
+            "address": n.address, "hotplugged": n.hotplugged,
+        })).collect::<Vec<_>>(),
+        "serial_socket": h.serial_socket,
+        "display": h.display,
+    })
+}
+
+fn hardware_from_json(v: &Value) -> Result<Hardware, ProtocolError> {
+    let o = Obj::of(v, "hardware")?;
+    Ok(Hardware {
+        uuid: o.str("uuid")?.to_string(),
+        machine: o.str("machine")?.to_string(),
+        accelerator: o.str("accelerator")?.to_string(),
+        disks: o
+            .array("disks")?
+            .iter()
+            .map(|d| {
+                let d = Obj::of(d, "disk")?;
+                Ok(DiskInfo {
+                    path: d.str("path")?.to_string(),
+                    format: d.str("format")?.to_string(),
+                    readonly: d.bool("readonly")?,
+                    bus: d.str("bus")?.to_string(),
+                    address: d.str("address")?.to_string(),
+                    hotplugged: d.bool("hotplugged")?,
+                })
+            })
+            .collect::<Result<_, ProtocolError>>()?,
+        nics: o
+            .array("nics")?
+            .iter()
+            .map(|n| {
+                let n = Obj::of(n, "nic")?;
+                Ok(NicInfo {
+                    mode: n.str("mode")?.to_string(),
+                    link: n.str("link")?.to_string(),
+                    mac: n.str("mac")?.to_string(),
+                    tap: n.opt_str("tap")?.map(String::from),
+                    model: n.str("model")?.to_string(),
+                    address: n.str("address")?.to_string(),
+                    hotplugged: n.bool("hotplugged")?,
+                })
+            })
+            .collect::<Result<_, ProtocolError>>()?,
+        serial_socket: o.opt_str("serial_socket")?.map(String::from),
+        display: o.opt_str("display")?.map(String::from),
     })
 }
 
@@ -320,6 +382,12 @@ pub fn vm_from_json(v: &Value) -> Result<VmInfo, ProtocolError> {
         job,
         last_exit: o.opt("last_exit").map(exit_from_json).transpose()?,
         cpu_mask: o.opt_str("cpu_mask")?.map(String::from),
+        hardware: o
+            .opt("hardware")
+            .filter(|v| !v.is_null())
+            .map(hardware_from_json)
+            .transpose()?
+            .map(Box::new),
         balloon: match o.opt("balloon").filter(|v| !v.is_null()) {
             None => None,
             Some(b) => {

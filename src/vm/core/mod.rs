@@ -257,6 +257,7 @@ impl Core {
             last_exit: self.last_exit.clone(),
             cpu_mask: run_info.map(|r| r.cpu_mask.clone()),
             balloon: self.run.as_ref().and_then(|r| r.balloon.clone()),
+            hardware: run_info.map(|r| Box::new(r.hardware.clone())),
         }
     }
 

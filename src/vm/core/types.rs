@@ -239,6 +239,8 @@ pub struct RunInfo {
     pub pool_uid: Option<u32>,
     /// The vCPU pinning in force (`cpu_mask` grammar): the start's, or the last live pin's.
     pub cpu_mask: String,
+    /// What `info` shows of the hardware.
+    pub hardware: crate::api::Hardware,
 }
 
 /// Work the actor runs off the actor, reporting back with inputs.

@@ -35,6 +35,7 @@ fn run_info(reboot_exits: bool) -> RunInfo {
         taps: Vec::new(),
         pool_uid: None,
         cpu_mask: "all".into(),
+        hardware: Default::default(),
     }
 }
 
