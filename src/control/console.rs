@@ -39,9 +39,12 @@ pub struct Session {
 }
 
 impl Session {
-    /// Type on the console (ignored for a viewer). False once the console is gone.
-    pub async fn send(&self, bytes: Vec<u8>) -> bool {
-        !self.writer || self.hub.input.send(bytes).await.is_ok()
+    /// Type on the console (ignored for a viewer). False once the console is gone. Never
+    /// waits: keys typed into a console that does not take them (a guest not draining its
+    /// UART) are dropped.
+    pub fn send(&self, bytes: Vec<u8>) -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        !self.writer || !matches!(self.hub.input.try_send(bytes), Err(TrySendError::Closed(_)))
     }
 
     pub fn is_writer(&self) -> bool {
@@ -66,9 +69,13 @@ pub enum AttachError {
     WriterTaken,
 }
 
-/// The consoles of this kvmd, by instance.
+/// The consoles of this kvmd, by instance. Attaches are serialized, so two first sessions
+/// never open two connections to one console.
 #[derive(Clone, Debug, Default)]
-pub struct Consoles(Arc<Mutex<HashMap<String, Weak<Hub>>>>);
+pub struct Consoles {
+    hubs: Arc<Mutex<HashMap<String, Weak<Hub>>>>,
+    attaching: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl Consoles {
     /// Attach to the console of `name` on `serial` (connecting if nobody is attached).
@@ -78,12 +85,14 @@ impl Consoles {
         serial: &Path,
         write: bool,
     ) -> Result<Session, AttachError> {
+        let _one_at_a_time = self.attaching.lock().await;
         let existing = self
-            .0
+            .hubs
             .lock()
             .expect("consoles")
             .get(name)
-            .and_then(Weak::upgrade);
+            .and_then(Weak::upgrade)
+            .filter(|h| !*h.gone.borrow());
         let hub = match existing {
             Some(h) => h,
             None => {
@@ -91,7 +100,7 @@ impl Consoles {
                     .await
                     .map_err(AttachError::Connect)?;
                 let hub = start(stream);
-                self.0
+                self.hubs
                     .lock()
                     .expect("consoles")
                     .insert(name.to_string(), Arc::downgrade(&hub));
@@ -123,8 +132,17 @@ fn start(stream: UnixStream) -> Arc<Hub> {
         gone,
     });
     let (mut read, mut write) = stream.into_split();
+    // Input on its own task: a console that does not take input never stops the output.
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if write.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
+        let mut writer = writer;
         loop {
             tokio::select! {
                 n = read.read(&mut buf) => match n {
@@ -133,16 +151,11 @@ fn start(stream: UnixStream) -> Arc<Hub> {
                         let _ = out.send(buf[..k].to_vec());
                     }
                 },
-                bytes = rx.recv() => match bytes {
-                    Some(b) => {
-                        if write.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
+                // The last session left (the input channel closed) or the write side failed.
+                _ = &mut writer => break,
             }
         }
+        writer.abort();
         let _ = gone_tx.send(true);
     });
     hub

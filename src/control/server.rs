@@ -470,7 +470,7 @@ impl Connection {
             };
             match step {
                 Step::Typed(k) => {
-                    if !session.send(buf[..k].to_vec()).await {
+                    if !session.send(buf[..k].to_vec()) {
                         break;
                     }
                 }

@@ -111,6 +111,9 @@ pub struct Summary {
     pub restored: bool,
     /// `total_time_ms` and `downtime_ms` are kvmd's measure, QEMU's being unusable.
     pub own_figures: bool,
+    /// QEMU reported `postcopy-active`: the guest's memory is split between the nodes (a
+    /// switch only requested does not count).
+    pub postcopy_started: bool,
 }
 
 impl Summary {
@@ -148,6 +151,7 @@ pub async fn run(
         was_running: false,
         restored: false,
         own_figures: false,
+        postcopy_started: false,
     };
     // What is there now, to put it back afterwards.
     let before_caps = match qmp.query_migrate_capabilities().await {
@@ -299,6 +303,7 @@ pub async fn run(
             }
         }
         s.path = policy.path();
+        s.postcopy_started = policy.postcopy_started();
         s.downtime_limit_ms = policy.downtime_ms();
         let _ = progress.send(fig.clone());
         if let Some(st) = done {

@@ -54,6 +54,11 @@ impl RunPaths {
     pub fn exit_record(&self) -> PathBuf {
         self.dir.join("exit.json")
     }
+    /// Present (holding where the VM went) while this node's QEMU is a source whose migration
+    /// completed: whatever becomes of that QEMU, the VM is elsewhere.
+    pub fn migrated_marker(&self) -> PathBuf {
+        self.dir.join("migrated")
+    }
     /// Present while this node holds the VM by an incoming migration not finalized yet.
     pub fn incoming_marker(&self) -> PathBuf {
         self.dir.join("incoming")

@@ -80,6 +80,8 @@ pub struct OnDisk {
     pub stopping: bool,
     /// The VM came by an incoming migration not finalized yet (the `incoming` marker).
     pub incoming: bool,
+    /// Where the VM went, when this QEMU's migration completed (the `migrated` marker).
+    pub migrated: Option<String>,
     /// The pid in QEMU's pidfile, if any.
     pub pidfile_pid: Option<u32>,
     /// The long job the previous kvmd did not finish, if any.
@@ -95,6 +97,7 @@ impl OnDisk {
             exists: false,
             stopping: false,
             incoming: false,
+            migrated: None,
             pidfile_pid: None,
             job: None,
         }
@@ -114,6 +117,9 @@ pub fn read_on_disk(paths: &RunPaths) -> OnDisk {
         exists: true,
         stopping: paths.stopping_marker().exists(),
         incoming: paths.incoming_marker().exists(),
+        migrated: std::fs::read_to_string(paths.migrated_marker())
+            .ok()
+            .map(|s| s.trim().to_string()),
         pidfile_pid: std::fs::read_to_string(paths.pidfile())
             .ok()
             .and_then(|s| s.trim().parse().ok()),

@@ -232,7 +232,9 @@ impl Handler<VmNotify> for Supervisor {
                 }
             }
             VmNotice::Job(job) => {
-                self.arriving.remove(&job.instance);
+                if job.kind == Operation::Accept {
+                    self.arriving.remove(&job.instance);
+                }
                 self.jobs.update(job)
             }
             VmNotice::Retirable(name) => {

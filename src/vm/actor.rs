@@ -320,6 +320,15 @@ impl VmActor {
                         }
                     });
                 }
+                Effect::MigratedMarker(to) => {
+                    let marker = self.paths.migrated_marker();
+                    self.store.spawn(move || {
+                        let _ = match to {
+                            Some(to) => crate::store::files::write_atomic(&marker, to.as_bytes()),
+                            None => crate::store::files::remove_file(&marker),
+                        };
+                    });
+                }
                 Effect::IncomingDone => {
                     let marker = self.paths.incoming_marker();
                     self.store.spawn(move || {
@@ -994,16 +1003,45 @@ impl Handler<Ended> for VmActor {
             return;
         };
         info!(parent: &self.span, outcome = ?summary.outcome, total_ms = ?summary.total_time_ms, downtime_ms = ?summary.downtime_ms, path = summary.path.as_str(), "migration ended");
-        self.last_migration = Some(summary.clone());
         let qmp = self.res.qmp.clone().filter(|_| self.res.gen == o.gen);
-        let report = Self::reporter(ctx);
         let (job, gen, resume) = (o.job, o.gen, o.resume_on_failure);
-        actix::spawn(
+        ctx.spawn(
             async move {
+                // QEMU did not say how it ended: find out (cancel unless it completed or runs
+                // postcopy) before anything is decided about the guest.
+                let summary = match summary.outcome {
+                    coordinator::Outcome::Unknown(_) => {
+                        let settled = migrate::settle(qmp.clone(), resume).await;
+                        Summary {
+                            outcome: settled.outcome,
+                            postcopy_started: settled.postcopy_started || summary.postcopy_started,
+                            ..summary
+                        }
+                    }
+                    _ => summary,
+                };
                 let end = migrate::finish(qmp, &summary, resume).await;
-                report.input(Input::MigrateDone { job, gen, end });
+                (summary, end)
             }
-            .instrument(self.span.clone()),
+            .instrument(self.span.clone())
+            .into_actor(self)
+            .map(move |(summary, end), act, ctx| {
+                // The summary says what the job says.
+                let outcome = match &end.outcome {
+                    crate::vm::core::MigrateOutcome::Completed => coordinator::Outcome::Completed,
+                    crate::vm::core::MigrateOutcome::Cancelled(_) => {
+                        coordinator::Outcome::Cancelled
+                    }
+                    crate::vm::core::MigrateOutcome::Failed(w) => {
+                        coordinator::Outcome::Failed(w.clone())
+                    }
+                    crate::vm::core::MigrateOutcome::Unknown(w) => {
+                        coordinator::Outcome::Unknown(w.clone())
+                    }
+                };
+                act.last_migration = Some(summary.with_outcome(outcome));
+                act.feed(Input::MigrateDone { job, gen, end }, ctx);
+            }),
         );
     }
 }

@@ -86,7 +86,7 @@ async fn run_state(qmp: &Qmp) -> Option<RunState> {
 /// After the coordinator: resume the source if the migration did not complete, the core
 /// said the guest ran before, and postcopy never began; then say how it ended.
 pub(super) async fn finish(qmp: Option<Qmp>, s: &Summary, resume: bool) -> MigrateEnd {
-    let postcopy = s.path == Path::Postcopy;
+    let postcopy = s.postcopy_started;
     let mut outcome = match &s.outcome {
         Outcome::Completed => MigrateOutcome::Completed,
         Outcome::Cancelled => MigrateOutcome::Cancelled("cancelled".into()),
@@ -139,6 +139,7 @@ pub(super) async fn settle(qmp: Option<Qmp>, resume: bool) -> Summary {
         was_running: resume,
         restored: false,
         own_figures: false,
+        postcopy_started: false,
     };
     let Some(q) = qmp.as_ref().filter(|q| !q.is_closed()) else {
         return unknown("no QMP connection to the source's QEMU");
@@ -159,6 +160,8 @@ pub(super) async fn settle(qmp: Option<Qmp>, resume: bool) -> Summary {
             Some(MigrationStatus::PostcopyActive)
             | Some(MigrationStatus::PostcopyPaused)
             | Some(MigrationStatus::PostcopyRecover) => postcopy = true,
+            // No answer: nothing known, nothing done; ask again.
+            None => {}
             _ if !cancelled => {
                 cancelled = true;
                 cancel_by = tokio::time::Instant::now() + CANCEL_GRACE;
@@ -184,6 +187,7 @@ pub(super) async fn settle(qmp: Option<Qmp>, resume: bool) -> Summary {
         } else {
             Path::Precopy
         },
+        postcopy_started: postcopy,
         ..unknown("")
     }
     .with_outcome(match last {

@@ -23,11 +23,17 @@ async fn apply(pins: Vec<pinning::Pin>) -> Result<(), PinError> {
     let host = crate::host::validate::host_cpus();
     tokio::task::spawn_blocking(move || {
         for pin in pins {
-            crate::host::affinity::apply(&pin, host).map_err(|source| PinError::Affinity {
-                tid: pin.tid,
-                source,
-            })?;
-            debug!(tid = pin.tid, cpus = ?pin.cpus, "pinned");
+            match crate::host::affinity::apply(&pin, host) {
+                Ok(()) => debug!(tid = pin.tid, cpus = ?pin.cpus, "pinned"),
+                // A worker thread that ended since the threads were listed.
+                Err(nix::Error::ESRCH) => debug!(tid = pin.tid, "thread gone before pinning"),
+                Err(source) => {
+                    return Err(PinError::Affinity {
+                        tid: pin.tid,
+                        source,
+                    })
+                }
+            }
         }
         Ok(())
     })

@@ -262,6 +262,7 @@ pub(super) async fn gather(r: RecoverCtx) -> Found {
             job: on_disk.job,
             legacy_stopping: on_disk.stopping,
             incoming: on_disk.incoming,
+            migrated: on_disk.migrated,
             qemu,
         },
         adopted,

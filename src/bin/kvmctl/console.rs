@@ -129,13 +129,14 @@ pub fn run(socket: &Path, name: InstanceName, write: bool) -> Result<u8, Failure
             closed.store(true, Ordering::SeqCst);
         })
     };
-    let mut buf = [0u8; 1024];
+    let mut buf = [0u8; 8192];
     let mut detached = false;
     while !closed.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
         if !stdin_ready(200) {
             continue;
         }
-        let k = match std::io::stdin().read(&mut buf) {
+        // The fd itself, not Rust's buffered stdin: what poll saw is what is read.
+        let k = match nix::unistd::read(libc::STDIN_FILENO, &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(k) => k,
         };

@@ -239,16 +239,41 @@ fn call_retrying(socket: &Path, req: &ApiRequest) -> Result<ApiReply, ClientErro
     }
 }
 
-/// The target's state, once it answers (`None`: it did not, within `UNREACHABLE_FOR`).
-fn target_state(socket: &Path, name: &InstanceName) -> Option<String> {
+/// What the target says of the instance, once it answers: `Ok(Some(state))`, `Ok(None)` (it
+/// does not know it: nothing runs there), `Err(())` (no answer within `UNREACHABLE_FOR`).
+fn target_state(socket: &Path, name: &InstanceName) -> Result<Option<String>, ()> {
     match call_retrying(
         socket,
         &ApiRequest::Info {
             name: Some(name.clone()),
         },
     ) {
-        Ok(ApiReply::Info(v)) => v.first().map(|i| i.state.as_str().to_string()),
-        _ => None,
+        Ok(ApiReply::Info(v)) => Ok(v.first().map(|i| i.state.as_str().to_string())),
+        Err(ClientError::Refused(e)) if e.code == ErrorCode::NotFound => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// `finalize-dst --success`, waiting out a `busy` target (a finalization already running)
+/// and a kvmd restarting.
+fn run_on_target(dst: &Path, name: &InstanceName) -> Result<ApiReply, ClientError> {
+    let since = Instant::now();
+    loop {
+        let r = call_retrying(
+            dst,
+            &ApiRequest::FinalizeDst {
+                name: name.clone(),
+                success: true,
+            },
+        );
+        match r {
+            Err(ClientError::Refused(e))
+                if e.code == ErrorCode::Busy && since.elapsed() < UNREACHABLE_FOR =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -558,40 +583,35 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
             }
         }
     };
-    // 4. Both finalizations with one verdict. A finalize-dst whose answer was lost may have
-    // run the guest: the target's state decides then.
-    let verdict = verdict.and_then(|()| {
-        match call_retrying(
-            &dst,
-            &ApiRequest::FinalizeDst {
-                name: name.clone(),
-                success: true,
-            },
-        ) {
-            Ok(_) => {
-                acc.step("finalize-dst", Ok("running"));
-                Ok(())
-            }
-            Err(err) if !matches!(err, ClientError::Refused(_)) => {
-                match target_state(&dst, &name).as_deref() {
-                    Some("running") => {
-                        acc.step("finalize-dst", Ok("running"));
-                        Ok(())
-                    }
-                    _ => {
-                        acc.step("finalize-dst", Err(err_text(&err)));
-                        Err(format!("the target could not run it: {}", err_text(&err)))
-                    }
+    // 4. The finalizations. A migration that completed: the target runs it, and only when
+    // the target says it runs does the source let go; when the target confirms it does not
+    // run it, the target's copy is dropped first and the source resumes; when the target
+    // cannot say, the source stays `migrated` (paused for good) rather than risk two copies.
+    // A migration that did not complete: the source resumes first, then the target drops.
+    let completed = verdict.is_ok();
+    let target_runs: Result<bool, String> = match verdict {
+        Err(why) => Err(why),
+        Ok(()) => match run_on_target(&dst, &name) {
+            Ok(_) => Ok(true),
+            Err(err) => match target_state(&dst, &name) {
+                Ok(Some(state)) if state == "running" => Ok(true),
+                Ok(_) => Err(format!("the target could not run it: {}", err_text(&err))),
+                Err(()) => {
+                    acc.step("finalize-dst", Err(err_text(&err)));
+                    acc.outcome = "unknown".into();
+                    acc.runs_on = "unknown";
+                    acc.reason = Some(format!(
+                        "the migration completed, but the target did not answer ({}); the source stays migrated (paused for good) so that two copies never run: finish with `kvmctl finalize-dst` on the target and `kvmctl finalize-src` here",
+                        err_text(&err)
+                    ));
+                    return Ok(finish(r, &acc, t0, &listen));
                 }
-            }
-            Err(err) => {
-                acc.step("finalize-dst", Err(err_text(&err)));
-                Err(format!("the target could not run it: {}", err_text(&err)))
-            }
-        }
-    });
-    match verdict {
-        Ok(()) => {
+            },
+        },
+    };
+    match target_runs {
+        Ok(_) => {
+            acc.step("finalize-dst", Ok("running"));
             acc.outcome = "completed".into();
             acc.runs_on = "target";
             if let Ok(ApiReply::MigrationStatus { migration, .. }) =
@@ -612,7 +632,33 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
         }
         Err(why) => {
             acc.reason = Some(why).filter(|w| !w.is_empty());
-            // The source first: the guest runs again as soon as possible.
+            let drop_target = |acc: &mut Account| match call_retrying(
+                &dst,
+                &ApiRequest::FinalizeDst {
+                    name: name.clone(),
+                    success: false,
+                },
+            ) {
+                Ok(_) => acc.step("finalize-dst", Ok("dropped")),
+                Err(err) => acc.step("finalize-dst", Err(err_text(&err))),
+            };
+            if completed {
+                // The target holds a completed copy: drop it, and make sure, before the
+                // source runs again.
+                drop_target(&mut acc);
+                if let Ok(Some(state)) | Err(state) = target_state(&dst, &name)
+                    .map(|s| s.filter(|s| s == "running"))
+                    .map_err(|()| "no answer".to_string())
+                {
+                    acc.outcome = "unknown".into();
+                    acc.runs_on = "unknown";
+                    acc.reason = Some(format!(
+                        "the target's copy could not be confirmed gone ({state}); the source stays migrated so that two copies never run"
+                    ));
+                    return Ok(finish(r, &acc, t0, &listen));
+                }
+            }
+            // The source first when the target never ran it: the guest runs again sooner.
             match call_retrying(
                 r.source,
                 &ApiRequest::FinalizeSrc {
@@ -623,15 +669,8 @@ pub fn run(r: &Request) -> Result<u8, Failure> {
                 Ok(_) => acc.step("finalize-src", Ok("running")),
                 Err(err) => acc.step("finalize-src", Err(err_text(&err))),
             }
-            match call_retrying(
-                &dst,
-                &ApiRequest::FinalizeDst {
-                    name: name.clone(),
-                    success: false,
-                },
-            ) {
-                Ok(_) => acc.step("finalize-dst", Ok("dropped")),
-                Err(err) => acc.step("finalize-dst", Err(err_text(&err))),
+            if !completed {
+                drop_target(&mut acc);
             }
             acc.runs_on = match call(
                 r.source,

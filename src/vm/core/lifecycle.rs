@@ -105,6 +105,19 @@ impl Core {
                 match (s, self.state) {
                     (RunState::Running, VmState::Paused) => self.set_state(VmState::Running, fx),
                     (RunState::Paused, VmState::Running) => self.set_state(VmState::Paused, fx),
+                    // A source whose migration completed (seen after a restart without an
+                    // answer, for one): the VM belongs to the target.
+                    (RunState::Other(s), VmState::Running | VmState::Paused)
+                        if s == "postmigrate" =>
+                    {
+                        self.set_state(VmState::Migrated, fx)
+                    }
+                    (RunState::Other(s), VmState::Running | VmState::Paused)
+                        if s == "inmigrate" =>
+                    {
+                        self.incoming = true;
+                        self.set_state(VmState::Incoming, fx)
+                    }
                     _ => {}
                 }
             }
@@ -317,6 +330,8 @@ impl Core {
                 }
                 Some(Operation::FinalizeSrc) => {
                     self.moved_to = None;
+                    self.migrated_out = false;
+                    fx.push(Effect::MigratedMarker(None));
                     self.set_state(VmState::Running, fx)
                 }
                 Some(Operation::Pin) => {
@@ -368,7 +383,10 @@ impl Core {
             StopPhase::Acpi if !acpi => StopPhase::Sigterm,
             other => other,
         };
-        if matches!(self.state, VmState::Running | VmState::Paused) {
+        if matches!(
+            self.state,
+            VmState::Running | VmState::Paused | VmState::Migrated | VmState::Incoming
+        ) {
             job.before_stop = Some(self.state);
         }
         let deadline_ms = *job.deadline_ms.get_or_insert(now.ms + ms(job.timeout));
@@ -466,7 +484,15 @@ impl Core {
             reboot_exits,
         });
         let migrated = self.exit_of_migration();
+        self.migrated_out = false;
         let (kind, reason, restart) = match verdict {
+            _ if migrated
+                .as_ref()
+                .is_some_and(|(k, _)| *k == ExitKind::Migrated) =>
+            {
+                let (kind, reason) = migrated.unwrap_or((ExitKind::Stopped, String::new()));
+                (kind, reason, false)
+            }
             ExitVerdict::Stopped if migrated.is_some() => {
                 let (kind, reason) = migrated.unwrap_or((ExitKind::Stopped, String::new()));
                 (kind, reason, false)

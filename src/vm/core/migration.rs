@@ -71,6 +71,8 @@ impl Core {
             };
             if state == VmState::Migrated {
                 self.moved_to = job.target.clone();
+                self.migrated_out = true;
+                fx.push(Effect::MigratedMarker(job.target.clone()));
             }
             self.set_state(state, fx);
         }
@@ -177,9 +179,16 @@ impl Core {
         fx.push(Effect::Spawn(Task::DropIncoming { job, restore }));
     }
 
-    /// What a requested exit under a finalization means: the VM moved (source), or the
-    /// incoming migration was dropped (target).
+    /// What an exit means for a migration: the VM moved (a source whose migration completed,
+    /// however its QEMU ended), or the incoming migration was dropped (target).
     pub(super) fn exit_of_migration(&self) -> Option<(ExitKind, String)> {
+        if self.migrated_out {
+            let to = self
+                .moved_to
+                .clone()
+                .unwrap_or_else(|| "another node".into());
+            return Some((ExitKind::Migrated, format!("migrated to {to}")));
+        }
         let job = self.job.as_ref()?;
         match job.kind {
             Operation::FinalizeSrc => {

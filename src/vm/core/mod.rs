@@ -145,6 +145,9 @@ pub struct Core {
     before_accept: Option<Before>,
     /// The mask of the running pin job.
     pending_mask: Option<String>,
+    /// This QEMU is a source whose migration completed (or began postcopy): any exit of it is
+    /// recorded as `migrated`, and it never runs here again.
+    migrated_out: bool,
 }
 
 const USER_DOWN_REASON: &str = "the guest powered itself off";
@@ -180,6 +183,7 @@ impl Core {
             postcopy: false,
             before_accept: None,
             pending_mask: None,
+            migrated_out: false,
         };
         core.job = Some(core.new_job(now, Operation::Recovery, "reading the run dir"));
         core

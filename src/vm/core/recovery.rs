@@ -60,6 +60,8 @@ pub struct RecoveryFacts {
     pub legacy_stopping: bool,
     /// The `incoming` marker: the VM came by a migration not finalized yet.
     pub incoming: bool,
+    /// The `migrated` marker: this QEMU's migration to there completed.
+    pub migrated: Option<String>,
     pub qemu: FoundQemu,
 }
 
@@ -181,7 +183,15 @@ impl Core {
             self.incoming = false;
             fx.push(Effect::IncomingDone);
         }
+        if f.migrated.is_some() && status != Some(RunState::Running) {
+            self.migrated_out = true;
+            self.moved_to = f.migrated.clone();
+        } else if f.migrated.is_some() {
+            // finalize-src --failure resumed it; kvmd went down before removing the marker.
+            fx.push(Effect::MigratedMarker(None));
+        }
         self.state = match &status {
+            _ if self.migrated_out => VmState::Migrated,
             Some(RunState::Running) => VmState::Running,
             // A target whose migration is not finalized: it must not run yet.
             _ if self.incoming => VmState::Incoming,
@@ -405,6 +415,11 @@ impl Core {
         let already = f.exit_record.as_ref().is_some_and(|r| Some(r.pid) == pid);
         if let (Some(pid), false) = (pid, already) {
             let (kind, reason) = match (&gone, stopping, &f.runtime) {
+                // Its migration had completed: the VM lives on there, whatever ended this QEMU.
+                _ if f.migrated.is_some() => (
+                    ExitKind::Migrated,
+                    format!("migrated to {}", f.migrated.clone().unwrap_or_default()),
+                ),
                 (_, true, _) => (
                     ExitKind::Stopped,
                     "kvmd was stopping it and it exited while kvmd was not running".to_string(),

@@ -387,6 +387,8 @@ pub enum Effect {
     IncomingDone,
     /// A live pin took effect: record the mask in the runtime file (a restarted kvmd shows it).
     RecordPin(String),
+    /// Write (`Some(where)`) or remove the `migrated` marker.
+    MigratedMarker(Option<String>),
     /// The adopted QEMU of `gen` could not be watched (no pidfd): look at the run dir again
     /// later and send a fresh [`Input::Recovered`].
     Rewatch {

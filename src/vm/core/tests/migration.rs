@@ -447,3 +447,56 @@ fn a_restarted_kvmd_settles_a_migration_and_drops_an_unfinished_accept() {
     let fx = t.input(Input::Recovered(f));
     assert!(fx.iter().any(|e| matches!(e, Effect::Undo { .. })));
 }
+
+#[test]
+fn a_completed_source_stays_moved_however_its_qemu_ends() {
+    // A plain stop (or a crash) of a `migrated` source still says where the VM went.
+    let mut t = migrated();
+    let (_, fx) = t.req(stop(false));
+    let (job, acpi, ..) = stop_task(&fx).expect("a stop");
+    assert!(!acpi, "no button for a guest that left");
+    let gen = t.core.gen();
+    t.input(killed(gen));
+    let fx = t.input(Input::ExitSettled { gen });
+    let rec = recorded(&fx).expect("an exit record");
+    assert_eq!(rec.kind, ExitKind::Migrated);
+    t.input(Input::StopDone {
+        job,
+        gen,
+        result: Ok(StopEnd::Sigterm),
+    });
+    assert_eq!(t.core.state(), VmState::Moved);
+    let (ticket, fx) = t.req(start());
+    assert_eq!(refused(&fx, ticket), ErrorCode::AlreadyRunning);
+    // A restarted kvmd that finds the marker and no QEMU records the move, not a crash.
+    let mut t = T::new_core(false, Some(spec()));
+    let mut f = nothing();
+    f.dir_exists = true;
+    f.runtime = RuntimeState::Present {
+        pid: 4242,
+        info: Box::new(run_info(false)),
+    };
+    f.qemu = FoundQemu::Gone { pid: 4242 };
+    f.migrated = Some("tcp:192.0.2.9:8102".into());
+    let fx = t.input(Input::Recovered(f));
+    let rec = recorded(&fx).expect("an exit record");
+    assert_eq!(
+        (rec.kind, rec.reason.as_str()),
+        (ExitKind::Migrated, "migrated to tcp:192.0.2.9:8102")
+    );
+    assert_eq!(t.core.state(), VmState::Moved);
+}
+
+#[test]
+fn postcopy_only_requested_leaves_the_source_resumable() {
+    let mut t = T::running(false);
+    t.req(migrate(true));
+    // QEMU never reported postcopy-active: the source runs and may be finalized as failed.
+    done(
+        &mut t,
+        MigrateOutcome::Cancelled("x".into()),
+        Some(true),
+        false,
+    );
+    assert_eq!(t.core.state(), VmState::Running);
+}

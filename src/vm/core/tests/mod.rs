@@ -124,6 +124,7 @@ fn nothing() -> RecoveryFacts {
         job: None,
         legacy_stopping: false,
         incoming: false,
+        migrated: None,
         qemu: FoundQemu::None,
     }
 }

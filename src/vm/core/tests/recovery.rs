@@ -17,6 +17,7 @@ fn adopted(status: RunState) -> RecoveryFacts {
         job: None,
         legacy_stopping: false,
         incoming: false,
+        migrated: None,
         qemu: FoundQemu::Adopted {
             pid: 4242,
             conn: Some(1),
