@@ -96,11 +96,14 @@ impl Core {
         now: Now,
         fx: &mut Vec<Effect>,
     ) {
-        self.before_accept = Some(Before {
-            state: self.state,
-            last_exit: self.last_exit.clone(),
-            dir_exists: self.dir_exists,
-        });
+        // An accept after a failed one (not dropped yet) keeps what was there first.
+        if self.before_accept.is_none() {
+            self.before_accept = Some(Before {
+                state: self.state,
+                last_exit: self.last_exit.clone(),
+                dir_exists: self.dir_exists,
+            });
+        }
         self.launch_start(Some(ticket), spec, true, Some(incoming), now, fx);
     }
 

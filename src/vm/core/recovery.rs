@@ -207,6 +207,13 @@ impl Core {
         }
         if self.state == VmState::Incoming {
             self.incoming = true;
+            // What the instance was before the accept is its exit history on disk: a dropped
+            // incoming migration gives it back.
+            self.before_accept = Some(super::Before {
+                state: self.state_of_history(),
+                last_exit: f.exit_record.clone(),
+                dir_exists: true,
+            });
         }
         if !watched {
             // Ours, but nothing can tell us when it exits: keep it (a start would run a

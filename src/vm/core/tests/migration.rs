@@ -500,3 +500,52 @@ fn postcopy_only_requested_leaves_the_source_resumable() {
     );
     assert_eq!(t.core.state(), VmState::Running);
 }
+
+#[test]
+fn a_restarted_target_still_gives_back_the_history_a_dropped_migration_found() {
+    let mut t = T::new_core(false, Some(spec()));
+    let mut f = nothing();
+    f.dir_exists = true;
+    f.incoming = true;
+    f.exit_record = Some(ExitRecord {
+        kind: ExitKind::Migrated,
+        reason: "migrated to tcp:192.0.2.1:8102".into(),
+        exit_code: Some(0),
+        signal: None,
+        stderr_tail: Vec::new(),
+        pid: 7,
+        at_ms: 1,
+    });
+    f.runtime = RuntimeState::Present {
+        pid: 4242,
+        info: Box::new(run_info(false)),
+    };
+    f.qemu = FoundQemu::Adopted {
+        pid: 4242,
+        conn: Some(1),
+        status: Some(RunState::Other("inmigrate".into())),
+        watched: true,
+    };
+    t.input(Input::Recovered(f));
+    assert_eq!(t.core.state(), VmState::Incoming);
+    let (_, fx) = t.req(Request::FinalizeDst { success: false });
+    let (job, ..) = stop_task(&fx).expect("a kill");
+    let gen = t.core.gen();
+    t.input(Input::QmpClosed { gen, conn: 1 });
+    t.input(killed(gen));
+    let fx = t.input(Input::StopDone {
+        job,
+        gen,
+        result: Ok(StopEnd::Sigkill),
+    });
+    let restore = fx.iter().find_map(|e| match e {
+        Effect::Spawn(Task::DropIncoming { restore, .. }) => Some(restore.clone()),
+        _ => None,
+    });
+    assert_eq!(restore.flatten().map(|r| r.kind), Some(ExitKind::Migrated));
+    t.input(Input::CleanupDone {
+        job,
+        result: Ok(()),
+    });
+    assert_eq!(t.core.state(), VmState::Moved);
+}
