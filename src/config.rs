@@ -199,6 +199,9 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
                 errs,
             )
             .unwrap_or(d.migration_stall),
+        balloon_stats_interval: o
+            .int("balloon_stats_interval_s", 0, 3600, errs)
+            .unwrap_or(d.balloon_stats_interval),
         migration_abort_after_stall: o
             .duration(
                 "migration_abort_after_stall_ms",

@@ -77,3 +77,31 @@ fn the_balloon_moves_the_guests_memory_and_says_where_it_got() {
         "{said}"
     );
 }
+
+#[test]
+fn info_shows_the_guests_own_memory_figures() {
+    let d = Daemon::start_with(
+        "balloon_stats_interval_s = 1\nhealth_interval_ms = 500",
+        &instance_toml("gs", ""),
+    );
+    d.start_vm("gs");
+    d.wait_ready("gs", 1);
+    let total_kib = mem_total_kib(&d, "gs");
+    let g = wait_for(
+        "guest memory statistics in info",
+        std::time::Duration::from_secs(30),
+        || d.info("gs").guest_memory,
+    );
+    assert_eq!(
+        g.total_mib,
+        total_kib / 1024,
+        "{g:?} vs MemTotal {total_kib} kB"
+    );
+    assert!(
+        g.free_mib <= g.total_mib && g.available_mib <= g.total_mib,
+        "{g:?}"
+    );
+    assert!(g.updated_at_s > 0);
+    let text = String::from_utf8_lossy(&d.kvmctl(&["info", "gs"]).stdout).into_owned();
+    assert!(text.contains("guest memory:"), "{text}");
+}

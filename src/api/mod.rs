@@ -284,6 +284,18 @@ pub struct VmInfo {
     pub balloon: Option<BalloonInfo>,
     /// The running VM's hardware as QEMU was given it (from the runtime file).
     pub hardware: Option<Box<Hardware>>,
+    /// The guest's own memory figures, from its balloon driver's statistics.
+    pub guest_memory: Option<GuestMemory>,
+}
+
+/// What the guest says of its memory (its balloon driver's statistics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestMemory {
+    pub total_mib: u64,
+    pub free_mib: u64,
+    pub available_mib: u64,
+    /// When the guest sent them, seconds since the epoch.
+    pub updated_at_s: u64,
 }
 
 /// What a running VM has: `virsh dominfo` + `domblklist` + `domiflist` in one.

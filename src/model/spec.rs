@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub migration_stall: Duration,
     /// A stalled migration is given up (cancelled, the source resumed) after this much more.
     pub migration_abort_after_stall: Duration,
+    /// The guest's balloon driver reports memory statistics this often (seconds; 0: never);
+    /// `info` shows them.
+    pub balloon_stats_interval: u64,
     /// `serial.log` is rotated when it grows past this many bytes...
     pub serial_log_max_bytes: u64,
     /// ...keeping this many of its last bytes in `serial.log.1`.
@@ -124,6 +127,7 @@ impl NodeConfig {
             health_interval: Duration::from_secs(2),
             migration_stall: Duration::from_secs(30),
             migration_abort_after_stall: Duration::from_secs(30),
+            balloon_stats_interval: 10,
             serial_log_max_bytes: 1 << 20,
             serial_log_keep_bytes: 256 << 10,
             max_connections: 256,

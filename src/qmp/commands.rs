@@ -49,6 +49,34 @@ impl Qmp {
             .map(drop)
     }
 
+    /// Ask the guest's balloon driver for memory statistics every `secs` seconds (0: stop).
+    pub async fn set_guest_stats_interval(&self, secs: u64) -> Result<(), QmpError> {
+        self.call(
+            "qom-set",
+            wire::args_qom_set(
+                "/machine/peripheral/balloon0",
+                "guest-stats-polling-interval",
+                serde_json::json!(secs),
+            ),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The guest's last memory statistics: (total, free, available) bytes and when the guest
+    /// sent them (seconds since the epoch; 0: never).
+    pub async fn guest_stats(&self) -> Result<(u64, u64, u64, u64), QmpError> {
+        let v = self
+            .call(
+                "qom-get",
+                wire::args_qom_get("/machine/peripheral/balloon0", "guest-stats"),
+                None,
+            )
+            .await?;
+        reply("qom-get guest-stats", wire::decode_guest_stats(v))
+    }
+
     /// `query-balloon`: the guest's memory as the balloon sees it, in bytes.
     pub async fn query_balloon(&self) -> Result<u64, QmpError> {
         let v = self.call("query-balloon", None, None).await?;

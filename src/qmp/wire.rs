@@ -258,6 +258,28 @@ pub fn args_uri(uri: &str) -> Option<Value> {
     Some(json!({ "uri": uri }))
 }
 
+pub fn args_qom_set(path: &str, property: &str, value: Value) -> Option<Value> {
+    Some(json!({ "path": path, "property": property, "value": value }))
+}
+
+pub fn args_qom_get(path: &str, property: &str) -> Option<Value> {
+    Some(json!({ "path": path, "property": property }))
+}
+
+/// The balloon's `guest-stats` (bytes; `last-update` in seconds since the epoch).
+pub fn decode_guest_stats(v: Value) -> Result<(u64, u64, u64, u64), String> {
+    let stats = v
+        .get("stats")
+        .ok_or_else(|| clip(&format!("no stats in {v}")))?;
+    let n = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Ok((
+        n("stat-total-memory"),
+        n("stat-free-memory"),
+        n("stat-available-memory"),
+        v.get("last-update").and_then(Value::as_u64).unwrap_or(0),
+    ))
+}
+
 pub fn args_balloon(bytes: u64) -> Option<Value> {
     Some(json!({ "value": bytes }))
 }

@@ -115,6 +115,7 @@ impl Supervisor {
             cpu_mask: None,
             balloon: None,
             hardware: None,
+            guest_memory: None,
         };
         let vm = crate::vm::spawn(VmSetup {
             name: name.clone(),

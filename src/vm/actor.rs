@@ -644,6 +644,7 @@ impl VmActor {
             path: self.paths.qmp(),
             timeout: self.node.qmp_timeout,
             report: Self::reporter(ctx),
+            guest_stats: self.node.balloon_stats_interval > 0,
         };
         ctx.spawn(
             watching::health(h)

@@ -358,6 +358,15 @@ async fn configure(
             })?;
     }
     cancelled(s)?;
+    if s.node.balloon_stats_interval > 0 {
+        // Statistics only: a QEMU or guest without them is no reason to fail a start.
+        if let Err(e) = qmp
+            .set_guest_stats_interval(s.node.balloon_stats_interval)
+            .await
+        {
+            debug!(error = %e, "no guest memory statistics");
+        }
+    }
     if pre.stops_at_start() && !pre.paused {
         if let Some(d) = crate::host::faults::delay("before_cont") {
             tokio::time::sleep(d).await;

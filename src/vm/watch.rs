@@ -81,6 +81,8 @@ pub(super) struct HealthCtx {
     pub path: PathBuf,
     pub timeout: Duration,
     pub report: Reporter,
+    /// Also read the guest's memory statistics.
+    pub guest_stats: bool,
 }
 
 /// One health check: `query-status` with its deadline, reconnecting first when the last
@@ -125,7 +127,25 @@ pub(super) async fn health(h: HealthCtx) {
             command: "query-status".into(),
             reason: e.to_string(),
         });
+    let ok = status.is_ok();
     h.report.input(Input::Health { gen: h.gen, status });
+    if ok && h.guest_stats {
+        // Statistics the guest has not sent yet have `last-update` 0: nothing to show.
+        if let Ok((total, free, available, at)) = qmp.guest_stats().await {
+            if at > 0 && total > 0 {
+                const MIB: u64 = 1 << 20;
+                h.report.input(Input::GuestMemory {
+                    gen: h.gen,
+                    memory: crate::api::GuestMemory {
+                        total_mib: total / MIB,
+                        free_mib: free / MIB,
+                        available_mib: available / MIB,
+                        updated_at_s: at,
+                    },
+                });
+            }
+        }
+    }
 }
 
 /// Recording an exit.

@@ -180,6 +180,12 @@ pub fn vm_details(v: &VmInfo) {
             println!("  display:      {}", e(d));
         }
     }
+    if let Some(g) = &v.guest_memory {
+        println!(
+            "  guest memory: {} MiB total, {} MiB free, {} MiB available (its balloon driver says)",
+            g.total_mib, g.free_mib, g.available_mib
+        );
+    }
     if let Some(b) = &v.balloon {
         println!(
             "  balloon:      {} MiB of target {} MiB ({})",

@@ -80,6 +80,12 @@ fn vm() -> VmInfo {
             serial_socket: Some("/run/kvmd/web1/serial.sock".into()),
             display: None,
         })),
+        guest_memory: Some(crate::api::GuestMemory {
+            total_mib: 218,
+            free_mib: 150,
+            available_mib: 170,
+            updated_at_s: 1_795_000_000,
+        }),
     }
 }
 

@@ -279,6 +279,10 @@ pub fn vm_to_json(i: &VmInfo) -> Value {
             "target_mib": b.target_mib, "actual_mib": b.actual_mib, "state": b.state,
         })),
         "hardware": i.hardware.as_deref().map(hardware_to_json),
+        "guest_memory": i.guest_memory.as_ref().map(|g| json!({
+            "total_mib": g.total_mib, "free_mib": g.free_mib,
+            "available_mib": g.available_mib, "updated_at_s": g.updated_at_s,
+        })),
     })
 }
 
@@ -382,6 +386,18 @@ pub fn vm_from_json(v: &Value) -> Result<VmInfo, ProtocolError> {
         job,
         last_exit: o.opt("last_exit").map(exit_from_json).transpose()?,
         cpu_mask: o.opt_str("cpu_mask")?.map(String::from),
+        guest_memory: match o.opt("guest_memory").filter(|v| !v.is_null()) {
+            None => None,
+            Some(g) => {
+                let g = Obj::of(g, "guest_memory")?;
+                Some(crate::api::GuestMemory {
+                    total_mib: g.u64("total_mib")?,
+                    free_mib: g.u64("free_mib")?,
+                    available_mib: g.u64("available_mib")?,
+                    updated_at_s: g.u64("updated_at_s")?,
+                })
+            }
+        },
         hardware: o
             .opt("hardware")
             .filter(|v| !v.is_null())

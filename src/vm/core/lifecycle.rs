@@ -222,6 +222,7 @@ impl Core {
             stop_requested: false,
             watched: true,
             balloon: None,
+            guest_memory: None,
         });
         self.unresponsive = false;
         self.dir_exists = true;

@@ -64,6 +64,8 @@ pub(super) struct Run {
     watched: bool,
     /// The last balloon request and where the guest got to (`None`: none since this QEMU).
     balloon: Option<crate::api::BalloonInfo>,
+    /// The guest's last memory statistics.
+    guest_memory: Option<crate::api::GuestMemory>,
 }
 
 /// The running job.
@@ -262,6 +264,7 @@ impl Core {
             cpu_mask: run_info.map(|r| r.cpu_mask.clone()),
             balloon: self.run.as_ref().and_then(|r| r.balloon.clone()),
             hardware: run_info.map(|r| Box::new(r.hardware.clone())),
+            guest_memory: self.run.as_ref().and_then(|r| r.guest_memory.clone()),
         }
     }
 
@@ -570,6 +573,14 @@ impl Core {
             }
             Input::MigrateDone { job, gen, end } if self.job_is(job) => {
                 self.on_migrate_done(gen, end, now, &mut fx)
+            }
+            Input::GuestMemory { gen, memory } => {
+                if let Some(run) = self.run.as_mut().filter(|r| r.gen == gen) {
+                    if run.guest_memory.as_ref() != Some(&memory) {
+                        run.guest_memory = Some(memory);
+                        fx.push(Effect::Publish);
+                    }
+                }
             }
             Input::BalloonDone { job, gen, result } if self.job_is(job) => {
                 let outcome = match result {

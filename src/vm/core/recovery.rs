@@ -174,6 +174,7 @@ impl Core {
             stop_requested: false,
             watched,
             balloon: None,
+            guest_memory: None,
         });
         self.dir_exists = true;
         self.unresponsive = conn.is_none() || !watched;

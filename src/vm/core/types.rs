@@ -487,4 +487,9 @@ pub enum Input {
         gen: u64,
         result: Result<(BalloonResult, u64), ApiError>,
     },
+    /// The guest's memory statistics, read by the health check.
+    GuestMemory {
+        gen: u64,
+        memory: crate::api::GuestMemory,
+    },
 }
