@@ -123,6 +123,16 @@ pub enum ApiRequest {
         name: InstanceName,
         mask: String,
     },
+    /// Plug a device into a running instance.
+    HotplugAdd {
+        name: InstanceName,
+        device: crate::model::hotplug::HotDevice,
+    },
+    /// Unplug a plugged device (by its id).
+    HotplugDel {
+        name: InstanceName,
+        id: String,
+    },
     /// Resize a running guest's memory with its balloon (MiB, between `min_memory` and
     /// `memory`).
     Balloon {
@@ -325,6 +335,10 @@ pub struct DiskInfo {
     /// Where it sits: `pci 0x05`, `scsi 0`, `ide 0:1`, `auto`.
     pub address: String,
     pub hotplugged: bool,
+    /// A plugged device's id (`kvmctl hotplug del NAME ID`).
+    pub id: Option<String>,
+    /// `device_del` was sent; the guest has not let it go yet.
+    pub pending_removal: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,6 +352,8 @@ pub struct NicInfo {
     pub model: String,
     pub address: String,
     pub hotplugged: bool,
+    pub id: Option<String>,
+    pub pending_removal: bool,
 }
 
 /// A balloon's target and the guest's memory as the balloon sees it.
@@ -494,6 +510,8 @@ pub enum ApiReply {
     Pinned(VmInfo),
     /// A balloon job ended: the instance with its `balloon`.
     Ballooned(VmInfo),
+    /// A hotplug job ended: the instance with its devices.
+    Hotplugged(VmInfo),
     /// The connection is now the console's: raw bytes follow, both ways.
     Console {
         name: InstanceName,
@@ -564,6 +582,10 @@ pub enum QemuEvent {
     },
     /// It answers again.
     Responsive,
+    /// An unplugged device the guest has not let go by the deadline (`pending-removal`).
+    PendingRemoval {
+        device: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -49,10 +49,12 @@ pub enum Operation {
     Pin,
     /// Resize the guest's memory with its balloon driver.
     Balloon,
+    /// Plug a device into a running VM, or unplug one.
+    Hotplug,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::Start,
         Operation::Stop,
         Operation::Reboot,
@@ -67,6 +69,7 @@ impl Operation {
         Operation::FinalizeDst,
         Operation::Pin,
         Operation::Balloon,
+        Operation::Hotplug,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Operation {
             Operation::FinalizeDst => "finalize-dst",
             Operation::Pin => "pin",
             Operation::Balloon => "balloon",
+            Operation::Hotplug => "hotplug",
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod exit;
 pub mod field_error;
+pub mod hotplug;
 pub mod hvparams;
 pub mod job;
 pub mod layout;

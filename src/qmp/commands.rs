@@ -152,6 +152,58 @@ impl Qmp {
         self.call("closefd", args, None).await.map(drop)
     }
 
+    /// `blockdev-add` of an image file: a `file` node under a `raw`/`qcow2` node `node`.
+    pub async fn blockdev_add_file(
+        &self,
+        node: &str,
+        path: &str,
+        format: &str,
+        read_only: bool,
+    ) -> Result<(), QmpError> {
+        let args = serde_json::json!({
+            "driver": format,
+            "node-name": node,
+            "read-only": read_only,
+            "file": {"driver": "file", "filename": path, "read-only": read_only},
+        });
+        self.call("blockdev-add", Some(args), None).await.map(drop)
+    }
+
+    /// `blockdev-del`.
+    pub async fn blockdev_del(&self, node: &str) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "node-name": node });
+        self.call("blockdev-del", Some(args), None).await.map(drop)
+    }
+
+    /// `netdev_add` of QEMU's user networking.
+    pub async fn netdev_add_user(&self, id: &str) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "type": "user", "id": id });
+        self.call("netdev_add", Some(args), None).await.map(drop)
+    }
+
+    /// `netdev_del`.
+    pub async fn netdev_del(&self, id: &str) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "id": id });
+        self.call("netdev_del", Some(args), None).await.map(drop)
+    }
+
+    /// `device_add` with the given properties (`driver`, `id`, `bus`, `addr`, ...).
+    pub async fn device_add(&self, props: serde_json::Value) -> Result<(), QmpError> {
+        self.call("device_add", Some(props), None).await.map(drop)
+    }
+
+    /// `device_del`: ask the guest to let the device go (`DEVICE_DELETED` says it did).
+    pub async fn device_del(&self, id: &str) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "id": id });
+        self.call("device_del", Some(args), None).await.map(drop)
+    }
+
+    /// The occupied slots of PCI bus 0 (`query-pci`), with each device's `qdev_id`.
+    pub async fn query_pci_slots(&self) -> Result<Vec<(u8, String)>, QmpError> {
+        let v = self.call("query-pci", None, None).await?;
+        reply("query-pci", wire::decode_pci_slots(v))
+    }
+
     /// `blockdev-add` of a URL block node (`http`, `https`, `ftp`, `ftps`: QEMU's curl
     /// driver, a loadable module on some distributions).
     pub async fn blockdev_add_url(

@@ -258,6 +258,34 @@ pub fn args_uri(uri: &str) -> Option<Value> {
     Some(json!({ "uri": uri }))
 }
 
+/// `query-pci` of bus 0: (slot, qdev_id) of every device.
+pub fn decode_pci_slots(v: Value) -> Result<Vec<(u8, String)>, String> {
+    let buses = v
+        .as_array()
+        .ok_or_else(|| clip(&format!("not a list: {v}")))?;
+    let bus0 = buses
+        .iter()
+        .find(|b| b.get("bus").and_then(Value::as_u64) == Some(0))
+        .ok_or_else(|| "no bus 0".to_string())?;
+    Ok(bus0
+        .get("devices")
+        .and_then(Value::as_array)
+        .map(|ds| {
+            ds.iter()
+                .filter_map(|d| {
+                    let slot = u8::try_from(d.get("slot")?.as_u64()?).ok()?;
+                    let id = d
+                        .get("qdev_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    Some((slot, id))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 pub fn args_qom_set(path: &str, property: &str, value: Value) -> Option<Value> {
     Some(json!({ "path": path, "property": property, "value": value }))
 }

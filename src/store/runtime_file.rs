@@ -43,6 +43,9 @@ pub struct RuntimeFile {
     /// The uid taken from the pool (`security_model = pool`).
     #[serde(default)]
     pub pool_uid: Option<u32>,
+    /// Devices plugged into it since its start.
+    #[serde(default)]
+    pub hotplugged: Vec<crate::model::hotplug::HotRecord>,
 }
 
 /// Record the vCPU pinning a live `pin` put in force (in the runtime file's hvparams).
@@ -52,6 +55,18 @@ pub fn set_cpu_mask(paths: &RunPaths, mask: &str) -> io::Result<()> {
     };
     rt.hvparams
         .set_str(crate::model::hvparams::key::CPU_MASK, mask);
+    write_json(&paths.runtime(), &rt)
+}
+
+/// Record the devices plugged into the running QEMU.
+pub fn set_hotplugged(
+    paths: &RunPaths,
+    devices: &[crate::model::hotplug::HotRecord],
+) -> io::Result<()> {
+    let Some(mut rt) = read_json::<RuntimeFile>(&paths.runtime())? else {
+        return Ok(());
+    };
+    rt.hotplugged = devices.to_vec();
     write_json(&paths.runtime(), &rt)
 }
 

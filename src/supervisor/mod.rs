@@ -492,6 +492,11 @@ impl Supervisor {
                 self.ask(&name, VmAsk::Pin { mask }, true)
             }
             ApiRequest::Balloon { name, mib } => self.ask(&name, VmAsk::Balloon { mib }, true),
+            ApiRequest::HotplugAdd { name, device } => match node::checked_device(&name, device) {
+                Ok(device) => self.ask(&name, VmAsk::HotplugAdd { device }, true),
+                Err(e) => ready(Err(e)),
+            },
+            ApiRequest::HotplugDel { name, id } => self.ask(&name, VmAsk::HotplugDel { id }, true),
             ApiRequest::Console { name, write } => ready(match self.vms.get(&name) {
                 None => Err(ApiError::not_found(&name)),
                 Some(e) if e.info.state.has_process() => Ok(ApiReply::Console {

@@ -98,6 +98,49 @@ pub(super) fn console_info(
     Ok(ApiReply::ConsoleInfo(info))
 }
 
+/// A device to plug, checked: a disk's file exists; a NIC's MAC is well formed (or made up,
+/// locally administered, when none is given).
+pub(super) fn checked_device(
+    name: &crate::model::name::InstanceName,
+    device: crate::model::hotplug::HotDevice,
+) -> Result<crate::model::hotplug::HotDevice, ApiError> {
+    use crate::model::hotplug::HotDevice;
+    match device {
+        HotDevice::Disk { ref path, .. } if !Path::new(path).exists() => {
+            Err(ApiError::invalid(vec![FieldError::new(
+                "path",
+                crate::model::text::escape(path).into_owned(),
+                "must be an existing image file or block device",
+            )]))
+        }
+        HotDevice::Nic { mac } if mac.is_empty() => {
+            let mut b = [0u8; 3];
+            use std::io::Read;
+            let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+            let _ = name;
+            Ok(HotDevice::Nic {
+                mac: format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]),
+            })
+        }
+        HotDevice::Nic { mac } => {
+            let ok = mac.split(':').count() == 6
+                && mac
+                    .split(':')
+                    .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()));
+            if ok {
+                Ok(HotDevice::Nic { mac })
+            } else {
+                Err(ApiError::invalid(vec![FieldError::new(
+                    "mac",
+                    crate::model::text::escape(&mac).into_owned(),
+                    "must be six two-digit hex numbers separated by colons",
+                )]))
+            }
+        }
+        other => Ok(other),
+    }
+}
+
 /// Without `yes`: refused, naming what it would do. With it: the reply, then (a second later,
 /// so the reply gets out) the power cycle.
 pub(super) fn powercycle(yes: bool) -> Result<ApiReply, ApiError> {

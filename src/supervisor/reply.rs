@@ -59,6 +59,7 @@ pub(super) fn reply_of(
                 Operation::Cleanup => ApiReply::CleanedUp { name: name.clone() },
                 Operation::Pin => ApiReply::Pinned(info),
                 Operation::Balloon => ApiReply::Ballooned(info),
+                Operation::Hotplug => ApiReply::Hotplugged(info),
                 Operation::Migrate
                 | Operation::Accept
                 | Operation::FinalizeSrc

@@ -320,6 +320,16 @@ impl VmActor {
                         }
                     });
                 }
+                Effect::RecordHotplug(devices) => {
+                    let paths = self.paths.clone();
+                    let span = self.span.clone();
+                    self.store.spawn(move || {
+                        if let Err(e) = crate::store::runtime_file::set_hotplugged(&paths, &devices)
+                        {
+                            warn!(parent: &span, error = %e, "cannot record the plugged devices");
+                        }
+                    });
+                }
                 Effect::MigratedMarker(to) => {
                     let marker = self.paths.migrated_marker();
                     self.store.spawn(move || {
@@ -469,6 +479,55 @@ impl VmActor {
                     report,
                 };
                 actix::spawn(stop::run(s).instrument(span));
+            }
+            Task::HotplugAdd {
+                job,
+                gen,
+                taken,
+                device,
+            } => {
+                let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                actix::spawn(
+                    async move {
+                        let result = match qmp {
+                            Some(q) => super::hotplug::add(&q, &taken, device)
+                                .await
+                                .map(crate::vm::core::HotChange::Added),
+                            None => Err(ApiError::new(
+                                ErrorCode::Unresponsive,
+                                "No QMP connection to this VM's QEMU",
+                            )),
+                        };
+                        report.input(Input::HotplugDone { job, gen, result });
+                    }
+                    .instrument(span),
+                );
+            }
+            Task::HotplugDel { job, gen, record } => {
+                let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                let (tx, rx) = mpsc::channel(64);
+                *self.tap.lock().expect("hotplug tap") = Some(tx);
+                let tap = self.tap.clone();
+                actix::spawn(
+                    async move {
+                        let result = match qmp {
+                            Some(q) => super::hotplug::del(&q, rx, &record).await.map(|gone| {
+                                if gone {
+                                    crate::vm::core::HotChange::Removed(record.id.clone())
+                                } else {
+                                    crate::vm::core::HotChange::Pending(record.id.clone())
+                                }
+                            }),
+                            None => Err(ApiError::new(
+                                ErrorCode::Unresponsive,
+                                "No QMP connection to this VM's QEMU",
+                            )),
+                        };
+                        super::migrate::close(&tap);
+                        report.input(Input::HotplugDone { job, gen, result });
+                    }
+                    .instrument(span),
+                );
             }
             Task::Balloon { job, gen, mib } => {
                 let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
@@ -958,6 +1017,8 @@ impl Handler<Ask> for VmActor {
             VmAsk::MigrateCancel => Some(Request::MigrateCancel),
             VmAsk::Pin { mask } => Some(Request::Pin { mask }),
             VmAsk::Balloon { mib } => Some(Request::Balloon { mib }),
+            VmAsk::HotplugAdd { device } => Some(Request::HotplugAdd { device }),
+            VmAsk::HotplugDel { id } => Some(Request::HotplugDel { id }),
         };
         if let Some(r) = request {
             self.feed_request(ticket, r, ctx);

@@ -51,6 +51,12 @@ pub enum VmAsk {
     Balloon {
         mib: u64,
     },
+    HotplugAdd {
+        device: crate::model::hotplug::HotDevice,
+    },
+    HotplugDel {
+        id: String,
+    },
 }
 
 /// How a VM answered.

@@ -33,7 +33,8 @@ pub(super) fn tee(tap: &Tap, n: &Notice) {
                 | QmpEvent::MigrationPass { .. }
                 | QmpEvent::Stop
                 | QmpEvent::Resume
-                | QmpEvent::BalloonChange { .. },
+                | QmpEvent::BalloonChange { .. }
+                | QmpEvent::DeviceDeleted { .. },
             ..
         }
     );

@@ -13,6 +13,7 @@ mod balloon;
 pub mod core;
 pub mod error;
 mod handle;
+mod hotplug;
 mod messages;
 mod migrate;
 mod observe;

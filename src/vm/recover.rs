@@ -55,6 +55,7 @@ pub(super) fn run_info(rt: &RuntimeFile) -> RunInfo {
         pool_uid: rt.pool_uid,
         cpu_mask: rt.hvparams.str(key::CPU_MASK).to_string(),
         hardware: hardware(rt),
+        hotplugged: rt.hotplugged.clone(),
     }
 }
 
@@ -105,6 +106,8 @@ fn hardware(rt: &RuntimeFile) -> crate::api::Hardware {
                 bus: rt.hvparams.str(key::DISK_TYPE).to_string(),
                 address: address(rt.slots.disks.get(i)),
                 hotplugged: false,
+                id: None,
+                pending_removal: false,
             })
             .collect(),
         nics: rt
@@ -120,6 +123,8 @@ fn hardware(rt: &RuntimeFile) -> crate::api::Hardware {
                 model: rt.hvparams.str(key::NIC_TYPE).to_string(),
                 address: address(rt.slots.nics.get(i)),
                 hotplugged: false,
+                id: None,
+                pending_removal: false,
             })
             .collect(),
         serial_socket: serial,

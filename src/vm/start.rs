@@ -224,6 +224,7 @@ async fn launch(
         slots: l.command.slots.clone(),
         taps: l.taps.clone(),
         pool_uid: l.pool_uid,
+        hotplugged: Vec::new(),
     };
     let (rt, p) = (runtime.clone(), s.paths.clone());
     let written = s.store.run(move || {

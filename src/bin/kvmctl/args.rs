@@ -53,6 +53,36 @@ impl WaitFlags {
     }
 }
 
+/// `kvmctl hotplug ...`.
+#[derive(Subcommand)]
+pub enum HotplugCmd {
+    /// Plug a device.
+    Add {
+        name: String,
+        #[command(subcommand)]
+        device: HotDeviceArg,
+    },
+    /// Unplug a plugged device by its id (`kvmctl info` shows it).
+    Del { name: String, id: String },
+}
+
+#[derive(Subcommand)]
+pub enum HotDeviceArg {
+    /// A virtio disk.
+    Disk {
+        path: String,
+        #[arg(long, default_value = "raw")]
+        format: String,
+        #[arg(long)]
+        readonly: bool,
+    },
+    /// A virtio NIC on QEMU's user networking.
+    Nic {
+        #[arg(long)]
+        mac: Option<String>,
+    },
+}
+
 /// `kvmctl node ...`.
 #[derive(Subcommand)]
 pub enum NodeCmd {
@@ -219,6 +249,11 @@ pub enum Cmd {
     },
     /// Cancel the running migration of an instance (the guest runs on the source again).
     MigrateCancel { name: String },
+    /// Plug a device into a running instance, or unplug one (pc machines).
+    Hotplug {
+        #[command(subcommand)]
+        what: HotplugCmd,
+    },
     /// Resize a running guest's memory with its balloon (MiB, from min_memory to memory);
     /// waits until the guest got there (reached), stopped moving (stalled) or the deadline
     /// (timeout). Exit status 1 unless reached.

@@ -398,6 +398,31 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
             }
             ApiRequest::ConsoleInfo { name: n }
         }
+        Cmd::Hotplug { what } => match what {
+            args::HotplugCmd::Add { name: n, device } => ApiRequest::HotplugAdd {
+                name: name("name", n)?,
+                device: match device {
+                    args::HotDeviceArg::Disk {
+                        path,
+                        format,
+                        readonly,
+                    } => kvmd::model::hotplug::HotDevice::Disk {
+                        // kvmd resolves nothing relative to kvmctl's directory.
+                        path: std::fs::canonicalize(path)
+                            .map_or_else(|_| path.clone(), |p| p.display().to_string()),
+                        format: format.clone(),
+                        readonly: *readonly,
+                    },
+                    args::HotDeviceArg::Nic { mac } => kvmd::model::hotplug::HotDevice::Nic {
+                        mac: mac.clone().unwrap_or_default(),
+                    },
+                },
+            },
+            args::HotplugCmd::Del { name: n, id } => ApiRequest::HotplugDel {
+                name: name("name", n)?,
+                id: id.clone(),
+            },
+        },
         Cmd::Node { what } => {
             let req = match what {
                 args::NodeCmd::Info => ApiRequest::NodeInfo,

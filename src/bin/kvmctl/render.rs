@@ -149,24 +149,37 @@ pub fn vm_details(v: &VmInfo) {
         println!("  machine:      {} ({})", e(&h.machine), e(&h.accelerator));
         for (i, d) in h.disks.iter().enumerate() {
             println!(
-                "  disk/{i}:       {} ({}{}, {} at {}{})",
+                "  disk/{i}:       {} ({}{}, {} at {}{}{})",
                 e(&d.path),
                 e(&d.format),
                 if d.readonly { ", read-only" } else { "" },
                 e(&d.bus),
                 e(&d.address),
-                if d.hotplugged { ", hot-plugged" } else { "" }
+                d.id.as_deref()
+                    .map_or(String::new(), |id| format!(", hot-plugged as {}", e(id))),
+                if d.pending_removal {
+                    ", pending removal"
+                } else {
+                    ""
+                }
             );
         }
         for (i, n) in h.nics.iter().enumerate() {
             println!(
-                "  nic/{i}:        {} {} {} tap {} ({} at {})",
+                "  nic/{i}:        {} {} {} tap {} ({} at {}{}{})",
                 e(&n.mode),
                 e(&n.link),
                 e(&n.mac),
                 e(n.tap.as_deref().unwrap_or("-")),
                 e(&n.model),
-                e(&n.address)
+                e(&n.address),
+                n.id.as_deref()
+                    .map_or(String::new(), |id| format!(", hot-plugged as {}", e(id))),
+                if n.pending_removal {
+                    ", pending removal"
+                } else {
+                    ""
+                }
             );
         }
         if let Some(s) = &h.serial_socket {
@@ -326,6 +339,10 @@ fn what(kind: &EventKind) -> String {
                 e(reason)
             ),
             QemuEvent::Powerdown => "ACPI power button pressed".into(),
+            QemuEvent::PendingRemoval { device } => format!(
+                "{} is pending removal: the guest has not let it go",
+                e(device)
+            ),
             QemuEvent::GuestPanicked { action } => {
                 format!("guest panicked (QEMU action: {})", e(action))
             }
@@ -530,6 +547,33 @@ pub fn print_reply(r: &ApiReply, socket: &Path) {
             println!("power-cycling this node now:");
             for s in steps {
                 println!("  {}", e(s));
+            }
+        }
+        ApiReply::Hotplugged(v) => {
+            let hw = v.hardware.as_deref();
+            let plugged: Vec<String> = hw
+                .map(|h| {
+                    h.disks
+                        .iter()
+                        .filter_map(|d| Some((d.id.clone()?, d.address.clone(), d.pending_removal)))
+                        .chain(h.nics.iter().filter_map(|n| {
+                            Some((n.id.clone()?, n.address.clone(), n.pending_removal))
+                        }))
+                        .map(|(id, addr, pending)| {
+                            format!(
+                                "{} at {}{}",
+                                e(&id),
+                                e(&addr),
+                                if pending { " (pending removal)" } else { "" }
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if plugged.is_empty() {
+                println!("{}: no plugged devices", e(v.name.as_str()));
+            } else {
+                println!("{}: plugged: {}", e(v.name.as_str()), plugged.join(", "));
             }
         }
         ApiReply::Ballooned(v) => match &v.balloon {

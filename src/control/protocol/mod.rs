@@ -78,6 +78,7 @@ pub const REPLY_KINDS: &[&str] = &[
     "migration-step",
     "pinned",
     "ballooned",
+    "hotplugged",
     "console",
     "console-info",
     "node-info",
@@ -164,6 +165,7 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::MigrationStep(_) => "migration-step",
         ApiReply::Pinned(_) => "pinned",
         ApiReply::Ballooned(_) => "ballooned",
+        ApiReply::Hotplugged(_) => "hotplugged",
         ApiReply::Console { .. } => "console",
         ApiReply::ConsoleInfo(_) => "console-info",
         ApiReply::NodeInfo(_) => "node-info",
@@ -218,6 +220,7 @@ fn reply_result(r: &ApiReply) -> Value {
         ApiReply::MigrationStep(i) => json!({"instance": vm_to_json(i)}),
         ApiReply::Pinned(i) => json!({"pinned": vm_to_json(i)}),
         ApiReply::Ballooned(i) => json!({"ballooned": vm_to_json(i)}),
+        ApiReply::Hotplugged(i) => json!({"hotplugged": vm_to_json(i)}),
         ApiReply::Console { name, writer } => json!({"console": name.as_str(), "writer": writer}),
         ApiReply::ConsoleInfo(c) => json!({
             "name": c.name.as_str(), "kind": c.kind, "command": c.command,
@@ -356,6 +359,7 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
         "migration-step" => ApiReply::MigrationStep(vm_from_json(o.get("instance")?)?),
         "pinned" => ApiReply::Pinned(vm_from_json(o.get("pinned")?)?),
         "ballooned" => ApiReply::Ballooned(vm_from_json(o.get("ballooned")?)?),
+        "hotplugged" => ApiReply::Hotplugged(vm_from_json(o.get("hotplugged")?)?),
         "console" => ApiReply::Console {
             name: {
                 let s = o.str("console")?;

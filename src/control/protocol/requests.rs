@@ -529,6 +529,63 @@ pub static REQUESTS: &[RequestSpec] = &[
         },
     },
     RequestSpec {
+        name: "hotplug-add",
+        doc: "Plug a device into a running instance (pc machines): a virtio disk (path, format, readonly) or a virtio NIC on user networking (mac). A job: the backend, device_add at a free slot of pci.0, query-pci to see it; a failed step undoes the earlier ones.",
+        fields: &[
+            NAME,
+            field("kind", FieldType::Text, FieldDefault::Required, "disk or nic."),
+            field("path", FieldType::Text, FieldDefault::Absent("required for a disk"), "A disk's image file or block device."),
+            field("format", FieldType::Text, FieldDefault::Absent("raw"), "A disk's format: raw or qcow2."),
+            field("readonly", FieldType::Bool, FieldDefault::Bool(false), "A read-only disk."),
+            field("mac", FieldType::Text, FieldDefault::Absent("one made from the instance's name"), "A NIC's MAC address."),
+        ],
+        build: |a| {
+            let name = a.name("name");
+            let kind = a.text("kind");
+            let device = match kind.as_deref() {
+                Some("disk") => {
+                    let path = a.text("path");
+                    if path.is_none() && !a.given("path") {
+                        a.missing("path", "a disk needs a path");
+                    }
+                    let format = a.text("format").unwrap_or_else(|| "raw".into());
+                    if format != "raw" && format != "qcow2" {
+                        let v = serde_json::json!(format);
+                        a.bad("format", &v, "must be raw or qcow2");
+                        return None;
+                    }
+                    crate::model::hotplug::HotDevice::Disk {
+                        path: path?,
+                        format,
+                        readonly: a.bool("readonly"),
+                    }
+                }
+                Some("nic") => crate::model::hotplug::HotDevice::Nic {
+                    mac: a.text("mac").unwrap_or_default(),
+                },
+                Some(other) => {
+                    let v = serde_json::json!(other);
+                    a.bad("kind", &v, "must be disk or nic");
+                    return None;
+                }
+                None => return None,
+            };
+            Some(ApiRequest::HotplugAdd { name: name?, device })
+        },
+    },
+    RequestSpec {
+        name: "hotplug-del",
+        doc: "Unplug a plugged device: device_del, then the guest's DEVICE_DELETED for it (10 s at most), only then its backend. A guest that does not let go leaves it pending-removal; a second del is accepted.",
+        fields: &[
+            NAME,
+            field("device", FieldType::Text, FieldDefault::Required, "The device's id (info shows it)."),
+        ],
+        build: |a| {
+            let (name, id) = (a.name("name"), a.text("device"));
+            Some(ApiRequest::HotplugDel { name: name?, id: id? })
+        },
+    },
+    RequestSpec {
         name: "balloon",
         doc: "Resize a running guest's memory with its balloon driver, as a job that follows the guest (BALLOON_CHANGE) and ends reached (within 1 %), stalled or timeout, with the size reached.",
         fields: &[
@@ -935,6 +992,31 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
             put("name", json!(name.as_str()));
             put("mask", json!(mask));
             "pin"
+        }
+        ApiRequest::HotplugAdd { name, device } => {
+            put("name", json!(name.as_str()));
+            match device {
+                crate::model::hotplug::HotDevice::Disk {
+                    path,
+                    format,
+                    readonly,
+                } => {
+                    put("kind", json!("disk"));
+                    put("path", json!(path));
+                    put("format", json!(format));
+                    put("readonly", json!(readonly));
+                }
+                crate::model::hotplug::HotDevice::Nic { mac } => {
+                    put("kind", json!("nic"));
+                    put("mac", json!(mac));
+                }
+            }
+            "hotplug-add"
+        }
+        ApiRequest::HotplugDel { name, id } => {
+            put("name", json!(name.as_str()));
+            put("device", json!(id));
+            "hotplug-del"
         }
         ApiRequest::Balloon { name, mib } => {
             put("name", json!(name.as_str()));

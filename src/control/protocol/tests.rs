@@ -67,6 +67,8 @@ fn vm() -> VmInfo {
                 bus: "paravirtual".into(),
                 address: "pcie.0 0x05".into(),
                 hotplugged: false,
+                id: None,
+                pending_removal: false,
             }],
             nics: vec![crate::api::NicInfo {
                 mode: "bridged".into(),
@@ -75,7 +77,9 @@ fn vm() -> VmInfo {
                 tap: Some("tap0".into()),
                 model: "paravirtual".into(),
                 address: "pcie.0 0x06".into(),
-                hotplugged: false,
+                hotplugged: true,
+                id: Some("hotnic0".into()),
+                pending_removal: true,
             }],
             serial_socket: Some("/run/kvmd/web1/serial.sock".into()),
             display: None,
@@ -302,6 +306,24 @@ fn every_request_round_trips() {
             name: n("a"),
             mib: 128,
         },
+        ApiRequest::HotplugAdd {
+            name: n("a"),
+            device: crate::model::hotplug::HotDevice::Disk {
+                path: "/srv/a.img".into(),
+                format: "raw".into(),
+                readonly: true,
+            },
+        },
+        ApiRequest::HotplugAdd {
+            name: n("a"),
+            device: crate::model::hotplug::HotDevice::Nic {
+                mac: "52:54:00:00:00:01".into(),
+            },
+        },
+        ApiRequest::HotplugDel {
+            name: n("a"),
+            id: "hotdisk0".into(),
+        },
         ApiRequest::Console {
             name: n("a"),
             write: false,
@@ -421,7 +443,8 @@ fn every_reply() -> Vec<ApiReply> {
         },
         ApiReply::MigrationStep(plain.clone()),
         ApiReply::Pinned(plain.clone()),
-        ApiReply::Ballooned(plain),
+        ApiReply::Ballooned(plain.clone()),
+        ApiReply::Hotplugged(plain),
         ApiReply::Console {
             name: n("web1"),
             writer: false,

@@ -293,11 +293,13 @@ fn hardware_to_json(h: &Hardware) -> Value {
         "accelerator": h.accelerator,
         "disks": h.disks.iter().map(|d| json!({
             "path": d.path, "format": d.format, "readonly": d.readonly, "bus": d.bus,
-            "address": d.address, "hotplugged": d.hotplugged,
+            "address": d.address, "hotplugged": d.hotplugged, "id": d.id,
+            "pending_removal": d.pending_removal,
         })).collect::<Vec<_>>(),
         "nics": h.nics.iter().map(|n| json!({
             "mode": n.mode, "link": n.link, "mac": n.mac, "tap": n.tap, "model": n.model,
-            "address": n.address, "hotplugged": n.hotplugged,
+            "address": n.address, "hotplugged": n.hotplugged, "id": n.id,
+            "pending_removal": n.pending_removal,
         })).collect::<Vec<_>>(),
         "serial_socket": h.serial_socket,
         "display": h.display,
@@ -322,6 +324,11 @@ fn hardware_from_json(v: &Value) -> Result<Hardware, ProtocolError> {
                     bus: d.str("bus")?.to_string(),
                     address: d.str("address")?.to_string(),
                     hotplugged: d.bool("hotplugged")?,
+                    id: d.opt_str("id")?.map(String::from),
+                    pending_removal: d
+                        .opt("pending_removal")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
                 })
             })
             .collect::<Result<_, ProtocolError>>()?,
@@ -338,6 +345,11 @@ fn hardware_from_json(v: &Value) -> Result<Hardware, ProtocolError> {
                     model: n.str("model")?.to_string(),
                     address: n.str("address")?.to_string(),
                     hotplugged: n.bool("hotplugged")?,
+                    id: n.opt_str("id")?.map(String::from),
+                    pending_removal: n
+                        .opt("pending_removal")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
                 })
             })
             .collect::<Result<_, ProtocolError>>()?,
@@ -735,6 +747,9 @@ fn qemu_to_json(q: &QemuEvent) -> Value {
         }
         QemuEvent::Unresponsive { command } => json!({"event": "unresponsive", "command": command}),
         QemuEvent::Responsive => json!({"event": "responsive"}),
+        QemuEvent::PendingRemoval { device } => {
+            json!({"event": "pending-removal", "device": device})
+        }
     }
 }
 
@@ -764,6 +779,9 @@ fn qemu_from_json(v: &Value) -> Result<QemuEvent, ProtocolError> {
             command: s("command")?,
         },
         "responsive" => QemuEvent::Responsive,
+        "pending-removal" => QemuEvent::PendingRemoval {
+            device: s("device")?,
+        },
         other => {
             return Err(invalid(
                 "event",

@@ -32,6 +32,7 @@ pub enum Ask {
     },
     Pin,
     Balloon,
+    Hotplug,
 }
 
 /// The running job, as far as admission cares.
@@ -137,7 +138,11 @@ pub fn rule(ask: Ask, job: Option<Running>, vm: Facts) -> Rule {
         }
         (Cleanup, None) => Rule::Begin,
 
-        (Pin | Balloon, Some(_)) => Rule::Refuse(ErrorCode::Busy, "another job is in progress"),
+        (Pin | Balloon | Hotplug, Some(_)) => {
+            Rule::Refuse(ErrorCode::Busy, "another job is in progress")
+        }
+        (Hotplug, None) if vm.has_qemu && up && !vm.exiting => Rule::Begin,
+        (Hotplug, None) => Rule::Refuse(ErrorCode::NotRunning, "hot-plug needs it running or paused"),
         // A paused guest's driver cannot move the balloon.
         (Balloon, None) if vm.has_qemu && vm.state == VmState::Running && !vm.exiting => {
             Rule::Begin
@@ -206,6 +211,7 @@ fn ask_of(r: &Request) -> Option<Ask> {
         Request::FinalizeDst { success } => Ask::FinalizeDst { success: *success },
         Request::Pin { .. } => Ask::Pin,
         Request::Balloon { .. } => Ask::Balloon,
+        Request::HotplugAdd { .. } | Request::HotplugDel { .. } => Ask::Hotplug,
         Request::Cancel { .. } | Request::MigrateCancel => return None,
     })
 }
@@ -396,6 +402,61 @@ impl Core {
                 self.pending_mask = Some(mask.clone());
                 self.begin(job, Some(ticket), fx);
                 fx.push(Effect::Spawn(Task::Pin { job: id, gen, mask }));
+            }
+            Request::HotplugAdd { device } => {
+                let Some(info) = self.run.as_ref().and_then(|r| r.info.as_ref()) else {
+                    return self.answer(
+                        ticket,
+                        Err(self.refusal(ErrorCode::NotRunning, "its QEMU is not recorded yet")),
+                        fx,
+                    );
+                };
+                if info.hardware.machine.starts_with("pc-q35") {
+                    let e = ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{}: hot-plug on q35 needs spare pcie-root-ports, which kvmd does not create yet; it works on pc (i440fx) machines",
+                            self.name
+                        ),
+                    );
+                    return self.answer(ticket, Err(e), fx);
+                }
+                let taken = info.hotplugged.clone();
+                let job = self.new_job(now, Operation::Hotplug, "plugging");
+                let id = job.id;
+                self.begin(job, Some(ticket), fx);
+                fx.push(Effect::Spawn(Task::HotplugAdd {
+                    job: id,
+                    gen,
+                    taken,
+                    device,
+                }));
+            }
+            Request::HotplugDel { id: dev } => {
+                let record = self
+                    .run
+                    .as_ref()
+                    .and_then(|r| r.info.as_ref())
+                    .and_then(|i| i.hotplugged.iter().find(|r| r.id == dev).cloned());
+                let Some(record) = record else {
+                    let e = ApiError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "{} has no plugged device {}",
+                            self.name,
+                            crate::model::text::escape(&dev)
+                        ),
+                    );
+                    return self.answer(ticket, Err(e), fx);
+                };
+                let job = self.new_job(now, Operation::Hotplug, "unplugging");
+                let id = job.id;
+                self.begin(job, Some(ticket), fx);
+                fx.push(Effect::Spawn(Task::HotplugDel {
+                    job: id,
+                    gen,
+                    record,
+                }));
             }
             Request::Balloon { mib } => {
                 let (memory, min) = self

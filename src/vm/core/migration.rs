@@ -31,6 +31,21 @@ impl Core {
         now: Now,
         fx: &mut Vec<Effect>,
     ) {
+        let hot = self
+            .run
+            .as_ref()
+            .and_then(|r| r.info.as_ref())
+            .map_or(0, |i| i.hotplugged.len());
+        if hot > 0 {
+            let e = ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "{}: {hot} hot-plugged device(s): a migration does not carry them yet; unplug them first",
+                    self.name
+                ),
+            );
+            return self.answer(ticket, Err(e), fx);
+        }
         let was_running = self.state == VmState::Running;
         let mut job = self.new_job(now, Operation::Migrate, "setup");
         job.paused = !was_running;

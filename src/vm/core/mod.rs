@@ -263,7 +263,7 @@ impl Core {
             last_exit: self.last_exit.clone(),
             cpu_mask: run_info.map(|r| r.cpu_mask.clone()),
             balloon: self.run.as_ref().and_then(|r| r.balloon.clone()),
-            hardware: run_info.map(|r| Box::new(r.hardware.clone())),
+            hardware: run_info.map(|r| Box::new(with_hotplugged(&r.hardware, &r.hotplugged))),
             guest_memory: self.run.as_ref().and_then(|r| r.guest_memory.clone()),
         }
     }
@@ -574,6 +574,36 @@ impl Core {
             Input::MigrateDone { job, gen, end } if self.job_is(job) => {
                 self.on_migrate_done(gen, end, now, &mut fx)
             }
+            Input::HotplugDone { job, gen, result } if self.job_is(job) => {
+                let outcome = match result {
+                    Ok(change) => {
+                        if let Some(info) = self
+                            .run
+                            .as_mut()
+                            .filter(|r| r.gen == gen)
+                            .and_then(|r| r.info.as_mut())
+                        {
+                            match change {
+                                HotChange::Added(rec) => info.hotplugged.push(rec),
+                                HotChange::Removed(id) => info.hotplugged.retain(|r| r.id != id),
+                                HotChange::Pending(id) => {
+                                    for r in info.hotplugged.iter_mut().filter(|r| r.id == id) {
+                                        r.pending_removal = true;
+                                    }
+                                    fx.push(Effect::Event(EventKind::Qemu(
+                                        QemuEvent::PendingRemoval { device: id },
+                                    )));
+                                }
+                            }
+                            fx.push(Effect::RecordHotplug(info.hotplugged.clone()));
+                        }
+                        JobOutcome::Done { stop: None }
+                    }
+                    Err(e) => JobOutcome::Failed(e),
+                };
+                fx.push(Effect::Publish);
+                self.end_job(outcome, now, &mut fx);
+            }
             Input::GuestMemory { gen, memory } => {
                 if let Some(run) = self.run.as_mut().filter(|r| r.gen == gen) {
                     if run.guest_memory.as_ref() != Some(&memory) {
@@ -643,6 +673,46 @@ impl Core {
     pub(super) fn starting(&self) -> bool {
         self.state == VmState::Starting
     }
+}
+
+/// The hardware with the plugged devices after the ones QEMU started with.
+fn with_hotplugged(
+    hw: &crate::api::Hardware,
+    hot: &[crate::model::hotplug::HotRecord],
+) -> crate::api::Hardware {
+    use crate::model::hotplug::HotDevice;
+    let mut hw = hw.clone();
+    for r in hot {
+        let address = format!("pci.0 0x{:02x}", r.slot);
+        match &r.device {
+            HotDevice::Disk {
+                path,
+                format,
+                readonly,
+            } => hw.disks.push(crate::api::DiskInfo {
+                path: path.clone(),
+                format: format.clone(),
+                readonly: *readonly,
+                bus: "paravirtual".into(),
+                address,
+                hotplugged: true,
+                id: Some(r.id.clone()),
+                pending_removal: r.pending_removal,
+            }),
+            HotDevice::Nic { mac } => hw.nics.push(crate::api::NicInfo {
+                mode: "user".into(),
+                link: String::new(),
+                mac: mac.clone(),
+                tap: None,
+                model: "paravirtual".into(),
+                address,
+                hotplugged: true,
+                id: Some(r.id.clone()),
+                pending_removal: r.pending_removal,
+            }),
+        }
+    }
+    hw
 }
 
 fn ms(d: Duration) -> u64 {

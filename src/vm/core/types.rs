@@ -101,6 +101,21 @@ pub enum Request {
     Balloon {
         mib: u64,
     },
+    HotplugAdd {
+        device: crate::model::hotplug::HotDevice,
+    },
+    HotplugDel {
+        id: String,
+    },
+}
+
+/// What a hotplug job did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HotChange {
+    Added(crate::model::hotplug::HotRecord),
+    Removed(String),
+    /// `device_del` was sent; the guest did not let go by the deadline.
+    Pending(String),
 }
 
 /// How a balloon job ended.
@@ -241,6 +256,8 @@ pub struct RunInfo {
     pub cpu_mask: String,
     /// What `info` shows of the hardware.
     pub hardware: crate::api::Hardware,
+    /// Devices plugged since the start.
+    pub hotplugged: Vec<crate::model::hotplug::HotRecord>,
 }
 
 /// Work the actor runs off the actor, reporting back with inputs.
@@ -292,6 +309,18 @@ pub enum Task {
     Cleanup { job: JobId },
     /// Pin the threads of the QEMU of `gen` by `mask`; reports [`Input::QmpDone`].
     Pin { job: JobId, gen: u64, mask: String },
+    /// Plug `device` (`taken`: the devices already plugged); reports [`Input::HotplugDone`].
+    HotplugAdd {
+        job: JobId,
+        gen: u64,
+        taken: Vec<crate::model::hotplug::HotRecord>,
+        device: crate::model::hotplug::HotDevice,
+    },
+    HotplugDel {
+        job: JobId,
+        gen: u64,
+        record: crate::model::hotplug::HotRecord,
+    },
     /// Ask the balloon for `mib` and follow the guest there; reports [`Input::BalloonDone`].
     Balloon { job: JobId, gen: u64, mib: u64 },
     /// A dropped incoming migration: remove the run's files; with `restore`, keep the
@@ -387,6 +416,8 @@ pub enum Effect {
     IncomingDone,
     /// A live pin took effect: record the mask in the runtime file (a restarted kvmd shows it).
     RecordPin(String),
+    /// Record the plugged devices in the runtime file.
+    RecordHotplug(Vec<crate::model::hotplug::HotRecord>),
     /// Write (`Some(where)`) or remove the `migrated` marker.
     MigratedMarker(Option<String>),
     /// The adopted QEMU of `gen` could not be watched (no pidfd): look at the run dir again
@@ -486,6 +517,11 @@ pub enum Input {
         job: JobId,
         gen: u64,
         result: Result<(BalloonResult, u64), ApiError>,
+    },
+    HotplugDone {
+        job: JobId,
+        gen: u64,
+        result: Result<HotChange, ApiError>,
     },
     /// The guest's memory statistics, read by the health check.
     GuestMemory {

@@ -36,6 +36,7 @@ fn run_info(reboot_exits: bool) -> RunInfo {
         pool_uid: None,
         cpu_mask: "all".into(),
         hardware: Default::default(),
+        hotplugged: Vec::new(),
     }
 }
 

@@ -1,0 +1,244 @@
+//! Hot-plug on a booted pc guest: a disk and a NIC plugged and seen by the guest, unplugged
+//! with DEVICE_DELETED and their backends gone; a failed plug leaves nothing; a guest that
+//! does not let go leaves the device pending-removal; 50 plug/unplug cycles leak nothing;
+//! slots run out with a clear refusal; q35 is refused with the reason.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn pc(name: &str) -> String {
+    instance_toml(
+        name,
+        &format!("[instance.{name}.hvparams]\nmachine_version = \"pc\"\n"),
+    )
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_disk_and_a_nic_are_plugged_seen_by_the_guest_and_unplugged() {
+    let d = Daemon::start(&pc("hp"));
+    d.start_vm("hp");
+    d.wait_ready("hp", 1);
+    let img = d.dir.path().join("hot.img");
+    let mut data = vec![0u8; 4 << 20];
+    data[..10].copy_from_slice(b"hot-disk-1");
+    std::fs::write(&img, &data).unwrap();
+    // A plug that fails half-way (not a qcow2 image) leaves no backend behind: the same id
+    // plugs fine next.
+    let out = d.kvmctl(&[
+        "--json",
+        "hotplug",
+        "add",
+        "hp",
+        "disk",
+        img.to_str().unwrap(),
+        "--format",
+        "qcow2",
+    ]);
+    assert_eq!(
+        json(&out)["ok"],
+        false,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = d.kvmctl(&[
+        "--json",
+        "hotplug",
+        "add",
+        "hp",
+        "disk",
+        img.to_str().unwrap(),
+    ]);
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{v}");
+    let disks = v["result"]["hotplugged"]["hardware"]["disks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(disks.len(), 1, "{v}");
+    assert_eq!(disks[0]["id"], "hotdisk0", "{v}");
+    // The guest sees it (its driver binds a moment after QEMU has it), with its contents (it
+    // has no other disk: vda).
+    wait_for("vda in the guest", Duration::from_secs(20), || {
+        d.guest_run("hp", "ls /sys/block")
+            .contains("vda")
+            .then_some(())
+    });
+    // (The guest reports hotplug uevents on the same console: they may come in between.)
+    assert!(d
+        .guest_run("hp", "cat /sys/block/vda/serial")
+        .ends_with("hotdisk0"));
+    assert!(d
+        .guest_run("hp", "head -c 10 /dev/vda")
+        .ends_with("hot-disk-1"));
+    let out = d.kvmctl(&[
+        "--json",
+        "hotplug",
+        "add",
+        "hp",
+        "nic",
+        "--mac",
+        "52:54:00:0a:0b:0c",
+    ]);
+    assert_eq!(
+        json(&out)["ok"],
+        true,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for("eth0 in the guest", Duration::from_secs(20), || {
+        d.guest_run("hp", "cat /sys/class/net/eth0/address 2>/dev/null")
+            .ends_with("52:54:00:0a:0b:0c")
+            .then_some(())
+    });
+    let text = String::from_utf8_lossy(&d.kvmctl(&["info", "hp"]).stdout).into_owned();
+    assert!(
+        text.contains("hot-plugged as hotdisk0") && text.contains("hotnic0"),
+        "{text}"
+    );
+    // Out again: the guest lets go, the devices and their backends are gone.
+    for id in ["hotdisk0", "hotnic0"] {
+        let out = d.kvmctl(&["--json", "hotplug", "del", "hp", id]);
+        assert_eq!(
+            json(&out)["ok"],
+            true,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let hw = d.info("hp").hardware.unwrap();
+    assert!(hw.disks.is_empty() && hw.nics.is_empty(), "{hw:?}");
+    wait_for("vda gone from the guest", Duration::from_secs(20), || {
+        (d.guest_run("hp", "ls /sys/block | grep -c vd || true")
+            .lines()
+            .last()
+            == Some("0"))
+        .then_some(())
+    });
+    // The runtime file agrees, so a restarted kvmd does too.
+    let rt = std::fs::read_to_string(d.run_dir("hp").join("runtime.json")).unwrap();
+    assert!(rt.contains("\"hotplugged\": []"), "{rt}");
+    // An unknown id.
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "hp", "hotdisk9"]));
+    assert_eq!(v["error"]["code"], "not_found", "{v}");
+}
+
+#[test]
+fn a_guest_that_does_not_let_go_leaves_the_device_pending_removal() {
+    let mut d = Daemon::start(&pc("pr"));
+    d.start_vm("pr");
+    d.wait_ready("pr", 1);
+    let out = d.kvmctl(&["--json", "hotplug", "add", "pr", "nic"]);
+    assert_eq!(json(&out)["ok"], true);
+    // vCPUs stopped: nobody in the guest answers the unplug.
+    d.call(kvmd::api::ApiRequest::Pause { name: name("pr") })
+        .unwrap();
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "pr", "hotnic0"]));
+    assert_eq!(v["ok"], true, "{v}");
+    let nics = &v["result"]["hotplugged"]["hardware"]["nics"];
+    assert_eq!(
+        nics[0]["pending_removal"], true,
+        "never reported removed while there: {v}"
+    );
+    // A restarted kvmd still knows it.
+    d.kill9();
+    d.spawn();
+    let hw = d.info("pr").hardware.unwrap();
+    assert!(hw.nics[0].pending_removal, "{hw:?}");
+    // Running again, the guest lets go; a second del finishes the removal.
+    d.call(kvmd::api::ApiRequest::Resume { name: name("pr") })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "pr", "hotnic0"]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(d.info("pr").hardware.unwrap().nics.is_empty());
+}
+
+#[test]
+fn fifty_plug_cycles_leak_nothing_and_slots_run_out_with_a_reason() {
+    let d = Daemon::start(&pc("cy"));
+    d.start_vm("cy");
+    d.wait_ready("cy", 1);
+    let qemu = d.info("cy").pid.unwrap();
+    let img = d.dir.path().join("cycle.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let (kvmd0, qemu0) = (fds(d.pid()), fds(qemu));
+    for i in 0..50 {
+        let v = json(&d.kvmctl(&[
+            "--json",
+            "hotplug",
+            "add",
+            "cy",
+            "disk",
+            img.to_str().unwrap(),
+        ]));
+        assert_eq!(v["ok"], true, "cycle {i}: {v}");
+        let v = json(&d.kvmctl(&["--json", "hotplug", "del", "cy", "hotdisk0"]));
+        assert_eq!(v["ok"], true, "cycle {i}: {v}");
+    }
+    let (kvmd1, qemu1) = (fds(d.pid()), fds(qemu));
+    eprintln!("fds after 50 cycles: kvmd {kvmd0} -> {kvmd1}, QEMU {qemu0} -> {qemu1}");
+    assert!(kvmd1 <= kvmd0 + 2, "kvmd fds {kvmd0} -> {kvmd1}");
+    assert_eq!(qemu1, qemu0, "QEMU fds");
+    // Fill pci.0, then one more is refused before QEMU is asked.
+    let mut n = 0;
+    loop {
+        let v = json(&d.kvmctl(&["--json", "hotplug", "add", "cy", "nic"]));
+        if v["ok"] != true {
+            assert_eq!(v["error"]["code"], "busy", "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no free PCI slot"),
+                "{v}"
+            );
+            break;
+        }
+        n += 1;
+        assert!(n < 32, "never ran out: {v}");
+    }
+    eprintln!("{n} NICs plugged before pci.0 was full");
+    assert!(n >= 20, "{n}");
+}
+
+#[test]
+fn hotplug_on_q35_is_refused_with_the_reason() {
+    let d = Daemon::start(&instance_toml("q", ""));
+    match d.call(kvmd::api::ApiRequest::Start {
+        name: name("q"),
+        paused: true,
+        wait: true,
+    }) {
+        Ok(_) => {}
+        Err(e) => panic!("{e:?}"),
+    }
+    let v = json(&d.kvmctl(&["--json", "hotplug", "add", "q", "nic"]));
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pcie-root-port"),
+        "{v}"
+    );
+}
