@@ -223,6 +223,6 @@ mod tests {
         for op in Operation::ALL {
             assert_eq!(Operation::parse(op.as_str()), Some(op));
         }
-        assert_eq!(Operation::parse("hotplug"), None);
+        assert_eq!(Operation::parse("snapshot"), None);
     }
 }
