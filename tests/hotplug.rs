@@ -242,3 +242,54 @@ fn hotplug_on_q35_is_refused_with_the_reason() {
         "{v}"
     );
 }
+
+#[test]
+fn a_plugged_tap_nic_on_a_bridge_reaches_the_host_and_goes_away_cleanly() {
+    let net = free_test_net();
+    let br = Bridge::new("h", &format!("{net}.1/24"));
+    let d = Daemon::start(&pc("tn"));
+    d.start_vm("tn");
+    d.wait_ready("tn", 1);
+    let v = json(&d.kvmctl(&[
+        "--json",
+        "hotplug",
+        "add",
+        "tn",
+        "nic",
+        "--mode",
+        "bridged",
+        "--link",
+        &br.0,
+        "--mac",
+        "52:54:00:77:00:09",
+    ]));
+    assert_eq!(v["ok"], true, "{v}");
+    let tap = v["result"]["hotplugged"]["hardware"]["nics"][0]["tap"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read_link(format!("/sys/class/net/{tap}/master"))
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str(),
+        Some(br.0.as_str()),
+        "the plugged tap is on the bridge"
+    );
+    wait_for("eth0 in the guest", Duration::from_secs(20), || {
+        d.guest_run("tn", "cat /sys/class/net/eth0/address 2>/dev/null")
+            .ends_with("52:54:00:77:00:09")
+            .then_some(())
+    });
+    let out = d.guest_run(
+        "tn",
+        &format!("ip addr add {net}.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 3 {net}.1 >/dev/null && echo PING-OK"),
+    );
+    assert!(out.contains("PING-OK"), "{out}");
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "tn", "hotnic0"]));
+    assert_eq!(v["ok"], true, "{v}");
+    wait_for("the tap gone", Duration::from_secs(10), || {
+        (!std::path::Path::new(&format!("/sys/class/net/{tap}")).exists()).then_some(())
+    });
+}

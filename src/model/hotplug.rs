@@ -16,8 +16,20 @@ pub enum HotDevice {
         format: String,
         readonly: bool,
     },
-    /// A virtio NIC on QEMU's user networking.
-    Nic { mac: String },
+    /// A virtio NIC: on QEMU's user networking, or a tap kvmd opens and sets up per the NIC's
+    /// mode (the same hooks as at start: `nic_script`, or the bridge/route itself).
+    Nic {
+        mac: String,
+        #[serde(default = "user_mode")]
+        mode: crate::model::spec::NicMode,
+        /// Bridge (bridged), routing table (routed), switch (openvswitch).
+        #[serde(default)]
+        link: String,
+    },
+}
+
+fn user_mode() -> crate::model::spec::NicMode {
+    crate::model::spec::NicMode::User
 }
 
 impl HotDevice {
@@ -38,6 +50,9 @@ pub struct HotRecord {
     /// `device_del` was sent but the guest has not let it go yet.
     #[serde(default)]
     pub pending_removal: bool,
+    /// A tap NIC's tap device.
+    #[serde(default)]
+    pub tap: Option<String>,
 }
 
 /// The id a new device of `kind` gets, the first not in `taken`.
@@ -63,8 +78,13 @@ mod tests {
         let taken = vec![HotRecord {
             id: "hotdisk0".into(),
             slot: 5,
-            device: HotDevice::Nic { mac: String::new() },
+            device: HotDevice::Nic {
+                mac: String::new(),
+                mode: crate::model::spec::NicMode::User,
+                link: String::new(),
+            },
             pending_removal: false,
+            tap: None,
         }];
         assert_eq!(next_id("disk", &taken), "hotdisk1");
         assert_eq!(next_id("nic", &taken), "hotnic0");

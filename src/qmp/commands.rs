@@ -181,6 +181,12 @@ impl Qmp {
         self.call("netdev_add", Some(args), None).await.map(drop)
     }
 
+    /// `netdev_add` of a tap QEMU received as `fdname` (`getfd`).
+    pub async fn netdev_add_tap(&self, id: &str, fdname: &str) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "type": "tap", "id": id, "fd": fdname, "vhost": false });
+        self.call("netdev_add", Some(args), None).await.map(drop)
+    }
+
     /// `netdev_del`.
     pub async fn netdev_del(&self, id: &str) -> Result<(), QmpError> {
         let args = serde_json::json!({ "id": id });

@@ -113,22 +113,37 @@ pub(super) fn checked_device(
                 "must be an existing image file or block device",
             )]))
         }
-        HotDevice::Nic { mac } if mac.is_empty() => {
+        HotDevice::Nic { mode, ref link, .. }
+            if link.is_empty()
+                && matches!(
+                    mode,
+                    crate::model::spec::NicMode::Bridged | crate::model::spec::NicMode::Openvswitch
+                ) =>
+        {
+            Err(ApiError::invalid(vec![FieldError::new(
+                "link",
+                "(missing)",
+                "a bridged or openvswitch NIC needs its bridge or switch",
+            )]))
+        }
+        HotDevice::Nic { mac, mode, link } if mac.is_empty() => {
             let mut b = [0u8; 3];
             use std::io::Read;
             let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
             let _ = name;
             Ok(HotDevice::Nic {
                 mac: format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]),
+                mode,
+                link,
             })
         }
-        HotDevice::Nic { mac } => {
+        HotDevice::Nic { mac, mode, link } => {
             let ok = mac.split(':').count() == 6
                 && mac
                     .split(':')
                     .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()));
             if ok {
-                Ok(HotDevice::Nic { mac })
+                Ok(HotDevice::Nic { mac, mode, link })
             } else {
                 Err(ApiError::invalid(vec![FieldError::new(
                     "mac",

@@ -487,10 +487,11 @@ impl VmActor {
                 device,
             } => {
                 let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                let env = self.nic_env(taken.len());
                 actix::spawn(
                     async move {
                         let result = match qmp {
-                            Some(q) => super::hotplug::add(&q, &taken, device)
+                            Some(q) => super::hotplug::add(&q, &taken, device, &env)
                                 .await
                                 .map(crate::vm::core::HotChange::Added),
                             None => Err(ApiError::new(
@@ -508,16 +509,21 @@ impl VmActor {
                 let (tx, rx) = mpsc::channel(64);
                 *self.tap.lock().expect("hotplug tap") = Some(tx);
                 let tap = self.tap.clone();
+                let env = self.nic_env(0);
                 actix::spawn(
                     async move {
                         let result = match qmp {
-                            Some(q) => super::hotplug::del(&q, rx, &record).await.map(|gone| {
-                                if gone {
-                                    crate::vm::core::HotChange::Removed(record.id.clone())
-                                } else {
-                                    crate::vm::core::HotChange::Pending(record.id.clone())
-                                }
-                            }),
+                            Some(q) => {
+                                super::hotplug::del(&q, rx, &record, &env)
+                                    .await
+                                    .map(|gone| {
+                                        if gone {
+                                            crate::vm::core::HotChange::Removed(record.id.clone())
+                                        } else {
+                                            crate::vm::core::HotChange::Pending(record.id.clone())
+                                        }
+                                    })
+                            }
                             None => Err(ApiError::new(
                                 ErrorCode::Unresponsive,
                                 "No QMP connection to this VM's QEMU",
@@ -798,6 +804,18 @@ impl VmActor {
             coordinator,
             last: coordinator::Progress::default(),
         });
+    }
+
+    /// What a hot-plugged tap NIC's hooks need (`plugged`: devices plugged before it).
+    fn nic_env(&self, plugged: usize) -> super::hotplug::NicEnv {
+        let spec = self.core.running_spec();
+        let hv = spec.map(|s| s.effective_hvparams(&self.node));
+        super::hotplug::NicEnv {
+            instance: self.name.clone(),
+            index: spec.map_or(0, |s| s.nics.len()) + plugged,
+            node: self.node.clone(),
+            vnet_hdr: hv.is_none_or(|h| h.bool(crate::model::hvparams::key::VNET_HDR)),
+        }
     }
 
     /// The progress tick: the coordinator's figures become the job's phase and progress.

@@ -76,10 +76,16 @@ pub enum HotDeviceArg {
         #[arg(long)]
         readonly: bool,
     },
-    /// A virtio NIC on QEMU's user networking.
+    /// A virtio NIC: QEMU's user networking, or a tap set up per --mode on --link.
     Nic {
         #[arg(long)]
         mac: Option<String>,
+        /// user, bridged, routed or openvswitch.
+        #[arg(long, default_value = "user")]
+        mode: String,
+        /// The bridge (bridged), routing table (routed) or switch (openvswitch).
+        #[arg(long, default_value = "")]
+        link: String,
     },
 }
 

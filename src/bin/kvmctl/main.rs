@@ -413,9 +413,27 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
                         format: format.clone(),
                         readonly: *readonly,
                     },
-                    args::HotDeviceArg::Nic { mac } => kvmd::model::hotplug::HotDevice::Nic {
-                        mac: mac.clone().unwrap_or_default(),
-                    },
+                    args::HotDeviceArg::Nic { mac, mode, link } => {
+                        kvmd::model::hotplug::HotDevice::Nic {
+                            mac: mac.clone().unwrap_or_default(),
+                            mode: match mode.as_str() {
+                                "bridged" => kvmd::model::spec::NicMode::Bridged,
+                                "routed" => kvmd::model::spec::NicMode::Routed,
+                                "openvswitch" => kvmd::model::spec::NicMode::Openvswitch,
+                                "user" => kvmd::model::spec::NicMode::User,
+                                other => {
+                                    return Err(Failure::Usage(ApiError::invalid(vec![
+                                        FieldError::new(
+                                            "mode",
+                                            render::e(other),
+                                            "must be user, bridged, routed or openvswitch",
+                                        ),
+                                    ])))
+                                }
+                            },
+                            link: link.clone(),
+                        }
+                    }
                 },
             },
             args::HotplugCmd::Del { name: n, id } => ApiRequest::HotplugDel {

@@ -537,7 +537,9 @@ pub static REQUESTS: &[RequestSpec] = &[
             field("path", FieldType::Text, FieldDefault::Absent("required for a disk"), "A disk's image file or block device."),
             field("format", FieldType::Text, FieldDefault::Absent("raw"), "A disk's format: raw or qcow2."),
             field("readonly", FieldType::Bool, FieldDefault::Bool(false), "A read-only disk."),
-            field("mac", FieldType::Text, FieldDefault::Absent("one made from the instance's name"), "A NIC's MAC address."),
+            field("mac", FieldType::Text, FieldDefault::Absent("a random 52:54:00:xx:xx:xx"), "A NIC's MAC address."),
+            field("mode", FieldType::Text, FieldDefault::Absent("user"), "A NIC's mode: user, bridged, routed or openvswitch (a tap kvmd opens and sets up as at start)."),
+            field("link", FieldType::Text, FieldDefault::Absent("none"), "A NIC's bridge (bridged), routing table (routed) or switch (openvswitch)."),
         ],
         build: |a| {
             let name = a.name("name");
@@ -560,9 +562,24 @@ pub static REQUESTS: &[RequestSpec] = &[
                         readonly: a.bool("readonly"),
                     }
                 }
-                Some("nic") => crate::model::hotplug::HotDevice::Nic {
-                    mac: a.text("mac").unwrap_or_default(),
-                },
+                Some("nic") => {
+                    let mode = match a.text("mode").as_deref().unwrap_or("user") {
+                        "user" => crate::model::spec::NicMode::User,
+                        "bridged" => crate::model::spec::NicMode::Bridged,
+                        "routed" => crate::model::spec::NicMode::Routed,
+                        "openvswitch" => crate::model::spec::NicMode::Openvswitch,
+                        other => {
+                            let v = serde_json::json!(other);
+                            a.bad("mode", &v, "must be user, bridged, routed or openvswitch");
+                            return None;
+                        }
+                    };
+                    crate::model::hotplug::HotDevice::Nic {
+                        mac: a.text("mac").unwrap_or_default(),
+                        mode,
+                        link: a.text("link").unwrap_or_default(),
+                    }
+                }
                 Some(other) => {
                     let v = serde_json::json!(other);
                     a.bad("kind", &v, "must be disk or nic");
@@ -1006,9 +1023,11 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
                     put("format", json!(format));
                     put("readonly", json!(readonly));
                 }
-                crate::model::hotplug::HotDevice::Nic { mac } => {
+                crate::model::hotplug::HotDevice::Nic { mac, mode, link } => {
                     put("kind", json!("nic"));
                     put("mac", json!(mac));
+                    put("mode", json!(format!("{mode:?}").to_lowercase()));
+                    put("link", json!(link));
                 }
             }
             "hotplug-add"

@@ -318,6 +318,8 @@ fn every_request_round_trips() {
             name: n("a"),
             device: crate::model::hotplug::HotDevice::Nic {
                 mac: "52:54:00:00:00:01".into(),
+                mode: crate::model::spec::NicMode::Bridged,
+                link: "br0".into(),
             },
         },
         ApiRequest::HotplugDel {

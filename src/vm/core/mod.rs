@@ -699,11 +699,11 @@ fn with_hotplugged(
                 id: Some(r.id.clone()),
                 pending_removal: r.pending_removal,
             }),
-            HotDevice::Nic { mac } => hw.nics.push(crate::api::NicInfo {
-                mode: "user".into(),
-                link: String::new(),
+            HotDevice::Nic { mac, mode, link } => hw.nics.push(crate::api::NicInfo {
+                mode: format!("{mode:?}").to_lowercase(),
+                link: link.clone(),
                 mac: mac.clone(),
-                tap: None,
+                tap: r.tap.clone(),
                 model: "paravirtual".into(),
                 address,
                 hotplugged: true,
