@@ -115,6 +115,33 @@ fn a_disk_and_a_nic_are_plugged_seen_by_the_guest_and_unplugged() {
         text.contains("hot-plugged as hotdisk0") && text.contains("hotnic0"),
         "{text}"
     );
+    // The NIC's link, live: the guest sees its carrier go and come back.
+    d.guest_run("hp", "ip link set eth0 up");
+    let carrier = |want: &'static str| {
+        wait_for("the carrier", Duration::from_secs(10), || {
+            d.guest_run("hp", "cat /sys/class/net/eth0/carrier")
+                .ends_with(want)
+                .then_some(())
+        })
+    };
+    let v = json(&d.kvmctl(&[
+        "--json", "hotplug", "mod", "hp", "hotnic0", "--link", "down",
+    ]));
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["nics"][0]["link_up"], false,
+        "{v}"
+    );
+    carrier("0");
+    let v = json(&d.kvmctl(&["--json", "hotplug", "mod", "hp", "hotnic0", "--link", "up"]));
+    assert_eq!(v["ok"], true, "{v}");
+    carrier("1");
+    // A disk's changes need a re-plug, and say so.
+    let v = json(&d.kvmctl(&["--json", "hotplug", "mod", "hp", "hotdisk0", "--link", "up"]));
+    assert_eq!(v["error"]["code"], "invalid_parameter", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("re-plug"),
+        "{v}"
+    );
     // Out again: the guest lets go, the devices and their backends are gone.
     for id in ["hotdisk0", "hotnic0"] {
         let out = d.kvmctl(&["--json", "hotplug", "del", "hp", id]);

@@ -133,6 +133,12 @@ pub enum ApiRequest {
         name: InstanceName,
         id: String,
     },
+    /// Change a plugged NIC live: its link up or down.
+    HotplugMod {
+        name: InstanceName,
+        id: String,
+        link_up: bool,
+    },
     /// Resize a running guest's memory with its balloon (MiB, between `min_memory` and
     /// `memory`).
     Balloon {
@@ -354,6 +360,8 @@ pub struct NicInfo {
     pub hotplugged: bool,
     pub id: Option<String>,
     pub pending_removal: bool,
+    /// The link as the guest sees it (`hotplug-mod` sets it on a plugged NIC).
+    pub link_up: bool,
 }
 
 /// A balloon's target and the guest's memory as the balloon sees it.

@@ -53,6 +53,13 @@ pub struct HotRecord {
     /// A tap NIC's tap device.
     #[serde(default)]
     pub tap: Option<String>,
+    /// A NIC's link is up (`hotplug-mod` sets it).
+    #[serde(default = "up")]
+    pub link_up: bool,
+}
+
+fn up() -> bool {
+    true
 }
 
 /// The id a new device of `kind` gets, the first not in `taken`.
@@ -85,6 +92,7 @@ mod tests {
             },
             pending_removal: false,
             tap: None,
+            link_up: true,
         }];
         assert_eq!(next_id("disk", &taken), "hotdisk1");
         assert_eq!(next_id("nic", &taken), "hotnic0");

@@ -187,6 +187,12 @@ impl Qmp {
         self.call("netdev_add", Some(args), None).await.map(drop)
     }
 
+    /// `set_link`: a NIC's link up or down, as its guest sees it.
+    pub async fn set_link(&self, id: &str, up: bool) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "name": id, "up": up });
+        self.call("set_link", Some(args), None).await.map(drop)
+    }
+
     /// `netdev_del`.
     pub async fn netdev_del(&self, id: &str) -> Result<(), QmpError> {
         let args = serde_json::json!({ "id": id });

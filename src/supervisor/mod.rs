@@ -497,6 +497,9 @@ impl Supervisor {
                 Err(e) => ready(Err(e)),
             },
             ApiRequest::HotplugDel { name, id } => self.ask(&name, VmAsk::HotplugDel { id }, true),
+            ApiRequest::HotplugMod { name, id, link_up } => {
+                self.ask(&name, VmAsk::HotplugMod { id, link_up }, true)
+            }
             ApiRequest::Console { name, write } => ready(match self.vms.get(&name) {
                 None => Err(ApiError::not_found(&name)),
                 Some(e) if e.info.state.has_process() => Ok(ApiReply::Console {

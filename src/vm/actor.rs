@@ -504,6 +504,31 @@ impl VmActor {
                     .instrument(span),
                 );
             }
+            Task::HotplugMod {
+                job,
+                gen,
+                id,
+                link_up,
+            } => {
+                let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                actix::spawn(
+                    async move {
+                        let result = match qmp {
+                            Some(q) => q
+                                .set_link(&id, link_up)
+                                .await
+                                .map(|()| crate::vm::core::HotChange::Link(id, link_up))
+                                .map_err(|e| super::error::VmError::Qmp(e).to_api()),
+                            None => Err(ApiError::new(
+                                ErrorCode::Unresponsive,
+                                "No QMP connection to this VM's QEMU",
+                            )),
+                        };
+                        report.input(Input::HotplugDone { job, gen, result });
+                    }
+                    .instrument(span),
+                );
+            }
             Task::HotplugDel { job, gen, record } => {
                 let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
                 let (tx, rx) = mpsc::channel(64);
@@ -1037,6 +1062,7 @@ impl Handler<Ask> for VmActor {
             VmAsk::Balloon { mib } => Some(Request::Balloon { mib }),
             VmAsk::HotplugAdd { device } => Some(Request::HotplugAdd { device }),
             VmAsk::HotplugDel { id } => Some(Request::HotplugDel { id }),
+            VmAsk::HotplugMod { id, link_up } => Some(Request::HotplugMod { id, link_up }),
         };
         if let Some(r) = request {
             self.feed_request(ticket, r, ctx);

@@ -207,6 +207,7 @@ pub(super) async fn add(
         device,
         pending_removal: false,
         tap,
+        link_up: true,
     })
 }
 

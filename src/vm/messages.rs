@@ -57,6 +57,10 @@ pub enum VmAsk {
     HotplugDel {
         id: String,
     },
+    HotplugMod {
+        id: String,
+        link_up: bool,
+    },
 }
 
 /// How a VM answered.

@@ -125,6 +125,7 @@ fn hardware(rt: &RuntimeFile) -> crate::api::Hardware {
                 hotplugged: false,
                 id: None,
                 pending_removal: false,
+                link_up: true,
             })
             .collect(),
         serial_socket: serial,

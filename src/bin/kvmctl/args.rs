@@ -64,6 +64,13 @@ pub enum HotplugCmd {
     },
     /// Unplug a plugged device by its id (`kvmctl info` shows it).
     Del { name: String, id: String },
+    /// Change a plugged NIC live: --link up|down.
+    Mod {
+        name: String,
+        id: String,
+        #[arg(long, value_parser = ["up", "down"])]
+        link: String,
+    },
 }
 
 #[derive(Subcommand)]

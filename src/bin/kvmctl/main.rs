@@ -440,6 +440,11 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
                 name: name("name", n)?,
                 id: id.clone(),
             },
+            args::HotplugCmd::Mod { name: n, id, link } => ApiRequest::HotplugMod {
+                name: name("name", n)?,
+                id: id.clone(),
+                link_up: link == "up",
+            },
         },
         Cmd::Node { what } => {
             let req = match what {

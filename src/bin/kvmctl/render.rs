@@ -177,6 +177,8 @@ pub fn vm_details(v: &VmInfo) {
                     .map_or(String::new(), |id| format!(", hot-plugged as {}", e(id))),
                 if n.pending_removal {
                     ", pending removal"
+                } else if !n.link_up {
+                    ", link down"
                 } else {
                     ""
                 }

@@ -603,6 +603,33 @@ pub static REQUESTS: &[RequestSpec] = &[
         },
     },
     RequestSpec {
+        name: "hotplug-mod",
+        doc: "Change a plugged NIC live: its link up or down (set_link). A disk's changes need a re-plug, and are refused as such.",
+        fields: &[
+            NAME,
+            field("device", FieldType::Text, FieldDefault::Required, "The device's id (info shows it)."),
+            field("link", FieldType::Text, FieldDefault::Required, "up or down."),
+        ],
+        build: |a| {
+            let (name, id, link) = (a.name("name"), a.text("device"), a.text("link"));
+            let link_up = match link.as_deref() {
+                Some("up") => true,
+                Some("down") => false,
+                Some(other) => {
+                    let v = serde_json::json!(other);
+                    a.bad("link", &v, "must be up or down");
+                    return None;
+                }
+                None => return None,
+            };
+            Some(ApiRequest::HotplugMod {
+                name: name?,
+                id: id?,
+                link_up,
+            })
+        },
+    },
+    RequestSpec {
         name: "balloon",
         doc: "Resize a running guest's memory with its balloon driver, as a job that follows the guest (BALLOON_CHANGE) and ends reached (within 1 %), stalled or timeout, with the size reached.",
         fields: &[
@@ -1036,6 +1063,12 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
             put("name", json!(name.as_str()));
             put("device", json!(id));
             "hotplug-del"
+        }
+        ApiRequest::HotplugMod { name, id, link_up } => {
+            put("name", json!(name.as_str()));
+            put("device", json!(id));
+            put("link", json!(if *link_up { "up" } else { "down" }));
+            "hotplug-mod"
         }
         ApiRequest::Balloon { name, mib } => {
             put("name", json!(name.as_str()));

@@ -80,6 +80,7 @@ fn vm() -> VmInfo {
                 hotplugged: true,
                 id: Some("hotnic0".into()),
                 pending_removal: true,
+                link_up: false,
             }],
             serial_socket: Some("/run/kvmd/web1/serial.sock".into()),
             display: None,
@@ -325,6 +326,11 @@ fn every_request_round_trips() {
         ApiRequest::HotplugDel {
             name: n("a"),
             id: "hotdisk0".into(),
+        },
+        ApiRequest::HotplugMod {
+            name: n("a"),
+            id: "hotnic0".into(),
+            link_up: false,
         },
         ApiRequest::Console {
             name: n("a"),

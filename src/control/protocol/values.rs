@@ -299,7 +299,7 @@ fn hardware_to_json(h: &Hardware) -> Value {
         "nics": h.nics.iter().map(|n| json!({
             "mode": n.mode, "link": n.link, "mac": n.mac, "tap": n.tap, "model": n.model,
             "address": n.address, "hotplugged": n.hotplugged, "id": n.id,
-            "pending_removal": n.pending_removal,
+            "pending_removal": n.pending_removal, "link_up": n.link_up,
         })).collect::<Vec<_>>(),
         "serial_socket": h.serial_socket,
         "display": h.display,
@@ -350,6 +350,7 @@ fn hardware_from_json(v: &Value) -> Result<Hardware, ProtocolError> {
                         .opt("pending_removal")
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
+                    link_up: n.opt("link_up").and_then(Value::as_bool).unwrap_or(true),
                 })
             })
             .collect::<Result<_, ProtocolError>>()?,

@@ -211,7 +211,9 @@ fn ask_of(r: &Request) -> Option<Ask> {
         Request::FinalizeDst { success } => Ask::FinalizeDst { success: *success },
         Request::Pin { .. } => Ask::Pin,
         Request::Balloon { .. } => Ask::Balloon,
-        Request::HotplugAdd { .. } | Request::HotplugDel { .. } => Ask::Hotplug,
+        Request::HotplugAdd { .. } | Request::HotplugDel { .. } | Request::HotplugMod { .. } => {
+            Ask::Hotplug
+        }
         Request::Cancel { .. } | Request::MigrateCancel => return None,
     })
 }
@@ -456,6 +458,39 @@ impl Core {
                     job: id,
                     gen,
                     record,
+                }));
+            }
+            Request::HotplugMod { id: dev, link_up } => {
+                let record = self
+                    .run
+                    .as_ref()
+                    .and_then(|r| r.info.as_ref())
+                    .and_then(|i| i.hotplugged.iter().find(|r| r.id == dev).cloned());
+                let e = match &record {
+                    None => Some(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("{} has no plugged device {}", self.name, crate::model::text::escape(&dev)),
+                    )),
+                    Some(r) if !matches!(r.device, crate::model::hotplug::HotDevice::Nic { .. }) => {
+                        Some(ApiError::invalid(vec![crate::model::field_error::FieldError::new(
+                            "device",
+                            dev.clone(),
+                            "only a NIC's link changes live; any other change to a disk needs a re-plug (hotplug del, then add)",
+                        )]))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(e) = e {
+                    return self.answer(ticket, Err(e), fx);
+                }
+                let job = self.new_job(now, Operation::Hotplug, "setting the link");
+                let id = job.id;
+                self.begin(job, Some(ticket), fx);
+                fx.push(Effect::Spawn(Task::HotplugMod {
+                    job: id,
+                    gen,
+                    id: dev,
+                    link_up,
                 }));
             }
             Request::Balloon { mib } => {

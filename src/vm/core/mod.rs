@@ -586,6 +586,11 @@ impl Core {
                             match change {
                                 HotChange::Added(rec) => info.hotplugged.push(rec),
                                 HotChange::Removed(id) => info.hotplugged.retain(|r| r.id != id),
+                                HotChange::Link(id, up) => {
+                                    for r in info.hotplugged.iter_mut().filter(|r| r.id == id) {
+                                        r.link_up = up;
+                                    }
+                                }
                                 HotChange::Pending(id) => {
                                     for r in info.hotplugged.iter_mut().filter(|r| r.id == id) {
                                         r.pending_removal = true;
@@ -709,6 +714,7 @@ fn with_hotplugged(
                 hotplugged: true,
                 id: Some(r.id.clone()),
                 pending_removal: r.pending_removal,
+                link_up: r.link_up,
             }),
         }
     }

@@ -107,6 +107,10 @@ pub enum Request {
     HotplugDel {
         id: String,
     },
+    HotplugMod {
+        id: String,
+        link_up: bool,
+    },
 }
 
 /// What a hotplug job did.
@@ -116,6 +120,8 @@ pub enum HotChange {
     Removed(String),
     /// `device_del` was sent; the guest did not let go by the deadline.
     Pending(String),
+    /// A NIC's link was set.
+    Link(String, bool),
 }
 
 /// How a balloon job ended.
@@ -320,6 +326,12 @@ pub enum Task {
         job: JobId,
         gen: u64,
         record: crate::model::hotplug::HotRecord,
+    },
+    HotplugMod {
+        job: JobId,
+        gen: u64,
+        id: String,
+        link_up: bool,
     },
     /// Ask the balloon for `mib` and follow the guest there; reports [`Input::BalloonDone`].
     Balloon { job: JobId, gen: u64, mib: u64 },
