@@ -191,13 +191,31 @@ fn a_guest_that_does_not_let_go_leaves_the_device_pending_removal() {
     d.spawn();
     let hw = d.info("pr").hardware.unwrap();
     assert!(hw.nics[0].pending_removal, "{hw:?}");
-    // Running again, the guest lets go; a second del finishes the removal.
+    // Running again, the guest lets go: its DEVICE_DELETED finishes the removal.
     d.call(kvmd::api::ApiRequest::Resume { name: name("pr") })
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for("the late removal", Duration::from_secs(20), || {
+        d.info("pr").hardware.unwrap().nics.is_empty().then_some(())
+    });
+    let rt = std::fs::read_to_string(d.run_dir("pr").join("runtime.json")).unwrap();
+    assert!(rt.contains("\"hotplugged\": []"), "{rt}");
+    // A second del of a pending device is accepted, and the device goes either way.
+    let out = d.kvmctl(&["--json", "hotplug", "add", "pr", "nic"]);
+    assert_eq!(json(&out)["ok"], true);
+    d.call(kvmd::api::ApiRequest::Pause { name: name("pr") })
+        .unwrap();
     let v = json(&d.kvmctl(&["--json", "hotplug", "del", "pr", "hotnic0"]));
-    assert_eq!(v["ok"], true, "{v}");
-    assert!(d.info("pr").hardware.unwrap().nics.is_empty());
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["nics"][0]["pending_removal"], true,
+        "{v}"
+    );
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "pr", "hotnic0"]));
+    assert_eq!(v["ok"], true, "a second del while still pending: {v}");
+    d.call(kvmd::api::ApiRequest::Resume { name: name("pr") })
+        .unwrap();
+    wait_for("the second removal", Duration::from_secs(20), || {
+        d.info("pr").hardware.unwrap().nics.is_empty().then_some(())
+    });
 }
 
 #[test]

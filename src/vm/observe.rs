@@ -40,6 +40,9 @@ pub(super) fn guest_event(e: QmpEvent) -> Option<GuestEvent> {
         QmpEvent::Resume => GuestEvent::Resume,
         QmpEvent::Powerdown => GuestEvent::Powerdown,
         QmpEvent::GuestPanicked { action } => GuestEvent::Panicked { action },
+        QmpEvent::DeviceDeleted {
+            device: Some(id), ..
+        } => GuestEvent::DeviceDeleted { id },
         QmpEvent::BlockIoError {
             device,
             operation,

@@ -27,7 +27,6 @@ impl Core {
     }
 
     pub(super) fn on_guest_event(&mut self, event: GuestEvent, now: Now, fx: &mut Vec<Effect>) {
-        let _ = now;
         match event {
             GuestEvent::Shutdown { guest, reason } => {
                 fx.push(Effect::Event(EventKind::Qemu(QemuEvent::Shutdown {
@@ -80,6 +79,31 @@ impl Core {
                 fx.push(Effect::Event(EventKind::Qemu(QemuEvent::GuestPanicked {
                     action,
                 })))
+            }
+            GuestEvent::DeviceDeleted { id } => {
+                // A pending removal the guest finished late: remove its backend now (the
+                // unplug job finds QEMU without the device and only does that).
+                let pending = self
+                    .run
+                    .as_ref()
+                    .and_then(|r| r.info.as_ref())
+                    .and_then(|i| {
+                        i.hotplugged
+                            .iter()
+                            .find(|r| r.id == id && r.pending_removal)
+                    })
+                    .cloned();
+                if let (Some(record), None) = (pending, &self.job) {
+                    let job = self.new_job(now, Operation::Hotplug, "unplugging");
+                    let jid = job.id;
+                    let gen = self.gen;
+                    self.begin(job, None, fx);
+                    fx.push(Effect::Spawn(Task::HotplugDel {
+                        job: jid,
+                        gen,
+                        record,
+                    }));
+                }
             }
             GuestEvent::BlockIoError {
                 device,

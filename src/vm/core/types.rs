@@ -226,6 +226,10 @@ pub enum GuestEvent {
         action: String,
         reason: String,
     },
+    /// A device finished unplugging (`DEVICE_DELETED` with its id).
+    DeviceDeleted {
+        id: String,
+    },
 }
 
 /// A QMP command QEMU did not answer (in time, or at all), and what happened.
