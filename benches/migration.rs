@@ -99,6 +99,29 @@ impl Handler<Ended> for Sink {
     }
 }
 
+/// Wait until the guest on `serial` is booted: its shell answers.
+async fn booted(serial: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        support::wait_shell(&serial, Duration::from_secs(60));
+        support::guest_run_on(&serial, "echo ready")
+    })
+    .await
+    .unwrap();
+}
+
+/// Raw QMP: the same parameters the coordinator sets.
+async fn raw_parameters(src: &Qmp, caps: &[(&str, bool)], bandwidth_mib: u64) {
+    src.migrate_set_parameters(&MigrationParams {
+        max_bandwidth: Some(bandwidth_mib << 20),
+        downtime_limit: Some(30),
+        max_postcopy_bandwidth: Some(bandwidth_mib << 20),
+        ..MigrationParams::default()
+    })
+    .await
+    .unwrap();
+    src.migrate_set_capabilities(caps).await.unwrap();
+}
+
 /// (total ms, downtime ms, seen after the event in ms) of one migration.
 type Figures = (f64, f64, f64);
 
@@ -106,13 +129,7 @@ type Figures = (f64, f64, f64);
 async fn one(dir: &Path, n: usize, kvmd: bool, bandwidth_mib: u64) -> Figures {
     let (_src_q, src_sock, src_serial) = qemu(dir, &format!("src{n}"), false);
     let (_dst_q, dst_sock, _) = qemu(dir, &format!("dst{n}"), true);
-    tokio::task::spawn_blocking(move || {
-        // Booted: the shell answers.
-        support::wait_shell(&src_serial, Duration::from_secs(60));
-        support::guest_run_on(&src_serial, "echo ready")
-    })
-    .await
-    .unwrap();
+    booted(src_serial).await;
     let uri = format!("unix:{}", dir.join(format!("m{n}.sock")).display());
     let policy = PolicyConfig::for_hvparams(30, &[]);
     let caps = capabilities(&[], &policy);
@@ -146,15 +163,7 @@ async fn one(dir: &Path, n: usize, kvmd: bool, bandwidth_mib: u64) -> Figures {
             s.seen_after_us.unwrap() as f64 / 1000.0,
         )
     } else {
-        src.migrate_set_parameters(&MigrationParams {
-            max_bandwidth: Some(bandwidth_mib << 20),
-            downtime_limit: Some(30),
-            max_postcopy_bandwidth: Some(bandwidth_mib << 20),
-            ..MigrationParams::default()
-        })
-        .await
-        .unwrap();
-        src.migrate_set_capabilities(&list).await.unwrap();
+        raw_parameters(&src, &list, bandwidth_mib).await;
         // The event's timestamp, collected on the side.
         let (tx, mut rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -216,12 +225,7 @@ fn through_daemons(memory: u32, extra: &str, setup: &[&str]) -> serde_json::Valu
 async fn raw_tcp(dir: &Path, n: usize) -> (f64, f64) {
     let (_src_q, src_sock, src_serial) = qemu(dir, &format!("tsrc{n}"), false);
     let (_dst_q, dst_sock, _) = qemu(dir, &format!("tdst{n}"), true);
-    tokio::task::spawn_blocking(move || {
-        support::wait_shell(&src_serial, Duration::from_secs(60));
-        support::guest_run_on(&src_serial, "echo ready")
-    })
-    .await
-    .unwrap();
+    booted(src_serial).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -239,15 +243,7 @@ async fn raw_tcp(dir: &Path, n: usize) -> (f64, f64) {
     let (src, _n) = Qmp::connect_with(&src_sock, &opts(), || true)
         .await
         .unwrap();
-    src.migrate_set_parameters(&MigrationParams {
-        max_bandwidth: Some(32 << 20),
-        downtime_limit: Some(30),
-        max_postcopy_bandwidth: Some(32 << 20),
-        ..MigrationParams::default()
-    })
-    .await
-    .unwrap();
-    src.migrate_set_capabilities(&list).await.unwrap();
+    raw_parameters(&src, &list, 32).await;
     src.migrate(&uri).await.unwrap();
     let info = loop {
         let i = src.query_migrate().await.unwrap();

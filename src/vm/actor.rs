@@ -494,10 +494,7 @@ impl VmActor {
                             Some(q) => super::hotplug::add(&q, &taken, device, &env)
                                 .await
                                 .map(crate::vm::core::HotChange::Added),
-                            None => Err(ApiError::new(
-                                ErrorCode::Unresponsive,
-                                "No QMP connection to this VM's QEMU",
-                            )),
+                            None => Err(no_qmp()),
                         };
                         report.input(Input::HotplugDone { job, gen, result });
                     }
@@ -519,10 +516,7 @@ impl VmActor {
                                 .await
                                 .map(|()| crate::vm::core::HotChange::Link(id, link_up))
                                 .map_err(|e| super::error::VmError::Qmp(e).to_api()),
-                            None => Err(ApiError::new(
-                                ErrorCode::Unresponsive,
-                                "No QMP connection to this VM's QEMU",
-                            )),
+                            None => Err(no_qmp()),
                         };
                         report.input(Input::HotplugDone { job, gen, result });
                     }
@@ -549,10 +543,7 @@ impl VmActor {
                                         }
                                     })
                             }
-                            None => Err(ApiError::new(
-                                ErrorCode::Unresponsive,
-                                "No QMP connection to this VM's QEMU",
-                            )),
+                            None => Err(no_qmp()),
                         };
                         super::migrate::close(&tap);
                         report.input(Input::HotplugDone { job, gen, result });
@@ -571,10 +562,7 @@ impl VmActor {
                             Some(q) => super::balloon::follow(&q, rx, mib)
                                 .await
                                 .map_err(|e| super::error::VmError::Qmp(e).to_api()),
-                            None => Err(ApiError::new(
-                                ErrorCode::Unresponsive,
-                                "No QMP connection to this VM's QEMU",
-                            )),
+                            None => Err(no_qmp()),
                         };
                         super::migrate::close(&tap);
                         report.input(Input::BalloonDone { job, gen, result });
@@ -592,10 +580,7 @@ impl VmActor {
                             (Some(q), Some(p)) => super::pin::live(&q, p.pid, vcpus, &mask)
                                 .await
                                 .map_err(|e| super::error::VmError::Pin(e).to_api()),
-                            _ => Err(ApiError::new(
-                                ErrorCode::Unresponsive,
-                                "No QMP connection to this VM's QEMU",
-                            )),
+                            _ => Err(no_qmp()),
                         };
                         report.input(Input::QmpDone { job, gen, result });
                     }
@@ -616,10 +601,7 @@ impl VmActor {
                 actix::spawn(
                     async move {
                         let result = match qmp {
-                            None => Err(ApiError::new(
-                                ErrorCode::Unresponsive,
-                                "No QMP connection to this VM's QEMU",
-                            )),
+                            None => Err(no_qmp()),
                             Some(q) => match action {
                                 QmpAction::Pause => q.stop().await,
                                 QmpAction::Resume => q.cont().await,
@@ -1229,6 +1211,14 @@ fn mbps_to_bytes(mbps: f64) -> u64 {
     } else {
         0
     }
+}
+
+/// The error of a task whose QEMU has no QMP connection.
+fn no_qmp() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unresponsive,
+        "No QMP connection to this VM's QEMU",
+    )
 }
 
 /// The wire account of a coordinator's summary.
