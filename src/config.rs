@@ -202,6 +202,14 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
         balloon_stats_interval: o
             .int("balloon_stats_interval_s", 0, 3600, errs)
             .unwrap_or(d.balloon_stats_interval),
+        hotplug_ports: o
+            .int(
+                "hotplug_ports",
+                0,
+                i64::from(crate::qemu::cmdline::MAX_HOTPLUG_PORTS),
+                errs,
+            )
+            .unwrap_or(d.hotplug_ports),
         migration_abort_after_stall: o
             .duration(
                 "migration_abort_after_stall_ms",

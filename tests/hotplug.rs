@@ -267,23 +267,174 @@ fn fifty_plug_cycles_leak_nothing_and_slots_run_out_with_a_reason() {
 }
 
 #[test]
-fn hotplug_on_q35_is_refused_with_the_reason() {
-    let d = Daemon::start(&instance_toml("q", ""));
-    match d.call(kvmd::api::ApiRequest::Start {
-        name: name("q"),
-        paused: true,
-        wait: true,
-    }) {
-        Ok(_) => {}
-        Err(e) => panic!("{e:?}"),
-    }
+fn q35_plugs_go_behind_spare_root_ports_until_they_run_out() {
+    let d = Daemon::start_with("hotplug_ports = 2", &instance_toml("q", ""));
+    d.start_vm("q");
+    d.wait_ready("q", 1);
+    let hw = d.info("q").hardware.unwrap();
+    assert_eq!((hw.hotplug_ports, hw.hotplug_ports_free), (2, 2), "{hw:?}");
+    let img = d.dir.path().join("q35.img");
+    let mut data = vec![0u8; 4 << 20];
+    data[..10].copy_from_slice(b"q35-disk-1");
+    std::fs::write(&img, &data).unwrap();
+    let v = json(&d.kvmctl(&[
+        "--json",
+        "hotplug",
+        "add",
+        "q",
+        "disk",
+        img.to_str().unwrap(),
+    ]));
+    assert_eq!(v["ok"], true, "{v}");
+    let hw = &v["result"]["hotplugged"]["hardware"];
+    assert_eq!(hw["disks"][0]["address"], "hotport0", "{v}");
+    assert_eq!(hw["hotplug_ports_free"], 1, "{v}");
+    wait_for("the disk in the q35 guest", Duration::from_secs(20), || {
+        d.guest_run("q", "head -c 10 /dev/vda 2>/dev/null")
+            .ends_with("q35-disk-1")
+            .then_some(())
+    });
+    // Unplug right after the plug: the unplug waits for the guest to have taken the device,
+    // and the device goes (not pending, not "busy").
     let v = json(&d.kvmctl(&["--json", "hotplug", "add", "q", "nic"]));
-    assert_eq!(v["error"]["code"], "bad_request", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["nics"][0]["address"],
+        "hotport1"
+    );
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "q", "hotnic0"]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["nics"]
+            .as_array()
             .unwrap()
-            .contains("pcie-root-port"),
+            .len(),
+        0,
+        "removed at once: {v}"
+    );
+    wait_for(
+        "the guest saw the NIC come and go",
+        Duration::from_secs(20),
+        || {
+            let log = d.serial_log("q");
+            (log.contains("GUEST-UEVENT add net") && log.contains("GUEST-UEVENT remove net"))
+                .then_some(())
+        },
+    );
+    // Both ports taken: the third plug is refused before QEMU is asked, naming the setting.
+    let v = json(&d.kvmctl(&["--json", "hotplug", "add", "q", "nic"]));
+    assert_eq!(v["ok"], true, "{v}");
+    let v = json(&d.kvmctl(&["--json", "hotplug", "add", "q", "nic"]));
+    assert_eq!(v["error"]["code"], "busy", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("hotplug_ports = 2"), "{msg}");
+    // An unplug frees its port.
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "q", "hotdisk0"]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["hotplug_ports_free"], 1,
+        "{v}"
+    );
+    let v = json(&d.kvmctl(&["--json", "hotplug", "add", "q", "nic"]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["nics"][1]["address"],
+        "hotport0"
+    );
+}
+
+/// kvmd killed while a plug (`hotplug add`, run in a thread) holds at a fault point.
+fn kill_mid_plug(d: &mut Daemon, faults: &str, args: &[&str], ready: impl Fn(&Daemon) -> bool) {
+    d.kill9();
+    d.spawn_with_env(&[("KVMD_FAULTS", faults)]);
+    let sock = d.socket();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let plug = std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvmctl"))
+            .arg("--socket")
+            .arg(sock)
+            .args(args)
+            .output()
+            .unwrap()
+    });
+    wait_for(
+        "the plug to reach the fault point",
+        Duration::from_secs(20),
+        || ready(d).then_some(()),
+    );
+    d.kill9();
+    let out = plug.join().unwrap();
+    assert!(!out.status.success(), "the plug cannot have finished");
+    d.spawn();
+}
+
+#[test]
+fn a_kvmd_killed_in_the_middle_of_a_plug_leaves_the_whole_device_or_nothing() {
+    let mut d = Daemon::start(&instance_toml("k", ""));
+    d.start_vm("k");
+    d.wait_ready("k", 1);
+    let rt = d.run_dir("k").join("runtime.json");
+    // 1. Killed after the backend was added, before device_add: nothing stays.
+    let img = d.dir.path().join("k.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let img_arg = img.to_str().unwrap();
+    let args = ["--json", "hotplug", "add", "k", "disk", img_arg];
+    kill_mid_plug(&mut d, "delay_hotplug_after_backend_ms=30000", &args, |d| {
+        d.log().contains("holding point=\"hotplug_after_backend\"")
+    });
+    wait_for("the cut plug undone", Duration::from_secs(20), || {
+        let file = std::fs::read_to_string(&rt).unwrap();
+        (!file.contains("plugging") && d.info("k").job.is_none()).then_some(())
+    });
+    assert!(d.info("k").hardware.unwrap().disks.is_empty());
+    assert!(d.log().contains("a plug cut short by a restart is undone"));
+    // Its backend is gone: the same id and port take a new plug.
+    let v = json(&d.kvmctl(&["--json", "hotplug", "add", "k", "disk", img_arg]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["disks"][0]["id"],
+        "hotdisk0"
+    );
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["disks"][0]["address"],
+        "hotport0"
+    );
+    // 2. Killed after device_add: the guest has the NIC, and so does kvmd after its restart.
+    kill_mid_plug(
+        &mut d,
+        "delay_hotplug_after_device_ms=30000",
+        &[
+            "--json",
+            "hotplug",
+            "add",
+            "k",
+            "nic",
+            "--mac",
+            "52:54:00:77:00:0a",
+        ],
+        |d| d.log().contains("holding point=\"hotplug_after_device\""),
+    );
+    wait_for("the cut plug finished", Duration::from_secs(20), || {
+        let nics = d.info("k").hardware.unwrap().nics;
+        (nics.len() == 1 && !std::fs::read_to_string(&rt).unwrap().contains("plugging"))
+            .then_some(())
+    });
+    assert!(d
+        .log()
+        .contains("a plug cut short by a restart is finished"));
+    wait_for("eth0 in the guest", Duration::from_secs(20), || {
+        d.guest_run("k", "cat /sys/class/net/eth0/address 2>/dev/null")
+            .ends_with("52:54:00:77:00:0a")
+            .then_some(())
+    });
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "k", "hotnic0"]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["result"]["hotplugged"]["hardware"]["nics"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
         "{v}"
     );
 }
@@ -292,9 +443,52 @@ fn hotplug_on_q35_is_refused_with_the_reason() {
 fn a_plugged_tap_nic_on_a_bridge_reaches_the_host_and_goes_away_cleanly() {
     let net = free_test_net();
     let br = Bridge::new("h", &format!("{net}.1/24"));
-    let d = Daemon::start(&pc("tn"));
+    // The first device_add fails (fault injection), after the tap, its fd and the netdev.
+    let mut d = Daemon::prepare("", &pc("tn"));
+    d.spawn_with_env(&[("KVMD_FAULTS", "hotplug_device_add=1")]);
     d.start_vm("tn");
     d.wait_ready("tn", 1);
+    let links = || {
+        let mut l: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        l.sort();
+        l
+    };
+    let qemu = d.info("tn").pid.unwrap();
+    let before = (links(), fds(d.pid()), fds(qemu));
+    let plug = [
+        "--json",
+        "hotplug",
+        "add",
+        "tn",
+        "nic",
+        "--mode",
+        "bridged",
+        "--link",
+        &br.0,
+        "--mac",
+        "52:54:00:77:00:09",
+    ];
+    let v = json(&d.kvmctl(&plug));
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fault injection"),
+        "{v}"
+    );
+    // Nothing stays: no tap, no fd in kvmd or QEMU, no record. (kvmd's count moves with
+    // the control connections open at the moment.)
+    assert_eq!(
+        (links(), fds(qemu)),
+        (before.0, before.2),
+        "a tap or a QEMU fd stayed"
+    );
+    assert!(fds(d.pid()) <= before.1, "kvmd kept an fd");
+    assert!(d.info("tn").hardware.unwrap().nics.is_empty());
     let v = json(&d.kvmctl(&[
         "--json",
         "hotplug",

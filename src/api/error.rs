@@ -36,11 +36,13 @@ pub enum ErrorCode {
     MigrationRefused,
     /// A migration failed, was given up, or ended without QEMU saying how.
     MigrationFailed,
+    /// The guest refused to let a device go (`DEVICE_UNPLUG_GUEST_ERROR`); it stays plugged.
+    GuestRefused,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTooLarge,
         ErrorCode::UnknownRequest,
@@ -60,6 +62,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::MigrationRefused,
         ErrorCode::MigrationFailed,
+        ErrorCode::GuestRefused,
         ErrorCode::Internal,
     ];
 
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::MigrationRefused => "migration_refused",
             ErrorCode::MigrationFailed => "migration_failed",
+            ErrorCode::GuestRefused => "guest_refused",
             ErrorCode::Internal => "internal",
         }
     }

@@ -328,6 +328,10 @@ pub struct Hardware {
     pub serial_socket: Option<String>,
     /// `vnc HOST:DISPLAY` or `spice ...` as QEMU was given it; `None` without a display.
     pub display: Option<String>,
+    /// Spare pcie-root-ports created at start for hot-plug (q35; 0 on pc, whose `pci.0`
+    /// takes plugged devices directly), and how many no device sits behind.
+    pub hotplug_ports: u8,
+    pub hotplug_ports_free: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

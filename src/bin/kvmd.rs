@@ -170,6 +170,7 @@ fn print_argv(case: &std::path::Path) -> anyhow::Result<()> {
     let facts = kvmd::qemu::host_facts::NodeFacts {
         vhost_available: true,
         spice_cert_dir: node.spice_cert_dir.clone(),
+        hotplug_ports: node.hotplug_ports,
     };
     let plan = kvmd::qemu::host_facts::plan(&spec, &hv, &caps, &facts, &paths, false);
     let (taps, qmp_fd) = kvmd::qemu::host_facts::placeholder_taps(&plan, 10);

@@ -241,6 +241,7 @@ pub fn dry_host(spec: &InstanceSpec, hv: &HvParams, node: &NodeConfig, caps: &Qe
     let facts = host_facts::NodeFacts {
         vhost_available: crate::host::net::vhost_available(),
         spice_cert_dir: node.spice_cert_dir.clone(),
+        hotplug_ports: node.hotplug_ports,
     };
     let plan = host_facts::plan(spec, hv, caps, &facts, &paths, false);
     let (taps, qmp_fd) = host_facts::placeholder_taps(&plan, 1000);

@@ -82,6 +82,7 @@ pub fn target_command_line(
     let mut host = crate::host::validate::dry_host(&blob.spec, hv, node, caps);
     host.incoming = true;
     host.machine = Some(blob.machine.clone());
+    host.hotplug_ports = blob.slots.hotplug_ports;
     build_command_line(&Launch {
         spec: &blob.spec,
         hv,
@@ -184,6 +185,8 @@ pub struct Accepted {
     pub machine: String,
     /// The capabilities the source turns on.
     pub capabilities: Vec<String>,
+    /// The source's spare pcie-root-ports (q35): the target creates as many.
+    pub hotplug_ports: u8,
 }
 
 /// Target: the preflight, then what `accept` starts for instance `name`.
@@ -206,6 +209,7 @@ pub fn accept_plan(
         spec,
         machine: target.machine,
         capabilities: blob.capabilities,
+        hotplug_ports: blob.slots.hotplug_ports,
     })
 }
 

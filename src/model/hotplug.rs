@@ -41,12 +41,21 @@ impl HotDevice {
     }
 }
 
-/// A plugged device: its id (the QEMU device id, also naming its backend) and PCI slot.
+/// A plugged device: its id (the QEMU device id, also naming its backend) and where it sits:
+/// a slot of `pci.0` (pc), or a spare root port (q35).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HotRecord {
     pub id: String,
+    /// Its slot on `pci.0` (pc machines; 0 behind a root port).
     pub slot: u8,
+    /// The spare root port it sits behind (`hotportN`; q35 machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u8>,
     pub device: HotDevice,
+    /// The plug has begun and not ended: written before the first QMP command, so a kvmd
+    /// restarted in the middle finds it and makes it whole or undoes it (by what QEMU has).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plugging: bool,
     /// `device_del` was sent but the guest has not let it go yet.
     #[serde(default)]
     pub pending_removal: bool,
@@ -68,6 +77,17 @@ pub fn next_id(kind: &str, taken: &[HotRecord]) -> String {
         .map(|n| format!("hot{kind}{n}"))
         .find(|id| !taken.iter().any(|r| &r.id == id))
         .unwrap_or_default()
+}
+
+/// The device id of spare root port `i` (q35).
+pub fn hotplug_port_id(i: u8) -> String {
+    format!("hotport{i}")
+}
+
+/// The lowest of `ports` spare root ports that no record (plugged, plugging or pending
+/// removal) sits behind.
+pub fn free_port(ports: u8, taken: &[HotRecord]) -> Option<u8> {
+    (0..ports).find(|p| !taken.iter().any(|r| r.port == Some(*p)))
 }
 
 /// The lowest free slot of PCI bus 0 a plug may take: above QEMU's own (host bridge, ISA
@@ -93,9 +113,27 @@ mod tests {
             pending_removal: false,
             tap: None,
             link_up: true,
+            port: Some(1),
+            plugging: false,
         }];
         assert_eq!(next_id("disk", &taken), "hotdisk1");
         assert_eq!(next_id("nic", &taken), "hotnic0");
+        assert_eq!(free_port(8, &taken), Some(0));
+        assert_eq!(free_port(1, &[]), Some(0));
+        assert_eq!(
+            free_port(
+                2,
+                &[
+                    taken[0].clone(),
+                    HotRecord {
+                        port: Some(0),
+                        ..taken[0].clone()
+                    }
+                ]
+            ),
+            None
+        );
+        assert_eq!(free_port(0, &[]), None);
         assert_eq!(free_slot(&[0, 1, 2, 3, 4]), Some(5));
         assert_eq!(free_slot(&(0..32).collect::<Vec<u8>>()), None);
     }

@@ -82,6 +82,9 @@ pub struct NodeConfig {
     /// The guest's balloon driver reports memory statistics this often (seconds; 0: never);
     /// `info` shows them.
     pub balloon_stats_interval: u64,
+    /// Spare pcie-root-ports each q35 VM gets at start, one per device it may hot-plug
+    /// (0..=8; pc machines take plugged devices on `pci.0` and need none).
+    pub hotplug_ports: u8,
     /// `serial.log` is rotated when it grows past this many bytes...
     pub serial_log_max_bytes: u64,
     /// ...keeping this many of its last bytes in `serial.log.1`.
@@ -128,6 +131,7 @@ impl NodeConfig {
             migration_stall: Duration::from_secs(30),
             migration_abort_after_stall: Duration::from_secs(30),
             balloon_stats_interval: 10,
+            hotplug_ports: 8,
             serial_log_max_bytes: 1 << 20,
             serial_log_keep_bytes: 256 << 10,
             max_connections: 256,

@@ -72,6 +72,8 @@ pub struct HostPlan {
     pub pre_run: PreRun,
     /// A migration target: `-incoming defer` on the source's exact machine type.
     pub incoming: Option<String>,
+    /// Spare pcie-root-ports (q35; a migration target takes the source's count).
+    pub hotplug_ports: u8,
 }
 
 /// Facts about the node that shape a plan.
@@ -81,6 +83,8 @@ pub struct NodeFacts {
     pub vhost_available: bool,
     /// Where SPICE's TLS certificates live (`node.spice_cert_dir`).
     pub spice_cert_dir: PathBuf,
+    /// Spare pcie-root-ports a q35 VM gets for hot-plug (`node.hotplug_ports`).
+    pub hotplug_ports: u8,
 }
 
 /// The fds of one opened tap, as QEMU will inherit them.
@@ -148,6 +152,7 @@ pub fn plan(
         spice_cert_dir: node.spice_cert_dir.clone(),
         pre_run: pre_run(hv, paused),
         incoming: None,
+        hotplug_ports: node.hotplug_ports,
     }
 }
 
@@ -225,6 +230,7 @@ pub fn host(plan: &HostPlan, g: Gathered) -> Host {
         stopped_at_start: plan.pre_run.stops_at_start(),
         incoming: plan.incoming.is_some(),
         machine: plan.incoming.clone(),
+        hotplug_ports: plan.hotplug_ports,
     }
 }
 
@@ -275,6 +281,7 @@ mod tests {
         NodeFacts {
             vhost_available: vhost,
             spice_cert_dir: "/etc/kvmd/spice".into(),
+            hotplug_ports: 8,
         }
     }
 

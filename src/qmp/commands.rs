@@ -175,6 +175,18 @@ impl Qmp {
         self.call("blockdev-del", Some(args), None).await.map(drop)
     }
 
+    /// `query-named-block-nodes`: the node names of every block node.
+    pub async fn block_node_names(&self) -> Result<Vec<String>, QmpError> {
+        let v = self
+            .call(
+                "query-named-block-nodes",
+                Some(serde_json::json!({"flat": true})),
+                None,
+            )
+            .await?;
+        reply("query-named-block-nodes", wire::decode_node_names(v))
+    }
+
     /// `netdev_add` of QEMU's user networking.
     pub async fn netdev_add_user(&self, id: &str) -> Result<(), QmpError> {
         let args = serde_json::json!({ "type": "user", "id": id });
@@ -210,10 +222,10 @@ impl Qmp {
         self.call("device_del", Some(args), None).await.map(drop)
     }
 
-    /// The occupied slots of PCI bus 0 (`query-pci`), with each device's `qdev_id`.
-    pub async fn query_pci_slots(&self) -> Result<Vec<(u8, String)>, QmpError> {
+    /// Every PCI device (`query-pci`): the root bus and behind its bridges.
+    pub async fn query_pci(&self) -> Result<Vec<super::PciDevice>, QmpError> {
         let v = self.call("query-pci", None, None).await?;
-        reply("query-pci", wire::decode_pci_slots(v))
+        reply("query-pci", wire::decode_pci_devices(v))
     }
 
     /// `blockdev-add` of a URL block node (`http`, `https`, `ftp`, `ftps`: QEMU's curl

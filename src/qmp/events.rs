@@ -49,6 +49,12 @@ pub enum QmpEvent {
         device: Option<String>,
         path: String,
     },
+    /// `DEVICE_UNPLUG_GUEST_ERROR`: the guest refused to let a device go (the unplug request
+    /// is over; the device stays).
+    DeviceUnplugGuestError {
+        device: Option<String>,
+        path: String,
+    },
     /// `BALLOON_CHANGE`: the guest's memory as the balloon sees it, in bytes.
     BalloonChange { actual: u64 },
     /// `MIGRATION`: the migration's new status (`setup`, `active`, `completed`, `failed`, ...).
@@ -75,6 +81,7 @@ impl QmpEvent {
             QmpEvent::GuestPanicked { .. } => "GUEST_PANICKED",
             QmpEvent::BlockIoError { .. } => "BLOCK_IO_ERROR",
             QmpEvent::DeviceDeleted { .. } => "DEVICE_DELETED",
+            QmpEvent::DeviceUnplugGuestError { .. } => "DEVICE_UNPLUG_GUEST_ERROR",
             QmpEvent::BalloonChange { .. } => "BALLOON_CHANGE",
             QmpEvent::Migration { .. } => "MIGRATION",
             QmpEvent::MigrationPass { .. } => "MIGRATION_PASS",
@@ -147,6 +154,10 @@ mod tests {
                 device: Some("nic1".into()),
                 path: "/machine/peripheral/nic1".into(),
             },
+            QmpEvent::DeviceUnplugGuestError {
+                device: Some("nic1".into()),
+                path: "/machine/peripheral/nic1".into(),
+            },
             QmpEvent::BalloonChange { actual: 1 << 27 },
             QmpEvent::Migration {
                 status: "completed".into(),
@@ -174,6 +185,7 @@ mod tests {
                 "GUEST_PANICKED",
                 "BLOCK_IO_ERROR",
                 "DEVICE_DELETED",
+                "DEVICE_UNPLUG_GUEST_ERROR",
                 "BALLOON_CHANGE",
                 "MIGRATION",
                 "MIGRATION_PASS",

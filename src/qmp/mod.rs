@@ -24,7 +24,7 @@ pub use client::{ConnectOptions, Qmp, NOTICE_CAPACITY};
 pub use events::{Notice, QmpEvent};
 pub use types::{
     CpuThread, Display, MachineInfo, MigrationInfo, MigrationParams, MigrationRam, MigrationStatus,
-    QemuVersion, RunState, Status,
+    PciDevice, QemuVersion, RunState, Status,
 };
 
 /// What QEMU says about itself in the greeting (the same shape as `query-version`).

@@ -110,6 +110,18 @@ pub struct CpuThread {
     pub thread_id: u32,
 }
 
+/// One PCI device, from `query-pci`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciDevice {
+    /// The id of the bridge (root port) it sits behind; empty on the root bus.
+    pub bus: String,
+    pub slot: u8,
+    /// Its device id (`qdev_id`; empty for QEMU's own devices).
+    pub id: String,
+    /// A memory BAR is mapped: the guest has taken the device (enumerated and enabled it).
+    pub mapped: bool,
+}
+
 /// QEMU's version, from the greeting or `query-version`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QemuVersion {

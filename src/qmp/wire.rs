@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use super::events::QmpEvent;
 use super::types::{
     CpuThread, Display, MachineInfo, MigrationInfo, MigrationParams, MigrationRam, MigrationStatus,
-    QemuVersion, RunState, Status,
+    PciDevice, QemuVersion, RunState, Status,
 };
 use super::QmpError;
 use crate::model::text::{escape_bytes_clipped, escape_clipped};
@@ -195,6 +195,10 @@ pub fn decode_event(name: String, data: Value) -> QmpEvent {
             device: f.opt_str("device"),
             path: f.str("path"),
         }),
+        "DEVICE_UNPLUG_GUEST_ERROR" => Some(QmpEvent::DeviceUnplugGuestError {
+            device: f.opt_str("device"),
+            path: f.str("path"),
+        }),
         "BALLOON_CHANGE" => f
             .num("actual")
             .map(|actual| QmpEvent::BalloonChange { actual }),
@@ -259,7 +263,49 @@ pub fn args_uri(uri: &str) -> Option<Value> {
 }
 
 /// `query-pci` of bus 0: (slot, qdev_id) of every device.
-pub fn decode_pci_slots(v: Value) -> Result<Vec<(u8, String)>, String> {
+/// Every device of `query-pci`, root bus and behind bridges (root ports), in QEMU's order.
+pub fn decode_pci_devices(v: Value) -> Result<Vec<PciDevice>, String> {
+    fn walk(devices: &[Value], parent: &str, out: &mut Vec<PciDevice>) {
+        for d in devices {
+            let Some(slot) = d
+                .get("slot")
+                .and_then(Value::as_u64)
+                .and_then(|s| u8::try_from(s).ok())
+            else {
+                continue;
+            };
+            let id = d
+                .get("qdev_id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            // An unmapped BAR reads as -1 (u64::MAX): the guest has not enabled it yet.
+            let mapped = d
+                .get("regions")
+                .and_then(Value::as_array)
+                .is_some_and(|rs| {
+                    rs.iter().any(|r| {
+                        r.get("type").and_then(Value::as_str) == Some("memory")
+                            && r.get("address")
+                                .and_then(Value::as_i64)
+                                .is_some_and(|a| a > 0)
+                    })
+                });
+            if let Some(children) = d
+                .get("pci_bridge")
+                .and_then(|b| b.get("devices"))
+                .and_then(Value::as_array)
+            {
+                walk(children, &id, out);
+            }
+            out.push(PciDevice {
+                bus: parent.to_string(),
+                slot,
+                id,
+                mapped,
+            });
+        }
+    }
     let buses = v
         .as_array()
         .ok_or_else(|| clip(&format!("not a list: {v}")))?;
@@ -267,23 +313,22 @@ pub fn decode_pci_slots(v: Value) -> Result<Vec<(u8, String)>, String> {
         .iter()
         .find(|b| b.get("bus").and_then(Value::as_u64) == Some(0))
         .ok_or_else(|| "no bus 0".to_string())?;
-    Ok(bus0
-        .get("devices")
-        .and_then(Value::as_array)
-        .map(|ds| {
-            ds.iter()
-                .filter_map(|d| {
-                    let slot = u8::try_from(d.get("slot")?.as_u64()?).ok()?;
-                    let id = d
-                        .get("qdev_id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    Some((slot, id))
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    let mut out = Vec::new();
+    if let Some(ds) = bus0.get("devices").and_then(Value::as_array) {
+        walk(ds, "", &mut out);
+    }
+    Ok(out)
+}
+
+/// The `node-name`s of `query-named-block-nodes`.
+pub fn decode_node_names(v: Value) -> Result<Vec<String>, String> {
+    let nodes = v
+        .as_array()
+        .ok_or_else(|| clip(&format!("not a list: {v}")))?;
+    Ok(nodes
+        .iter()
+        .filter_map(|n| n.get("node-name").and_then(Value::as_str).map(String::from))
+        .collect())
 }
 
 pub fn args_qom_set(path: &str, property: &str, value: Value) -> Option<Value> {

@@ -187,6 +187,15 @@ fn every_typed_event_is_parsed_from_a_line_as_qemu_sends_it() {
     );
     assert_eq!(
         ev(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "DEVICE_UNPLUG_GUEST_ERROR", "data": {"device": "hotnic0", "path": "/machine/peripheral/hotnic0"}}"#
+        ),
+        QmpEvent::DeviceUnplugGuestError {
+            device: Some("hotnic0".into()),
+            path: "/machine/peripheral/hotnic0".into()
+        }
+    );
+    assert_eq!(
+        ev(
             r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "BALLOON_CHANGE", "data": {"actual": 134217728}}"#
         ),
         QmpEvent::BalloonChange { actual: 134217728 }
@@ -464,4 +473,35 @@ fn migration_arguments_are_spelled_as_qemu_expects() {
         decode_capabilities(json!([{"capability": "xbzrle", "state": false}])).unwrap(),
         vec![("xbzrle".to_string(), false)]
     );
+}
+
+#[test]
+fn query_pci_walks_root_ports_and_sees_mapped_bars() {
+    let v = json!([{"bus": 0, "devices": [
+        {"slot": 0, "qdev_id": "", "regions": []},
+        {"slot": 30, "qdev_id": "hotport3", "regions": [], "pci_bridge": {"devices": [
+            {"slot": 0, "qdev_id": "hotnic0", "regions": [
+                {"type": "memory", "address": -1}, {"type": "io", "address": 49152}]}
+        ]}},
+        {"slot": 5, "qdev_id": "hotdisk0", "regions": [
+            {"type": "memory", "address": 4261412864_i64}]}
+    ]}]);
+    let d = decode_pci_devices(v).unwrap();
+    let by = |id: &str| d.iter().find(|x| x.id == id).unwrap().clone();
+    assert_eq!(by("hotnic0").bus, "hotport3");
+    assert!(!by("hotnic0").mapped, "an unmapped BAR reads -1");
+    assert_eq!((by("hotdisk0").bus.as_str(), by("hotdisk0").slot), ("", 5));
+    assert!(by("hotdisk0").mapped);
+    assert_eq!(by("hotport3").slot, 30);
+    assert!(decode_pci_devices(json!({})).is_err());
+}
+
+#[test]
+fn block_node_names_are_read() {
+    let v = json!([{"node-name": "hotdisk0-backend", "drv": "raw"}, {"node-name": "#block123"}]);
+    assert_eq!(
+        decode_node_names(v).unwrap(),
+        ["hotdisk0-backend", "#block123"]
+    );
+    assert!(decode_node_names(json!(null)).is_err());
 }

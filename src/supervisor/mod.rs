@@ -436,6 +436,7 @@ impl Supervisor {
                             uri,
                             machine: accepted.machine,
                             capabilities: accepted.capabilities,
+                            hotplug_ports: accepted.hotplug_ports,
                         },
                     };
                     let answer = vm.ask(ask, wait).await?;

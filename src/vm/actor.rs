@@ -483,17 +483,38 @@ impl VmActor {
             Task::HotplugAdd {
                 job,
                 gen,
-                taken,
-                device,
+                intent,
+                others,
             } => {
                 let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
-                let env = self.nic_env(taken.len());
+                let env = self.nic_env(others.len());
+                let journal = super::hotplug::Journal {
+                    store: self.store.clone(),
+                    paths: self.paths.clone(),
+                    others,
+                };
                 actix::spawn(
                     async move {
                         let result = match qmp {
-                            Some(q) => super::hotplug::add(&q, &taken, device, &env)
+                            Some(q) => super::hotplug::add(&q, intent, &env, &journal)
                                 .await
                                 .map(crate::vm::core::HotChange::Added),
+                            None => Err(no_qmp()),
+                        };
+                        report.input(Input::HotplugDone { job, gen, result });
+                    }
+                    .instrument(span),
+                );
+            }
+            Task::HotplugReconcile { job, gen, records } => {
+                let qmp = self.res.qmp.clone().filter(|_| self.res.gen == gen);
+                let env = self.nic_env(0);
+                actix::spawn(
+                    async move {
+                        let result = match qmp {
+                            Some(q) => super::hotplug::reconcile(&q, records, &env)
+                                .await
+                                .map(crate::vm::core::HotChange::Reconciled),
                             None => Err(no_qmp()),
                         };
                         report.input(Input::HotplugDone { job, gen, result });

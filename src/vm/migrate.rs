@@ -34,7 +34,8 @@ pub(super) fn tee(tap: &Tap, n: &Notice) {
                 | QmpEvent::Stop
                 | QmpEvent::Resume
                 | QmpEvent::BalloonChange { .. }
-                | QmpEvent::DeviceDeleted { .. },
+                | QmpEvent::DeviceDeleted { .. }
+                | QmpEvent::DeviceUnplugGuestError { .. },
             ..
         }
     );

@@ -130,6 +130,8 @@ fn hardware(rt: &RuntimeFile) -> crate::api::Hardware {
             .collect(),
         serial_socket: serial,
         display,
+        hotplug_ports: rt.slots.hotplug_ports,
+        hotplug_ports_free: rt.slots.hotplug_ports,
     }
 }
 

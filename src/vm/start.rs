@@ -154,6 +154,9 @@ async fn launch(
         .await?
         .map_err(VmError::Join)??;
     plan.incoming = s.incoming.as_ref().map(|i| i.machine.clone());
+    if let Some(i) = &s.incoming {
+        plan.hotplug_ports = i.hotplug_ports;
+    }
     let t_checked = t0.elapsed();
     // 2. The run dir: the previous run's files go, the exit history stays.
     let (p, chroot) = (s.paths.clone(), plan.chroot_dir.clone());
@@ -405,6 +408,7 @@ fn check(
     let facts = NodeFacts {
         vhost_available: crate::host::net::vhost_available(),
         spice_cert_dir: node.spice_cert_dir.clone(),
+        hotplug_ports: node.hotplug_ports,
     };
     let plan = host_facts::plan(spec, hv, &caps, &facts, paths, paused);
     Ok((caps, plan))

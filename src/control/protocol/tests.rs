@@ -84,6 +84,8 @@ fn vm() -> VmInfo {
             }],
             serial_socket: Some("/run/kvmd/web1/serial.sock".into()),
             display: None,
+            hotplug_ports: 8,
+            hotplug_ports_free: 7,
         })),
         guest_memory: Some(crate::api::GuestMemory {
             total_mib: 218,

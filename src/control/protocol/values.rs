@@ -303,6 +303,8 @@ fn hardware_to_json(h: &Hardware) -> Value {
         })).collect::<Vec<_>>(),
         "serial_socket": h.serial_socket,
         "display": h.display,
+        "hotplug_ports": h.hotplug_ports,
+        "hotplug_ports_free": h.hotplug_ports_free,
     })
 }
 
@@ -356,7 +358,17 @@ fn hardware_from_json(v: &Value) -> Result<Hardware, ProtocolError> {
             .collect::<Result<_, ProtocolError>>()?,
         serial_socket: o.opt_str("serial_socket")?.map(String::from),
         display: o.opt_str("display")?.map(String::from),
+        hotplug_ports: port_count(&o, "hotplug_ports"),
+        hotplug_ports_free: port_count(&o, "hotplug_ports_free"),
     })
+}
+
+/// A port count of `hardware` (absent from older kvmds: 0).
+fn port_count(o: &Obj<'_>, key: &str) -> u8 {
+    o.opt(key)
+        .and_then(Value::as_u64)
+        .and_then(|n| u8::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 pub fn vm_from_json(v: &Value) -> Result<VmInfo, ProtocolError> {

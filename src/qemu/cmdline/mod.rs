@@ -39,7 +39,10 @@ pub use devices::{disk_driver, nic_driver};
 use display::{spice_args, vnc_args};
 use security::security_args;
 pub use security::shell_split;
-pub use slots::{cdroms, check_pci, plan_slots, Board, Cdrom, Slot, SlotPlan};
+pub use slots::{
+    cdroms, check_pci, hotplug_port_device, plan_slots, Board, Cdrom, Slot, SlotPlan,
+    HOTPLUG_PORT_SLOT, MAX_HOTPLUG_PORTS,
+};
 
 /// Ganeti's SCSI disk types (they go on the `scsi.0` bus of the SCSI controller).
 pub const SCSI_DISK_TYPES: &[&str] = &["scsi-generic", "scsi-block", "scsi-hd", "scsi-cd"];
@@ -84,6 +87,9 @@ pub struct Host {
     /// The concrete machine type to run instead of the one the hvparams name: a migration
     /// target runs exactly the source's.
     pub machine: Option<String>,
+    /// Spare `pcie-root-port`s for hot-plug on q35 (functions of slot 0x1e); ignored on pc,
+    /// whose `pci.0` takes plugged devices directly.
+    pub hotplug_ports: u8,
 }
 
 /// The inputs of one QEMU command line.
@@ -177,10 +183,13 @@ pub fn build_unchecked(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>> {
         errs.push(e);
         Vec::new()
     });
-    let slots = plan_slots(spec, hv, board, &cdroms).unwrap_or_else(|e| {
+    let mut slots = plan_slots(spec, hv, board, &cdroms).unwrap_or_else(|e| {
         errs.extend(e);
         SlotPlan::default()
     });
+    if board == Board::Q35 {
+        slots.hotplug_ports = l.host.hotplug_ports.min(MAX_HOTPLUG_PORTS);
+    }
     let uses_scsi = SCSI_DISK_TYPES.contains(&hv.str(key::DISK_TYPE)) && !spec.disks.is_empty()
         || cdroms.iter().any(|c| c.device == "scsi-cd");
 
@@ -213,7 +222,18 @@ pub fn build_unchecked(l: &Launch<'_>) -> Result<CommandLine, Vec<FieldError>> {
             format!("{},id=scsi", hv.str(key::SCSI_CONTROLLER_TYPE))
         );
     }
-    push!("-device", "virtio-balloon-pci,id=balloon0");
+    // Free page reporting (QEMU 5.1+) hands pages the guest freed back to the host.
+    push!(
+        "-device",
+        if caps.at_least(5, 1) {
+            "virtio-balloon-pci,id=balloon0,free-page-reporting=on"
+        } else {
+            "virtio-balloon-pci,id=balloon0"
+        }
+    );
+    for i in 0..slots.hotplug_ports {
+        push!("-device", hotplug_port_device(i));
+    }
     if hv.str(key::REBOOT_BEHAVIOR) == "exit" {
         push!("-no-reboot");
     }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use super::SCSI_DISK_TYPES;
 use crate::model::field_error::FieldError;
+use crate::model::hotplug::hotplug_port_id;
 use crate::model::hvparams::{key, HvParams};
 use crate::model::spec::InstanceSpec;
 use crate::qemu::caps::QemuCaps;
@@ -57,6 +58,27 @@ pub struct SlotPlan {
     /// One per configured cdrom, `cdrom1` before `cdrom2`.
     #[serde(default)]
     pub cdroms: Vec<Slot>,
+    /// Spare `pcie-root-port`s for hot-plug (q35 only): `hotport0`.. at slot 0x1e.
+    #[serde(default)]
+    pub hotplug_ports: u8,
+}
+
+/// The most spare root ports: the eight functions of one slot.
+pub const MAX_HOTPLUG_PORTS: u8 = 8;
+/// The q35 slot whose functions are the spare root ports (disks and NICs stop at 0x1c, the
+/// `-usb` controllers sit at 0x1d, ICH9 at 0x1f).
+pub const HOTPLUG_PORT_SLOT: u8 = 0x1e;
+
+/// The `-device` of spare root port `i`: function `i` of slot 0x1e (function 0 says the slot
+/// is multifunction), its own chassis, hot-plug on (QEMU's default).
+pub fn hotplug_port_device(i: u8) -> String {
+    format!(
+        "pcie-root-port,id={},bus=pcie.0,addr={HOTPLUG_PORT_SLOT:#x}.{i},chassis={},port={:#x}{}",
+        hotplug_port_id(i),
+        u16::from(i) + 1,
+        0x10 + u16::from(i),
+        if i == 0 { ",multifunction=on" } else { "" }
+    )
 }
 
 /// One configured cdrom.

@@ -105,7 +105,7 @@ fn golden_kernel_boot_with_defaults() {
     assert_eq!(
         argv(&[]),
         "/usr/bin/qemu-system-x86_64 -name web1,debug-threads=on -m 256 -smp 2 \
-         -pidfile /run/kvmd/web1/qemu.pid -device virtio-balloon-pci,id=balloon0 \
+         -pidfile /run/kvmd/web1/qemu.pid -device virtio-balloon-pci,id=balloon0,free-page-reporting=on \
          -machine pc-i440fx-7.2,accel=tcg -kernel /guest/vmlinux -initrd /guest/initramfs.gz \
          -append root=/dev/vda1 ro console=ttyS0,38400 \
          -monitor unix:/run/kvmd/web1/monitor.sock,server=on,wait=off \
@@ -447,4 +447,44 @@ fn a_migration_target_waits_incoming_on_the_sources_machine() {
     assert!(a.contains("-machine pc-q35-6.2,accel=tcg"), "{a}");
     assert!(a.ends_with("-S -incoming defer"), "{a}");
     assert_eq!(cl.machine, "pc-q35-6.2");
+}
+
+#[test]
+fn q35_gets_its_spare_root_ports_as_functions_of_slot_0x1e_and_pc_none() {
+    let (o, h) = hv(&[("machine_version", s("q35"))]);
+    let host = Host {
+        hotplug_ports: 3,
+        ..Host::default()
+    };
+    let cl = build_with(&spec(o), &h, &host).unwrap();
+    let ports: Vec<&String> = cl
+        .argv
+        .iter()
+        .filter(|a| a.starts_with("pcie-root-port"))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            "pcie-root-port,id=hotport0,bus=pcie.0,addr=0x1e.0,chassis=1,port=0x10,multifunction=on",
+            "pcie-root-port,id=hotport1,bus=pcie.0,addr=0x1e.1,chassis=2,port=0x11",
+            "pcie-root-port,id=hotport2,bus=pcie.0,addr=0x1e.2,chassis=3,port=0x12",
+        ]
+    );
+    assert_eq!(cl.slots.hotplug_ports, 3);
+    // pc takes plugged devices on pci.0: no ports, whatever the setting.
+    let (o, h) = hv(&[("machine_version", s("pc"))]);
+    let cl = build_with(&spec(o), &h, &host).unwrap();
+    assert!(!cl.argv.iter().any(|a| a.starts_with("pcie-root-port")));
+    assert_eq!(cl.slots.hotplug_ports, 0);
+    // An operator's device at 0x1e collides with them, and says so.
+    let (o, h) = hv(&[
+        ("machine_version", s("q35")),
+        ("kvm_extra", s("-device e1000,addr=0x1e.1")),
+    ]);
+    let errs = build_with(&spec(o), &h, &host).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.field == "kvm_extra" && e.rule.contains("hotport1")),
+        "{errs:?}"
+    );
 }

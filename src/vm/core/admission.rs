@@ -413,25 +413,52 @@ impl Core {
                         fx,
                     );
                 };
-                if info.hardware.machine.starts_with("pc-q35") {
-                    let e = ApiError::new(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "{}: hot-plug on q35 needs spare pcie-root-ports, which kvmd does not create yet; it works on pc (i440fx) machines",
-                            self.name
-                        ),
-                    );
+                let ports = info.hardware.hotplug_ports;
+                let q35 = info.hardware.machine.starts_with("pc-q35");
+                let port = crate::model::hotplug::free_port(ports, &info.hotplugged);
+                if q35 && port.is_none() {
+                    // Refused before QEMU is asked anything.
+                    let e = if ports == 0 {
+                        ApiError::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "{} has no spare pcie-root-port for hot-plug: it started with the node setting hotplug_ports = 0 (q35's pcie.0 takes no hot-plugged device); raise hotplug_ports and restart the VM",
+                                self.name
+                            ),
+                        )
+                    } else {
+                        ApiError::new(
+                            ErrorCode::Busy,
+                            format!(
+                                "all {ports} spare pcie-root-ports of {} are taken (node setting hotplug_ports = {ports} when it started); unplug a device first",
+                                self.name
+                            ),
+                        )
+                    };
                     return self.answer(ticket, Err(e), fx);
                 }
-                let taken = info.hotplugged.clone();
+                let others = info.hotplugged.clone();
+                let intent = crate::model::hotplug::HotRecord {
+                    id: crate::model::hotplug::next_id(device.kind(), &others),
+                    slot: 0,
+                    port: if q35 { port } else { None },
+                    device,
+                    plugging: true,
+                    pending_removal: false,
+                    tap: None,
+                    link_up: true,
+                };
+                if let Some(i) = self.run.as_mut().and_then(|r| r.info.as_mut()) {
+                    i.hotplugged.push(intent.clone());
+                }
                 let job = self.new_job(now, Operation::Hotplug, "plugging");
                 let id = job.id;
                 self.begin(job, Some(ticket), fx);
                 fx.push(Effect::Spawn(Task::HotplugAdd {
                     job: id,
                     gen,
-                    taken,
-                    device,
+                    intent,
+                    others,
                 }));
             }
             Request::HotplugDel { id: dev } => {

@@ -575,6 +575,20 @@ impl Core {
                 self.on_migrate_done(gen, end, now, &mut fx)
             }
             Input::HotplugDone { job, gen, result } if self.job_is(job) => {
+                let plug = self.job.as_ref().is_some_and(|j| j.phase == "plugging");
+                let info = self
+                    .run
+                    .as_mut()
+                    .filter(|r| r.gen == gen)
+                    .and_then(|r| r.info.as_mut());
+                // A plug that ended either way is no longer under way.
+                if let Some(info) = info.filter(|i| plug && i.hotplugged.iter().any(|r| r.plugging))
+                {
+                    info.hotplugged.retain(|r| !r.plugging);
+                    if result.is_err() {
+                        fx.push(Effect::RecordHotplug(info.hotplugged.clone()));
+                    }
+                }
                 let outcome = match result {
                     Ok(change) => {
                         if let Some(info) = self
@@ -585,6 +599,7 @@ impl Core {
                         {
                             match change {
                                 HotChange::Added(rec) => info.hotplugged.push(rec),
+                                HotChange::Reconciled(list) => info.hotplugged = list,
                                 HotChange::Removed(id) => info.hotplugged.retain(|r| r.id != id),
                                 HotChange::Link(id, up) => {
                                     for r in info.hotplugged.iter_mut().filter(|r| r.id == id) {
@@ -687,8 +702,16 @@ fn with_hotplugged(
 ) -> crate::api::Hardware {
     use crate::model::hotplug::HotDevice;
     let mut hw = hw.clone();
-    for r in hot {
-        let address = format!("pci.0 0x{:02x}", r.slot);
+    let behind_ports = hot.iter().filter(|r| r.port.is_some()).count();
+    hw.hotplug_ports_free = hw
+        .hotplug_ports
+        .saturating_sub(u8::try_from(behind_ports).unwrap_or(u8::MAX));
+    // A plug still under way is not shown (its port is counted taken).
+    for r in hot.iter().filter(|r| !r.plugging) {
+        let address = match r.port {
+            Some(p) => crate::model::hotplug::hotplug_port_id(p),
+            None => format!("pci.0 0x{:02x}", r.slot),
+        };
         match &r.device {
             HotDevice::Disk {
                 path,

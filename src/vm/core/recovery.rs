@@ -304,6 +304,7 @@ impl Core {
                 }));
             }
             Some(_) => {}
+            None if !runtime_missing && conn.is_some() => self.reconcile_hotplug(f.gen, now, fx),
             None if runtime_missing => {
                 // A kvmd from before persisted jobs died during a start.
                 let p = PersistedJob {
@@ -329,6 +330,27 @@ impl Core {
                 );
             }
             None => {}
+        }
+    }
+
+    /// A plug cut short, or a removal that may have finished while kvmd was away: a job makes
+    /// the runtime file's devices agree with QEMU.
+    fn reconcile_hotplug(&mut self, gen: u64, now: Now, fx: &mut Vec<Effect>) {
+        let records = self
+            .run
+            .as_ref()
+            .and_then(|r| r.info.as_ref())
+            .map(|i| i.hotplugged.clone())
+            .filter(|h| h.iter().any(|r| r.plugging || r.pending_removal));
+        if let Some(records) = records {
+            let job = self.new_job(now, Operation::Hotplug, "reconciling");
+            let id = job.id;
+            self.begin(job, None, fx);
+            fx.push(Effect::Spawn(Task::HotplugReconcile {
+                job: id,
+                gen,
+                records,
+            }));
         }
     }
 

@@ -122,6 +122,8 @@ pub enum HotChange {
     Pending(String),
     /// A NIC's link was set.
     Link(String, bool),
+    /// The devices as QEMU has them, after a restart.
+    Reconciled(Vec<crate::model::hotplug::HotRecord>),
 }
 
 /// How a balloon job ended.
@@ -154,6 +156,8 @@ pub struct IncomingPlan {
     pub machine: String,
     /// The migration capabilities the source turns on (the target needs the same).
     pub capabilities: Vec<String>,
+    /// The source's spare pcie-root-ports (q35), created here too.
+    pub hotplug_ports: u8,
 }
 
 /// How a migration ended on the source, as the core cares.
@@ -319,12 +323,20 @@ pub enum Task {
     Cleanup { job: JobId },
     /// Pin the threads of the QEMU of `gen` by `mask`; reports [`Input::QmpDone`].
     Pin { job: JobId, gen: u64, mask: String },
-    /// Plug `device` (`taken`: the devices already plugged); reports [`Input::HotplugDone`].
+    /// Plug the device of `intent` (`others`: the devices already plugged); reports
+    /// [`Input::HotplugDone`].
     HotplugAdd {
         job: JobId,
         gen: u64,
-        taken: Vec<crate::model::hotplug::HotRecord>,
-        device: crate::model::hotplug::HotDevice,
+        intent: crate::model::hotplug::HotRecord,
+        others: Vec<crate::model::hotplug::HotRecord>,
+    },
+    /// After a restart: make `records` agree with what QEMU has; reports
+    /// [`Input::HotplugDone`] with [`HotChange::Reconciled`].
+    HotplugReconcile {
+        job: JobId,
+        gen: u64,
+        records: Vec<crate::model::hotplug::HotRecord>,
     },
     HotplugDel {
         job: JobId,

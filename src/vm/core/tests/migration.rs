@@ -234,6 +234,7 @@ fn incoming() -> (T, Ticket) {
             uri: "tcp:192.0.2.9:8102".into(),
             machine: "pc-q35-7.2".into(),
             capabilities: vec!["events".into()],
+            hotplug_ports: 8,
         },
     });
     let job = fx
@@ -342,6 +343,7 @@ fn a_dropped_incoming_migration_gives_back_the_history_it_found() {
             uri: "tcp:192.0.2.1:8102".into(),
             machine: "pc-q35-7.2".into(),
             capabilities: Vec::new(),
+            hotplug_ports: 0,
         },
     });
     let job = started_job(&fx);

@@ -1,5 +1,6 @@
 //! The core's rules as sentences: no QEMU, no actor, no clock, no sleeping.
 
+mod hotplug;
 mod migration;
 mod recovery;
 

@@ -4,7 +4,7 @@ use super::*;
 
 // ---- recovery --------------------------------------------------------------------------------
 
-fn adopted(status: RunState) -> RecoveryFacts {
+pub(super) fn adopted(status: RunState) -> RecoveryFacts {
     RecoveryFacts {
         gen: 5,
         dir_exists: true,
