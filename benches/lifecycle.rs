@@ -225,6 +225,7 @@ fn main() {
                     name: name(&n),
                     paused: true,
                     wait: true,
+                    memory: None,
                 })
                 .unwrap()
             {

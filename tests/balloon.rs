@@ -76,6 +76,40 @@ fn the_balloon_moves_the_guests_memory_and_says_where_it_got() {
         said.contains("balloon stalled at 256 MiB (target 160 MiB)"),
         "{said}"
     );
+    // Start-up ballooning: the guest boots into 160 MiB of its 256.
+    let out = d.kvmctl(&["stop", "b1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(
+        &d.kvmctl(&["--json", "start", "b1", "--memory", "100"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["error"]["fields"][0]["field"], "memory", "{v}");
+    let out = d.kvmctl(&["start", "b1", "--memory", "160"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.info("b1").balloon.unwrap().target_mib, 160);
+    d.wait_ready("b1", 1); // a start begins a new serial.log
+    let b = wait_for(
+        "the guest at its start-up size",
+        std::time::Duration::from_secs(30),
+        || d.info("b1").balloon.filter(|b| b.state == "reached"),
+    );
+    assert_eq!(b.target_mib, 160);
+    assert!(b.actual_mib.abs_diff(160) <= 2, "{b:?}");
+    let booted = mem_total_kib(&d, "b1");
+    assert!(
+        before - booted >= 80 * 1024,
+        "MemTotal {booted} kB after a start at 160 MiB (a full start: {before} kB)"
+    );
+    eprintln!("MemTotal after a start at 160 MiB: {booted} kB");
 }
 
 #[test]

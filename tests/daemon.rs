@@ -22,6 +22,7 @@ fn kill9_of_kvmd_leaves_vms_running_and_a_restart_readopts_them() {
             name: name("a2"),
             paused: true,
             wait: true,
+            memory: None,
         })
         .unwrap()
     {
@@ -262,6 +263,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
             name: name("nokernel"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidParameter);
@@ -276,6 +278,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
             name: name("badqemu"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::StartFailed);
@@ -486,6 +489,7 @@ fn the_last_exit_survives_a_start_a_restart_and_a_failed_start() {
             name: name("h"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::StartFailed);
@@ -595,6 +599,7 @@ fn a_damaged_runtime_file_does_not_hide_a_running_vm() {
             name: name("dmg"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::AlreadyRunning, "no second QEMU");

@@ -288,6 +288,7 @@ fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
             name: name("p2"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.fields[0].field, "hvparams.security_model");
@@ -300,7 +301,8 @@ fn security_model_pool_gives_each_vm_a_free_uid_from_the_pool() {
         .call(ApiRequest::Start {
             name: name("p2"),
             paused: false,
-            wait: true
+            wait: true,
+            memory: None
         })
         .is_err());
     d.call(ApiRequest::Stop {

@@ -137,6 +137,7 @@ fn a_kvm_path_that_hangs_fails_the_start_at_the_probe_timeout_and_leaves_nothing
         name: name("h1"),
         paused: false,
         wait: true,
+        memory: None,
     }) {
         Err(e) => e,
         Ok(ApiReply::Started(i)) => panic!("a hanging kvm_path started: {i:?}"),

@@ -144,6 +144,7 @@ fn a_start_cut_before_anything_named_its_qemu_is_still_rolled_back() {
             name: name("cut2"),
             paused: false,
             wait: false,
+            memory: None,
         },
     );
     let pid = wait_for("QEMU to be spawned", Duration::from_secs(20), || {
@@ -195,6 +196,7 @@ fn a_start_cut_by_kill9_before_it_was_recorded_is_rolled_back() {
             name: name("cut"),
             paused: false,
             wait: false,
+            memory: None,
         },
     );
     let pid = wait_for("QEMU to be spawned", Duration::from_secs(20), || {
@@ -259,6 +261,7 @@ fn a_start_cut_by_kill9_after_it_was_recorded_is_finished() {
             name: name("held"),
             paused: false,
             wait: false,
+            memory: None,
         },
     );
     let pid = wait_for(
@@ -304,6 +307,7 @@ fn a_qemu_that_cannot_be_watched_is_kept_and_watched_again() {
             name: name("pf"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::AlreadyRunning);
@@ -385,6 +389,7 @@ fn a_cleanup_right_after_an_exit_stays_done_and_a_removed_instance_is_forgotten(
                 name: name("cl"),
                 paused: true,
                 wait: true,
+                memory: None,
             })
             .unwrap()
         {
@@ -451,6 +456,7 @@ fn a_stop_cancels_a_start_that_hangs_and_kvmd_still_exits_promptly() {
             name: name("hang"),
             paused: false,
             wait: false,
+            memory: None,
         },
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -482,6 +488,7 @@ fn a_stop_cancels_a_start_that_hangs_and_kvmd_still_exits_promptly() {
             name: name("hang"),
             paused: false,
             wait: false,
+            memory: None,
         },
     );
     let t0 = Instant::now();

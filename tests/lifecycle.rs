@@ -133,6 +133,7 @@ fn stop_escalates_to_sigterm_when_the_guest_ignores_the_power_button() {
             name: name("q"),
             paused: true,
             wait: true,
+            memory: None,
         })
         .unwrap()
     {
@@ -345,6 +346,7 @@ fn cpu_mask_pins_every_vcpu_thread_before_the_guest_runs() {
             name: name("pin3"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.fields[0].field, "hvparams.cpu_mask");
@@ -404,6 +406,7 @@ fn kvmctl_pin_repins_every_thread_of_a_running_vm_live() {
         name: name("lp"),
         paused: true,
         wait: true,
+        memory: None,
     }) {
         Ok(ApiReply::Started(i)) => i.pid.unwrap(),
         other => panic!("{other:?}"),

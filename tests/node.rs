@@ -19,6 +19,7 @@ fn node_info_reports_memory_cpus_and_the_hypervisor() {
         name: name("n1"),
         paused: true,
         wait: true,
+        memory: None,
     }) {
         Ok(ApiReply::Started(_)) => {}
         other => panic!("{other:?}"),

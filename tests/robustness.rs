@@ -133,6 +133,7 @@ fn a_failed_start_runs_the_down_hook_of_every_nic_it_brought_up() {
             name: name("bad"),
             paused: false,
             wait: true,
+            memory: None,
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::StartFailed);

@@ -27,10 +27,12 @@ pub enum ApiRequest {
         name: Option<InstanceName>,
     },
     /// `wait`: reply when the start has finished; otherwise at once, with the job.
+    /// `memory`: start-up memory in MiB (`None`: Ganeti's rule).
     Start {
         name: InstanceName,
         paused: bool,
         wait: bool,
+        memory: Option<u64>,
     },
     /// `timeout_s = None` uses the node's stop timeout.
     Stop {

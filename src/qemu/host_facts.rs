@@ -46,12 +46,14 @@ pub struct PreRun {
     pub passwords: Vec<Password>,
     /// The start asked for a paused guest.
     pub paused: bool,
+    /// Start-up ballooning: the balloon's size (MiB) before the guest runs.
+    pub balloon_mib: Option<u64>,
 }
 
 impl PreRun {
     /// QEMU must start with its vCPUs stopped (`-S`).
     pub fn stops_at_start(&self) -> bool {
-        self.pin_vcpus || !self.passwords.is_empty() || self.paused
+        self.pin_vcpus || !self.passwords.is_empty() || self.paused || self.balloon_mib.is_some()
     }
 }
 
@@ -178,7 +180,15 @@ pub fn pre_run(hv: &HvParams, paused: bool) -> PreRun {
         pin_vcpus,
         passwords,
         paused,
+        balloon_mib: None,
     }
+}
+
+/// Ganeti's start-up memory (`_InstanceStartupMemory`): `asked`, else
+/// `max(min_memory, min(memory, available))`; a balloon size only when below `memory`.
+pub fn startup_memory(spec: &InstanceSpec, asked: Option<u64>, available: u64) -> Option<u64> {
+    let mib = asked.unwrap_or_else(|| spec.min_memory.max(spec.memory.min(available)));
+    (mib < spec.memory).then_some(mib)
 }
 
 /// Made-up fds for the taps of a plan (one per queue, vhost ones too), numbered from `first`:
@@ -400,5 +410,19 @@ mod tests {
         );
         assert_eq!(h.spice_cert_dir.as_deref(), Some("/etc/kvmd/spice"));
         assert_eq!(h.qmp_fd, Some(12));
+    }
+
+    #[test]
+    fn start_up_memory_is_what_was_asked_else_ganetis_rule() {
+        let mut s = spec(Vec::new());
+        s.memory = 1024;
+        s.min_memory = 256;
+        // Plenty available: no ballooning; asked: that.
+        assert_eq!(startup_memory(&s, None, 20_000), None);
+        assert_eq!(startup_memory(&s, Some(512), 20_000), Some(512));
+        assert_eq!(startup_memory(&s, Some(1024), 20_000), None);
+        // Short of memory: what the node has, never below min_memory.
+        assert_eq!(startup_memory(&s, None, 700), Some(700));
+        assert_eq!(startup_memory(&s, None, 100), Some(256));
     }
 }

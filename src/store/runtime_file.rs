@@ -46,6 +46,9 @@ pub struct RuntimeFile {
     /// Devices plugged into it since its start.
     #[serde(default)]
     pub hotplugged: Vec<crate::model::hotplug::HotRecord>,
+    /// The balloon size (MiB) the start set before the guest ran, when below `memory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_memory_mib: Option<u64>,
 }
 
 /// Record the vCPU pinning a live `pin` put in force (in the runtime file's hvparams).

@@ -330,9 +330,12 @@ impl Supervisor {
                 Some(e) => Ok(ApiReply::Info(vec![live(e.info.clone())])),
                 None => Err(ApiError::not_found(&n)),
             }),
-            ApiRequest::Start { name, paused, wait } => {
-                self.ask(&name, VmAsk::Start { paused }, wait)
-            }
+            ApiRequest::Start {
+                name,
+                paused,
+                wait,
+                memory,
+            } => self.ask(&name, VmAsk::Start { paused, memory }, wait),
             ApiRequest::Stop {
                 name,
                 timeout_s,

@@ -415,6 +415,7 @@ impl VmActor {
                 resume,
                 undo,
                 incoming,
+                memory,
             } => {
                 let control = self.control_channel(job);
                 let existing = (self.res.gen == gen).then(|| {
@@ -433,6 +434,7 @@ impl VmActor {
                     existing,
                     undo,
                     incoming,
+                    memory,
                     node: self.node.clone(),
                     paths: self.paths.clone(),
                     store: self.store.clone(),
@@ -1023,8 +1025,9 @@ impl Handler<Ask> for VmActor {
         let ticket = self.next_ticket;
         self.waiters.insert(ticket, Waiter { wait, tx });
         let request = match ask {
-            VmAsk::Start { paused } => Some(Request::Start {
+            VmAsk::Start { paused, memory } => Some(Request::Start {
                 paused,
+                memory,
                 check: self.syntax_check(),
             }),
             VmAsk::Stop { timeout, force } => Some(Request::Stop { timeout, force }),

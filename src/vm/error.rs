@@ -71,6 +71,8 @@ pub enum VmError {
     },
     #[error("Cannot resume the guest")]
     Resume(#[source] QmpError),
+    #[error("Cannot set the start-up balloon size")]
+    Balloon(#[source] QmpError),
     #[error("Cannot make QEMU wait for the incoming migration")]
     Incoming(#[source] QmpError),
     #[error("The incoming migration is not complete (QEMU says {0})")]

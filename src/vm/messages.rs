@@ -15,6 +15,8 @@ use crate::model::job::JobId;
 pub enum VmAsk {
     Start {
         paused: bool,
+        /// Start-up memory in MiB (the balloon's size when the guest boots).
+        memory: Option<u64>,
     },
     Stop {
         timeout: Option<Duration>,

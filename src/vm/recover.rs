@@ -56,6 +56,7 @@ pub(super) fn run_info(rt: &RuntimeFile) -> RunInfo {
         cpu_mask: rt.hvparams.str(key::CPU_MASK).to_string(),
         hardware: hardware(rt),
         hotplugged: rt.hotplugged.clone(),
+        startup_memory_mib: rt.startup_memory_mib,
     }
 }
 

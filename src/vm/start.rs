@@ -52,6 +52,8 @@ pub(super) struct StartCtx {
     pub gen: u64,
     pub spec: InstanceSpec,
     pub paused: bool,
+    /// Start-up memory (MiB) the start asked for (`None`: Ganeti's rule).
+    pub memory: Option<u64>,
     pub resume: bool,
     /// A resumed start's QEMU: its handle, exit watch and QMP connection, if recovery had them.
     pub existing: Option<ExistingQemu>,
@@ -142,20 +144,33 @@ async fn launch(
     let hv = s.spec.effective_hvparams(&s.node);
     let accel = s.spec.accel(&hv, &s.node);
     // 1. The node's checks and the probe (bounded by probe_timeout), off the actor.
-    let (spec, hv2, node, paths, paused) = (
+    let (spec, hv2, node, paths, paused, asked) = (
         s.spec.clone(),
         hv.clone(),
         s.node.clone(),
         s.paths.clone(),
         s.paused,
+        s.memory,
     );
-    let checked = tokio::task::spawn_blocking(move || check(&spec, &hv2, &node, &paths, paused));
+    let checked = tokio::task::spawn_blocking(move || {
+        let (caps, mut plan) = check(&spec, &hv2, &node, &paths, paused)?;
+        // Ganeti's start-up memory: what was asked, else as much of `memory` as the node has
+        // available (never below `min_memory`).
+        let available = match crate::host::node::facts().memory_free_mib {
+            0 => u64::MAX, // unknown: no ballooning of our own
+            n => n,
+        };
+        plan.pre_run.balloon_mib = host_facts::startup_memory(&spec, asked, available);
+        Ok::<_, VmError>((caps, plan))
+    });
     let (caps, mut plan) = or_cancel(&mut s.control, checked)
         .await?
         .map_err(VmError::Join)??;
     plan.incoming = s.incoming.as_ref().map(|i| i.machine.clone());
     if let Some(i) = &s.incoming {
         plan.hotplug_ports = i.hotplug_ports;
+        // The guest's memory comes with it.
+        plan.pre_run.balloon_mib = None;
     }
     let t_checked = t0.elapsed();
     // 2. The run dir: the previous run's files go, the exit history stays.
@@ -228,6 +243,7 @@ async fn launch(
         taps: l.taps.clone(),
         pool_uid: l.pool_uid,
         hotplugged: Vec::new(),
+        startup_memory_mib: plan.pre_run.balloon_mib,
     };
     let (rt, p) = (runtime.clone(), s.paths.clone());
     let written = s.store.run(move || {
@@ -310,7 +326,8 @@ async fn finish(s: &mut StartCtx, spawned: &Option<Spawned>) -> Result<RunInfo, 
         .ok_or(VmError::Connect(crate::qmp::QmpError::Closed))?;
     let pid = spawned.as_ref().map_or(runtime.pid, |sp| sp.process.pid);
     phase(s, "configuring", &UndoStack::from(s.undo.clone()));
-    let plan = host_facts::pre_run(&runtime.hvparams, s.paused);
+    let mut plan = host_facts::pre_run(&runtime.hvparams, s.paused);
+    plan.balloon_mib = runtime.startup_memory_mib;
     configure(s, &qmp, pid, &runtime.hvparams, &plan).await?;
     let marker = s.paths.shutdown_marker();
     let _ = s
@@ -360,6 +377,11 @@ async fn configure(
                 protocol: pw.protocol,
                 source,
             })?;
+    }
+    if let Some(mib) = pre.balloon_mib {
+        // Ganeti's start-up ballooning: the guest boots into this size.
+        qmp.balloon(mib << 20).await.map_err(VmError::Balloon)?;
+        info!(mib, "start-up balloon target set");
     }
     cancelled(s)?;
     if s.node.balloon_stats_interval > 0 {

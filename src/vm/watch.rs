@@ -134,8 +134,10 @@ pub(super) async fn health(h: HealthCtx) {
         if let Ok((total, free, available, at)) = qmp.guest_stats().await {
             if at > 0 && total > 0 {
                 const MIB: u64 = 1 << 20;
+                let balloon_mib = qmp.query_balloon().await.ok().map(|b| b / MIB);
                 h.report.input(Input::GuestMemory {
                     gen: h.gen,
+                    balloon_mib,
                     memory: crate::api::GuestMemory {
                         total_mib: total / MIB,
                         free_mib: free / MIB,

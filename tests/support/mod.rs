@@ -285,6 +285,7 @@ impl Daemon {
             name: name(n),
             paused: false,
             wait: true,
+            memory: None,
         }) {
             Ok(ApiReply::Started(i)) => i,
             other => panic!("start {n}: {other:?}\n{}", self.log()),

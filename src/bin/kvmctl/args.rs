@@ -144,6 +144,10 @@ pub enum Cmd {
         /// Leave the guest paused after QEMU starts.
         #[arg(long)]
         paused: bool,
+        /// Start-up memory in MiB (min_memory..memory): the guest boots with its balloon at
+        /// this size (default: as much of memory as the node has available).
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
         #[command(flatten)]
         wait: WaitFlags,
     },

@@ -261,12 +261,14 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
         Cmd::Start {
             name: n,
             paused,
+            memory,
             wait,
         } => {
             let req = ApiRequest::Start {
                 name: name("name", n)?,
                 paused: *paused,
                 wait: wait.wait(),
+                memory: *memory,
             };
             return job_command(ctx, &req, wait.wait());
         }

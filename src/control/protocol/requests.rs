@@ -181,6 +181,12 @@ pub static REQUESTS: &[RequestSpec] = &[
                 FieldDefault::Bool(false),
                 "Leave the guest's CPUs stopped once QEMU is up.",
             ),
+            field(
+                "memory",
+                FieldType::Seq,
+                FieldDefault::Absent("Ganeti's rule: as much of memory as the node has available (MemAvailable), at least min_memory"),
+                "Start-up memory in MiB, from min_memory to memory: below memory, the balloon is set to it before the guest runs.",
+            ),
             WAIT,
         ],
         build: |a| {
@@ -189,6 +195,7 @@ pub static REQUESTS: &[RequestSpec] = &[
                 name: name?,
                 paused,
                 wait,
+                memory: a.u64("memory"),
             })
         },
     },
@@ -920,9 +927,17 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
                 "jobs"
             }
         }
-        ApiRequest::Start { name, paused, wait } => {
+        ApiRequest::Start {
+            name,
+            paused,
+            wait,
+            memory,
+        } => {
             put("name", json!(name.as_str()));
             put("paused", json!(paused));
+            if let Some(m) = memory {
+                put("memory", json!(m));
+            }
             if !wait {
                 put("wait", json!(false));
             }

@@ -171,7 +171,8 @@ fn requests_parse_with_their_fields_and_defaults_from_the_table() {
         ApiRequest::Start {
             name: n("a"),
             paused: false,
-            wait: false
+            wait: false,
+            memory: None
         }
     );
     assert_eq!(
@@ -206,7 +207,7 @@ fn bad_requests_get_stable_codes_and_name_the_field() {
     );
     let e = err_of(r#"{"request": "start", "name": "a", "pause": true}"#);
     assert_eq!(e.fields[0].field, "pause");
-    assert_eq!(e.fields[0].allowed, ["name", "paused", "wait"]);
+    assert_eq!(e.fields[0].allowed, ["name", "paused", "memory", "wait"]);
     let e = err_of(r#"{"request": "stop", "name": "a", "timeout": -1}"#);
     assert_eq!(e.fields[0].field, "timeout");
     let e = err_of(r#"{"request": "stop"}"#);
@@ -350,11 +351,13 @@ fn every_request_round_trips() {
             name: n("a"),
             paused: true,
             wait: true,
+            memory: None,
         },
         ApiRequest::Start {
             name: n("a"),
             paused: false,
             wait: false,
+            memory: None,
         },
         ApiRequest::Stop {
             name: n("a"),

@@ -339,13 +339,36 @@ impl Core {
         self.deferred.push_back(Deferred { ticket, request });
     }
 
+    /// Why start-up memory `mib` cannot be had: it must lie in min_memory..=memory.
+    fn bad_startup_memory(&self, mib: u64) -> Option<ApiError> {
+        let spec = self.spec.as_ref()?;
+        (mib < spec.min_memory || mib > spec.memory).then(|| {
+            ApiError::invalid(vec![crate::model::field_error::FieldError::new(
+                "memory",
+                mib.to_string(),
+                format!(
+                    "start-up memory must lie between the instance's min_memory ({}) and memory ({}) MiB",
+                    spec.min_memory, spec.memory
+                ),
+            )])
+        })
+    }
+
     fn begin_request(&mut self, ticket: Ticket, request: Request, now: Now, fx: &mut Vec<Effect>) {
         let gen = self.gen;
         match request {
-            Request::Start { paused, check } => {
+            Request::Start {
+                paused,
+                check,
+                memory,
+            } => {
                 if let Some(e) = self.startable(check) {
                     return self.answer(ticket, Err(e), fx);
                 }
+                if let Some(e) = memory.and_then(|m| self.bad_startup_memory(m)) {
+                    return self.answer(ticket, Err(e), fx);
+                }
+                self.start_memory = memory;
                 self.begin_start(Some(ticket), paused, now, fx);
             }
             Request::Stop { timeout, force } => {

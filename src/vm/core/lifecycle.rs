@@ -258,6 +258,7 @@ impl Core {
             resume: false,
             undo: Vec::new(),
             incoming,
+            memory: self.start_memory.take(),
         };
         if job.restarting {
             let persist = Self::persisted(&job);
@@ -292,6 +293,7 @@ impl Core {
                     .is_some_and(|j| j.kind == Operation::Accept);
                 self.last_spec = Some(info.spec.clone());
                 if let Some(run) = self.run.as_mut() {
+                    run.balloon = info.startup_balloon();
                     run.info = Some(info);
                 }
                 self.start_cancelled_by_stop = false;

@@ -147,6 +147,8 @@ pub struct Core {
     before_accept: Option<Before>,
     /// The mask of the running pin job.
     pending_mask: Option<String>,
+    /// The start-up memory a start request asked for, until its task takes it.
+    start_memory: Option<u64>,
     /// This QEMU is a source whose migration completed (or began postcopy): any exit of it is
     /// recorded as `migrated`, and it never runs here again.
     migrated_out: bool,
@@ -185,6 +187,7 @@ impl Core {
             postcopy: false,
             before_accept: None,
             pending_mask: None,
+            start_memory: None,
             migrated_out: false,
         };
         core.job = Some(core.new_job(now, Operation::Recovery, "reading the run dir"));
@@ -624,10 +627,25 @@ impl Core {
                 fx.push(Effect::Publish);
                 self.end_job(outcome, now, &mut fx);
             }
-            Input::GuestMemory { gen, memory } => {
+            Input::GuestMemory {
+                gen,
+                memory,
+                balloon_mib,
+            } => {
                 if let Some(run) = self.run.as_mut().filter(|r| r.gen == gen) {
                     if run.guest_memory.as_ref() != Some(&memory) {
                         run.guest_memory = Some(memory);
+                        fx.push(Effect::Publish);
+                    }
+                    // Start-up ballooning has no job: the tick follows the guest there.
+                    if let (Some(b), Some(actual)) = (
+                        run.balloon.as_mut().filter(|b| b.state == "startup"),
+                        balloon_mib,
+                    ) {
+                        b.actual_mib = actual;
+                        if actual.abs_diff(b.target_mib) * 100 <= b.target_mib {
+                            b.state = "reached".into();
+                        }
                         fx.push(Effect::Publish);
                     }
                 }

@@ -173,7 +173,7 @@ impl Core {
             shutdown: None,
             stop_requested: false,
             watched,
-            balloon: None,
+            balloon: info.as_ref().and_then(RunInfo::startup_balloon),
             guest_memory: None,
         });
         self.dir_exists = true;
@@ -301,6 +301,7 @@ impl Core {
                     resume: true,
                     undo: p.undo.clone(),
                     incoming: None,
+                    memory: None,
                 }));
             }
             Some(_) => {}

@@ -56,6 +56,8 @@ pub enum Request {
     Start {
         paused: bool,
         check: Option<ApiError>,
+        /// Start-up memory (MiB): the balloon's size when the guest boots.
+        memory: Option<u64>,
     },
     /// `timeout`: the grace for the guest (default: the node's stop timeout).
     Stop {
@@ -272,6 +274,19 @@ pub struct RunInfo {
     pub hardware: crate::api::Hardware,
     /// Devices plugged since the start.
     pub hotplugged: Vec<crate::model::hotplug::HotRecord>,
+    /// The balloon size (MiB) the start set before the guest ran (start-up ballooning).
+    pub startup_memory_mib: Option<u64>,
+}
+
+impl RunInfo {
+    /// The balloon as start-up ballooning left it: moving to its size as the guest boots.
+    pub fn startup_balloon(&self) -> Option<crate::api::BalloonInfo> {
+        self.startup_memory_mib.map(|mib| crate::api::BalloonInfo {
+            target_mib: mib,
+            actual_mib: self.spec.memory,
+            state: "startup".into(),
+        })
+    }
 }
 
 /// Work the actor runs off the actor, reporting back with inputs.
@@ -289,6 +304,8 @@ pub enum Task {
         undo: Vec<Undo>,
         /// A migration target: wait for the VM instead of booting it.
         incoming: Option<IncomingPlan>,
+        /// Start-up memory (MiB) asked for.
+        memory: Option<u64>,
     },
     /// Migrate the QEMU of `gen` to `uri` (the coordinator); with `recover`, only settle a
     /// migration a previous kvmd began (cancel it unless it completed or runs postcopy).
@@ -555,5 +572,7 @@ pub enum Input {
     GuestMemory {
         gen: u64,
         memory: crate::api::GuestMemory,
+        /// `query-balloon`'s size, MiB.
+        balloon_mib: Option<u64>,
     },
 }

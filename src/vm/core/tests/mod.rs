@@ -38,6 +38,7 @@ fn run_info(reboot_exits: bool) -> RunInfo {
         cpu_mask: "all".into(),
         hardware: Default::default(),
         hotplugged: Vec::new(),
+        startup_memory_mib: None,
     }
 }
 
@@ -135,6 +136,7 @@ fn start() -> Request {
     Request::Start {
         paused: false,
         check: None,
+        memory: None,
     }
 }
 
@@ -726,6 +728,7 @@ fn a_syntax_problem_refuses_the_start_before_any_job() {
     let (ticket, fx) = t.req(Request::Start {
         paused: false,
         check: Some(ApiError::new(ErrorCode::InvalidParameter, "bad cpu_mask")),
+        memory: None,
     });
     assert_eq!(refused(&fx, ticket), ErrorCode::InvalidParameter);
     assert!(t.core.job_id().is_none());
@@ -810,4 +813,30 @@ fn any_missed_deadline_marks_the_vm_unresponsive_at_once_and_an_answer_clears_it
         status: Ok(RunState::Running),
     });
     assert_eq!(t.core.state(), VmState::Running);
+}
+
+#[test]
+fn start_up_memory_outside_min_memory_to_memory_is_refused_naming_the_field() {
+    let mut s = spec();
+    s.memory = 256;
+    s.min_memory = 128;
+    let mut t = T::new_core(false, Some(s));
+    t.input(Input::Recovered(nothing()));
+    let (ticket, fx) = t.req(Request::Start {
+        paused: false,
+        check: None,
+        memory: Some(64),
+    });
+    assert_eq!(refused(&fx, ticket), ErrorCode::InvalidParameter);
+    assert!(t.core.job_id().is_none());
+    let (_, fx) = t.req(Request::Start {
+        paused: false,
+        check: None,
+        memory: Some(160),
+    });
+    let asked = fx.iter().find_map(|e| match e {
+        Effect::Spawn(Task::Start { memory, .. }) => Some(*memory),
+        _ => None,
+    });
+    assert_eq!(asked, Some(Some(160)), "the start task gets what was asked");
 }
