@@ -636,6 +636,21 @@ mod tests {
     }
 
     #[test]
+    fn hotplug_ports_default_to_eight_and_stop_at_one_slots_functions() {
+        let c = parse("[node]\n").unwrap();
+        assert_eq!(c.node.hotplug_ports, 8);
+        assert_eq!(
+            parse("[node]\nhotplug_ports = 0\n")
+                .unwrap()
+                .node
+                .hotplug_ports,
+            0
+        );
+        let errs = errors("[node]\nhotplug_ports = 9\n");
+        assert_eq!(errs[0].field, "node.hotplug_ports");
+    }
+
+    #[test]
     fn combination_rules_join_per_key_errors_but_never_judge_a_refused_key() {
         let fields = |hv: &str| -> Vec<(String, String)> {
             errors(&format!(

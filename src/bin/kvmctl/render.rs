@@ -194,6 +194,12 @@ pub fn vm_details(v: &VmInfo) {
         if let Some(d) = &h.display {
             println!("  display:      {}", e(d));
         }
+        if h.hotplug_ports > 0 {
+            println!(
+                "  hot-plug:     {} of {} spare pcie-root-ports free",
+                h.hotplug_ports_free, h.hotplug_ports
+            );
+        }
     }
     if let Some(g) = &v.guest_memory {
         println!(
