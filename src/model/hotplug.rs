@@ -90,10 +90,11 @@ pub fn free_port(ports: u8, taken: &[HotRecord]) -> Option<u8> {
     (0..ports).find(|p| !taken.iter().any(|r| r.port == Some(*p)))
 }
 
-/// The lowest free slot of PCI bus 0 a plug may take: above QEMU's own (host bridge, ISA
-/// bridge, VGA), below 32, not `used`.
-pub fn free_slot(used: &[u8]) -> Option<u8> {
-    (3..32u8).find(|s| !used.contains(s))
+/// The lowest free slot of PCI bus 0 a plug may take: from `reserved`
+/// (`kvm_pci_reservations`, the low slots left to QEMU's own devices; never below 3: host
+/// bridge, ISA bridge, VGA), below 32, not `used`.
+pub fn free_slot(used: &[u8], reserved: u8) -> Option<u8> {
+    (reserved.max(3)..32u8).find(|s| !used.contains(s))
 }
 
 #[cfg(test)]
@@ -134,7 +135,9 @@ mod tests {
             None
         );
         assert_eq!(free_port(0, &[]), None);
-        assert_eq!(free_slot(&[0, 1, 2, 3, 4]), Some(5));
-        assert_eq!(free_slot(&(0..32).collect::<Vec<u8>>()), None);
+        assert_eq!(free_slot(&[0, 1, 2, 3, 4], 0), Some(5));
+        assert_eq!(free_slot(&[0, 1, 2, 12], 12), Some(13));
+        assert_eq!(free_slot(&[], 32), None);
+        assert_eq!(free_slot(&(0..32).collect::<Vec<u8>>(), 3), None);
     }
 }

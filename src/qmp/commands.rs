@@ -187,6 +187,12 @@ impl Qmp {
         reply("query-named-block-nodes", wire::decode_node_names(v))
     }
 
+    /// `query-commands`: the names of the QMP commands this QEMU has.
+    pub async fn query_commands(&self) -> Result<Vec<String>, QmpError> {
+        let v = self.call("query-commands", None, None).await?;
+        reply("query-commands", wire::decode_names(v))
+    }
+
     /// `netdev_add` of QEMU's user networking.
     pub async fn netdev_add_user(&self, id: &str) -> Result<(), QmpError> {
         let args = serde_json::json!({ "type": "user", "id": id });

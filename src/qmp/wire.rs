@@ -320,6 +320,17 @@ pub fn decode_pci_devices(v: Value) -> Result<Vec<PciDevice>, String> {
     Ok(out)
 }
 
+/// The `name`s of a list of objects (`query-commands`).
+pub fn decode_names(v: Value) -> Result<Vec<String>, String> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| clip(&format!("not a list: {v}")))?;
+    Ok(items
+        .iter()
+        .filter_map(|n| n.get("name").and_then(Value::as_str).map(String::from))
+        .collect())
+}
+
 /// The `node-name`s of `query-named-block-nodes`.
 pub fn decode_node_names(v: Value) -> Result<Vec<String>, String> {
     let nodes = v

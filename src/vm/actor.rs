@@ -844,7 +844,12 @@ impl VmActor {
             instance: self.name.clone(),
             index: spec.map_or(0, |s| s.nics.len()) + plugged,
             node: self.node.clone(),
-            vnet_hdr: hv.is_none_or(|h| h.bool(crate::model::hvparams::key::VNET_HDR)),
+            vnet_hdr: hv
+                .as_ref()
+                .is_none_or(|h| h.bool(crate::model::hvparams::key::VNET_HDR)),
+            pci_reservations: hv.as_ref().map_or(12, |h| {
+                u8::try_from(h.int(crate::model::hvparams::key::KVM_PCI_RESERVATIONS)).unwrap_or(32)
+            }),
         }
     }
 

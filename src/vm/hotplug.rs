@@ -51,6 +51,8 @@ pub(super) struct NicEnv {
     pub index: usize,
     pub node: Arc<NodeConfig>,
     pub vnet_hdr: bool,
+    /// `kvm_pci_reservations`: the low slots of `pci.0` left to QEMU's own devices.
+    pub pci_reservations: u8,
 }
 
 fn nic_spec(mac: &str, mode: NicMode, link: &str) -> NicSpec {
@@ -145,9 +147,38 @@ async fn hold(point: &str) {
     }
 }
 
+/// Can this QEMU plug `device` at all? (Ganeti's `HotplugSupported`: the QMP commands.)
+async fn supported(qmp: &Qmp, device: &HotDevice) -> Result<(), ApiError> {
+    let have = qmp.query_commands().await.map_err(qmp_err)?;
+    let backend = match device {
+        HotDevice::Disk { .. } => "blockdev-add",
+        HotDevice::Nic { .. } => "netdev_add",
+    };
+    let missing: Vec<&str> = ["device_add", "device_del", "query-pci", backend]
+        .into_iter()
+        .filter(|c| !have.iter().any(|h| h == c))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "this QEMU cannot hot-plug a {}: it lacks the QMP commands {missing:?}",
+                device.kind()
+            ),
+        ))
+    }
+}
+
 /// Where a device goes: behind its spare root port (q35), or at the lowest free slot of
-/// `pci.0` (pc; QEMU's own devices are asked for with `query-pci`). Its `bus`/`addr`.
-async fn placement(qmp: &Qmp, rec: &mut HotRecord) -> Result<serde_json::Value, ApiError> {
+/// `pci.0` from `kvm_pci_reservations` up, as Ganeti allocates (pc; QEMU's own devices are
+/// asked for with `query-pci`). Its `bus`/`addr`.
+async fn placement(
+    qmp: &Qmp,
+    rec: &mut HotRecord,
+    reserved: u8,
+) -> Result<serde_json::Value, ApiError> {
     if let Some(port) = rec.port {
         return Ok(serde_json::json!({ "bus": hotplug_port_id(port) }));
     }
@@ -159,11 +190,11 @@ async fn placement(qmp: &Qmp, rec: &mut HotRecord) -> Result<serde_json::Value, 
         .filter(|d| d.bus.is_empty())
         .map(|d| d.slot)
         .collect();
-    let slot = free_slot(&used).ok_or_else(|| {
+    let slot = free_slot(&used, reserved).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Busy,
             format!(
-                "no free PCI slot on pci.0 ({} of 32 taken); unplug a device first",
+                "no free PCI slot on pci.0 from kvm_pci_reservations ({reserved}) to 31 ({} of 32 taken); unplug a device first",
                 used.len()
             ),
         )
@@ -192,9 +223,10 @@ pub(super) async fn add(
     env: &NicEnv,
     journal: &Journal,
 ) -> Result<HotRecord, ApiError> {
+    supported(qmp, &intent.device).await?;
     journal.write(&intent).await?;
     let mut rec = intent;
-    let place = placement(qmp, &mut rec).await?;
+    let place = placement(qmp, &mut rec, env.pci_reservations).await?;
     let id = rec.id.clone();
     let node = backend(&id);
     let (driver, link_props) = match &rec.device {
@@ -485,6 +517,7 @@ mod tests {
             index: 0,
             node: Arc::new(NodeConfig::defaults()),
             vnet_hdr: false,
+            pci_reservations: 12,
         };
         let t0 = std::time::Instant::now();
         let e = del(&qmp, rx, &record, &env).await.unwrap_err();
