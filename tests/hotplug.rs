@@ -313,6 +313,25 @@ fn q35_plugs_go_behind_spare_root_ports_until_they_run_out() {
         0,
         "removed at once: {v}"
     );
+    // Plugged while the guest is stopped, unplugged the moment it runs again: the unplug
+    // waits until the guest has taken the NIC, then the NIC goes.
+    d.call(kvmd::api::ApiRequest::Pause { name: name("q") })
+        .unwrap();
+    let v = json(&d.kvmctl(&["--json", "hotplug", "add", "q", "nic"]));
+    assert_eq!(v["ok"], true, "{v}");
+    d.call(kvmd::api::ApiRequest::Resume { name: name("q") })
+        .unwrap();
+    let v = json(&d.kvmctl(&["--json", "hotplug", "del", "q", "hotnic0"]));
+    assert_eq!(v["ok"], true, "{v}");
+    let nics = &v["result"]["hotplugged"]["hardware"]["nics"];
+    assert_eq!(
+        nics.as_array().unwrap().len(),
+        0,
+        "removed, not pending: {v}"
+    );
+    for l in d.log().lines().filter(|l| l.contains("take the device")) {
+        eprintln!("{l}");
+    }
     wait_for(
         "the guest saw the NIC come and go",
         Duration::from_secs(20),
