@@ -188,7 +188,7 @@ fn bad_requests_still_name_every_field_and_every_reply_names_its_kind() {
     assert_eq!(fields, ["name", "turbo"]);
     assert_eq!(
         v["error"]["fields"][1]["allowed"],
-        json!(["name", "paused", "wait"])
+        json!(["name", "paused", "memory", "wait"])
     );
 
     let v = raw(
