@@ -202,6 +202,24 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
         balloon_stats_interval: o
             .int("balloon_stats_interval_s", 0, 3600, errs)
             .unwrap_or(d.balloon_stats_interval),
+        metrics: o
+            .string("metrics", errs)
+            .filter(|s| !s.is_empty())
+            .and_then(|s| {
+                crate::model::spec::MetricsListen::parse(&s)
+                    .map_err(|rule| {
+                        errs.push(FieldError::new("node.metrics", format!("{s:?}"), rule))
+                    })
+                    .ok()
+            }),
+        metrics_interval: o
+            .duration(
+                "metrics_interval_ms",
+                (500, 3_600_000),
+                Duration::from_millis,
+                errs,
+            )
+            .unwrap_or(d.metrics_interval),
         hotplug_ports: o
             .int(
                 "hotplug_ports",

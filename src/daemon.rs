@@ -46,6 +46,12 @@ pub enum DaemonError {
     System(#[source] std::io::Error),
     #[error("Cannot set up the event bus")]
     Events(#[source] EventsError),
+    #[error("Cannot serve metrics on {listen}")]
+    Metrics {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -158,9 +164,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         max_connections_per_peer: node.max_connections_per_peer,
     };
     let bus_for_actors = bus.clone();
+    let node_socket = node.socket.clone();
     let ids_for_actors = ids.clone();
     let bind_result = system.block_on(async move {
-        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|source| {
+            DaemonError::Socket {
+                path: node_socket.clone(),
+                source,
+            }
+        })?;
         let bus = bus_for_actors;
         bus.publish(
             None,
@@ -168,7 +180,22 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             }),
         );
+        let metrics = match &config.node.metrics {
+            Some(listen) => Some((
+                crate::control::metrics_http::bind(listen)
+                    .await
+                    .map_err(|source| DaemonError::Metrics {
+                        listen: listen.to_string(),
+                        source,
+                    })?,
+                listen.clone(),
+            )),
+            None => None,
+        };
         let sup = SupervisorHandle::start(config, store_for_actors, bus.clone(), ids_for_actors);
+        if let Some((listener, listen)) = metrics {
+            actix::spawn(crate::control::metrics_http::serve(listener, listen));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         actix::spawn(control::serve(listener, sup.clone(), limits, stop_rx));
         actix::spawn(async move {
@@ -194,12 +221,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 }
             }
         });
-        Ok::<_, std::io::Error>(())
+        Ok::<_, DaemonError>(())
     });
-    bind_result.map_err(|source| DaemonError::Socket {
-        path: node.socket.clone(),
-        source,
-    })?;
+    bind_result?;
     info!(socket = %node.socket.display(), run_dir = %node.run_dir.display(), "kvmd listening");
     let result = system.run().map_err(DaemonError::System);
     // Let queued file writes (exit records) land before the process ends.

@@ -134,6 +134,7 @@ impl EventBus {
 
     /// Publish one event; returns its sequence number. Never waits for subscribers.
     pub fn publish(&self, instance: Option<InstanceName>, kind: EventKind) -> u64 {
+        crate::metrics::stats().event_published();
         let seq = {
             let mut ring = self.lock();
             let seq = ring.next_seq;
@@ -228,6 +229,7 @@ impl Subscription {
                 from: self.next,
                 to: oldest - 1,
             };
+            crate::metrics::stats().events_dropped(oldest - self.next);
             self.next = oldest;
             return Some(gap);
         }

@@ -34,6 +34,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod host;
+pub mod metrics;
 pub mod migration;
 pub mod model;
 pub mod qemu;

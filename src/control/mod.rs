@@ -5,5 +5,6 @@
 
 pub mod client;
 pub mod console;
+pub mod metrics_http;
 pub mod protocol;
 pub mod server;

@@ -378,6 +378,7 @@ impl Connection {
                 return;
             }
             let tracked = self.requests.enter();
+            let kind = req.as_ref().map_or("invalid", protocol::request_name);
             let result = match req {
                 Ok(req) => {
                     debug!(?req, "request");
@@ -388,6 +389,10 @@ impl Connection {
             if let Err(e) = &result {
                 info!(code = e.code.as_str(), error = %escape(&e.message), "request failed");
             }
+            crate::metrics::stats().request(
+                kind,
+                result.as_ref().map_or_else(|e| e.code.as_str(), |_| "ok"),
+            );
             let wrote = write.write_all(&protocol::encode_reply(&id, &result)).await;
             drop(tracked);
             if wrote.is_err() {

@@ -23,6 +23,8 @@ pub mod node;
 pub mod probe;
 /// QEMU as an OS process: spawn, identify, wait, signal.
 pub mod process;
+/// CPU, memory and traffic counters of a QEMU, for the metrics.
+pub mod procstat;
 /// Raw syscalls: the only `unsafe`.
 pub mod sys;
 /// Ganeti's uid pool for `security_model = pool`.

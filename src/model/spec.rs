@@ -82,6 +82,10 @@ pub struct NodeConfig {
     /// The guest's balloon driver reports memory statistics this often (seconds; 0: never);
     /// `info` shows them.
     pub balloon_stats_interval: u64,
+    /// Where the Prometheus metrics are served (`None`: nowhere).
+    pub metrics: Option<MetricsListen>,
+    /// How often each VM's metrics sample is taken (one QMP round and a few `/proc` reads).
+    pub metrics_interval: Duration,
     /// Spare pcie-root-ports each q35 VM gets at start, one per device it may hot-plug
     /// (0..=8; pc machines take plugged devices on `pci.0` and need none).
     pub hotplug_ports: u8,
@@ -132,11 +136,48 @@ impl NodeConfig {
             migration_abort_after_stall: Duration::from_secs(30),
             balloon_stats_interval: 10,
             hotplug_ports: 8,
+            metrics: None,
+            metrics_interval: Duration::from_secs(5),
             serial_log_max_bytes: 1 << 20,
             serial_log_keep_bytes: 256 << 10,
             max_connections: 256,
             max_connections_per_peer: 32,
             event_history: 4096,
+        }
+    }
+}
+
+/// The metrics listener: a TCP address (loopback unless an address is given) or a Unix
+/// socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl MetricsListen {
+    /// `PORT` (on 127.0.0.1), `IP:PORT`, `[IPv6]:PORT`, or an absolute socket path.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.starts_with('/') {
+            return Ok(Self::Unix(PathBuf::from(s)));
+        }
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(Self::Tcp(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                port,
+            ))));
+        }
+        s.parse().map(Self::Tcp).map_err(|_| {
+            "must be PORT (on 127.0.0.1), IP:PORT, [IPv6]:PORT or an absolute Unix socket path"
+        })
+    }
+}
+
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "http://{a}/metrics"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
 }

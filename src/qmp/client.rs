@@ -249,6 +249,11 @@ impl Qmp {
             }
         }
         shared.pending.lock().expect("pending lock").remove(&id);
+        crate::metrics::stats().qmp_command(
+            command,
+            started.elapsed().as_secs_f64(),
+            result.is_err(),
+        );
         match result {
             Ok(r) => r.map_err(|e| match e {
                 QmpError::Command { class, desc, .. } => QmpError::Command {

@@ -64,9 +64,8 @@ impl Qmp {
         .map(drop)
     }
 
-    /// The guest's last memory statistics: (total, free, available) bytes and when the guest
-    /// sent them (seconds since the epoch; 0: never).
-    pub async fn guest_stats(&self) -> Result<(u64, u64, u64, u64), QmpError> {
+    /// The guest's last memory statistics (its balloon driver's).
+    pub async fn guest_stats(&self) -> Result<super::GuestStats, QmpError> {
         let v = self
             .call(
                 "qom-get",
@@ -75,6 +74,12 @@ impl Qmp {
             )
             .await?;
         reply("qom-get guest-stats", wire::decode_guest_stats(v))
+    }
+
+    /// `query-blockstats`: every block device's I/O counters.
+    pub async fn query_blockstats(&self) -> Result<Vec<super::BlockStats>, QmpError> {
+        let v = self.call("query-blockstats", None, None).await?;
+        reply("query-blockstats", wire::decode_blockstats(v))
     }
 
     /// `query-balloon`: the guest's memory as the balloon sees it, in bytes.

@@ -23,8 +23,8 @@ mod wire;
 pub use client::{ConnectOptions, Qmp, NOTICE_CAPACITY};
 pub use events::{Notice, QmpEvent};
 pub use types::{
-    CpuThread, Display, MachineInfo, MigrationInfo, MigrationParams, MigrationRam, MigrationStatus,
-    PciDevice, QemuVersion, RunState, Status,
+    BlockStats, CpuThread, Display, GuestStats, MachineInfo, MigrationInfo, MigrationParams,
+    MigrationRam, MigrationStatus, PciDevice, QemuVersion, RunState, Status,
 };
 
 /// What QEMU says about itself in the greeting (the same shape as `query-version`).

@@ -110,6 +110,38 @@ pub struct CpuThread {
     pub thread_id: u32,
 }
 
+/// The guest's memory statistics from its balloon driver (`guest-stats`), bytes and counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestStats {
+    pub total: u64,
+    /// Memory the guest does not use at all.
+    pub free: u64,
+    /// What the guest could use without swapping (its `MemAvailable`).
+    pub available: u64,
+    /// Its page cache.
+    pub disk_caches: u64,
+    pub major_faults: u64,
+    pub minor_faults: u64,
+    pub swap_in: u64,
+    pub swap_out: u64,
+    /// When the guest sent them (seconds since the epoch; 0: never).
+    pub last_update: u64,
+}
+
+/// One block device's counters, from `query-blockstats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Its device id (`qdev`, the last part of its QOM path), else its node name.
+    pub id: String,
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_ops: u64,
+    pub wr_ops: u64,
+    pub flush_ops: u64,
+    pub rd_time_ns: u64,
+    pub wr_time_ns: u64,
+}
+
 /// One PCI device, from `query-pci`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PciDevice {

@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 
 use super::events::QmpEvent;
 use super::types::{
-    CpuThread, Display, MachineInfo, MigrationInfo, MigrationParams, MigrationRam, MigrationStatus,
-    PciDevice, QemuVersion, RunState, Status,
+    BlockStats, CpuThread, Display, GuestStats, MachineInfo, MigrationInfo, MigrationParams,
+    MigrationRam, MigrationStatus, PciDevice, QemuVersion, RunState, Status,
 };
 use super::QmpError;
 use crate::model::text::{escape_bytes_clipped, escape_clipped};
@@ -351,17 +351,58 @@ pub fn args_qom_get(path: &str, property: &str) -> Option<Value> {
 }
 
 /// The balloon's `guest-stats` (bytes; `last-update` in seconds since the epoch).
-pub fn decode_guest_stats(v: Value) -> Result<(u64, u64, u64, u64), String> {
+pub fn decode_guest_stats(v: Value) -> Result<GuestStats, String> {
     let stats = v
         .get("stats")
         .ok_or_else(|| clip(&format!("no stats in {v}")))?;
+    // A statistic the guest does not report is -1: 0 here.
     let n = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Ok((
-        n("stat-total-memory"),
-        n("stat-free-memory"),
-        n("stat-available-memory"),
-        v.get("last-update").and_then(Value::as_u64).unwrap_or(0),
-    ))
+    Ok(GuestStats {
+        total: n("stat-total-memory"),
+        free: n("stat-free-memory"),
+        available: n("stat-available-memory"),
+        disk_caches: n("stat-disk-caches"),
+        major_faults: n("stat-major-faults"),
+        minor_faults: n("stat-minor-faults"),
+        swap_in: n("stat-swap-in"),
+        swap_out: n("stat-swap-out"),
+        last_update: v.get("last-update").and_then(Value::as_u64).unwrap_or(0),
+    })
+}
+
+/// `query-blockstats`: the counters of each device with an id (`-device ...,id=`: under
+/// `/machine/peripheral/`); QEMU's own empty drives are skipped.
+pub fn decode_blockstats(v: Value) -> Result<Vec<BlockStats>, String> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| clip(&format!("not a list: {v}")))?;
+    Ok(list
+        .iter()
+        .filter_map(|d| {
+            let qdev = d.get("qdev").and_then(Value::as_str)?;
+            let id = match qdev.strip_prefix("/machine/peripheral/") {
+                Some(rest) => rest.split('/').next()?,
+                None if !qdev.contains('/') => qdev,
+                None => return None,
+            };
+            if id.is_empty() {
+                return None;
+            }
+            let id = id.to_string();
+            let s = d.get("stats")?;
+            let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
+            Some(BlockStats {
+                id,
+                rd_bytes: n("rd_bytes"),
+                wr_bytes: n("wr_bytes"),
+                rd_ops: n("rd_operations"),
+                wr_ops: n("wr_operations"),
+                flush_ops: n("flush_operations"),
+                rd_time_ns: n("rd_total_time_ns"),
+                wr_time_ns: n("wr_total_time_ns"),
+            })
+        })
+        .collect())
 }
 
 pub fn args_balloon(bytes: u64) -> Option<Value> {

@@ -505,3 +505,29 @@ fn block_node_names_are_read() {
     );
     assert!(decode_node_names(json!(null)).is_err());
 }
+
+#[test]
+fn blockstats_of_our_devices_only_named_by_their_ids() {
+    let v = json!([
+        {"device": "", "qdev": "/machine/peripheral/disk0/virtio-backend", "node-name": "disk0",
+         "stats": {"rd_bytes": 4096, "wr_bytes": 512, "rd_operations": 2, "wr_operations": 1,
+                   "flush_operations": 1, "rd_total_time_ns": 1000, "wr_total_time_ns": 2000}},
+        {"device": "", "qdev": "/machine/unattached/device[18]", "stats": {"rd_bytes": 54}},
+        {"device": "sd0", "stats": {}}
+    ]);
+    let d = decode_blockstats(v).unwrap();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        d[0],
+        BlockStats {
+            id: "disk0".into(),
+            rd_bytes: 4096,
+            wr_bytes: 512,
+            rd_ops: 2,
+            wr_ops: 1,
+            flush_ops: 1,
+            rd_time_ns: 1000,
+            wr_time_ns: 2000,
+        }
+    );
+}

@@ -169,6 +169,7 @@ impl Supervisor {
             .collect();
         for name in dead {
             warn!(%name, "VM actor died; rebuilding it from runtime state");
+            crate::metrics::stats().actor_restarted();
             self.spawn_vm(name, false, ctx);
         }
     }

@@ -37,7 +37,7 @@ use crate::vm::core::{
 
 use super::messages::{JobIds, VmAnswer, VmAsk, VmNotice, VmReply};
 use super::report::{Internal, Reporter};
-use super::{migrate, recover, start, stop, undo, watch as watching};
+use super::{migrate, recover, sample, start, stop, undo, watch as watching};
 use crate::api::{MigrationReport, MigrationSummary};
 use crate::migration::coordinator::{self, Coordinator, Ended, GetProgress, Summary};
 
@@ -120,6 +120,9 @@ pub struct VmActor {
     next_ticket: Ticket,
     controls: HashMap<JobId, mpsc::UnboundedSender<TaskControl>>,
     health_in_flight: bool,
+    sample_in_flight: bool,
+    /// The vCPU threads of generation `.0` (for the metrics' schedstat reads).
+    vcpu_threads: Option<(u64, Vec<crate::qmp::CpuThread>)>,
     published: Option<VmInfo>,
     span: tracing::Span,
     /// Where QMP notices are teed for the running migration.
@@ -174,6 +177,8 @@ impl VmActor {
             next_ticket: 0,
             controls: HashMap::new(),
             health_in_flight: false,
+            sample_in_flight: false,
+            vcpu_threads: None,
             published: None,
             tap: Arc::default(),
             outgoing: None,
@@ -387,6 +392,13 @@ impl VmActor {
 
     fn publish(&mut self) {
         let info = self.core.info();
+        if self.published.as_ref().map(|p| p.state) != Some(info.state) {
+            crate::metrics::set_state(
+                self.name.as_str(),
+                info.state.as_str(),
+                info.state == crate::model::state::VmState::Unresponsive,
+            );
+        }
         if self.published.as_ref() != Some(&info) {
             self.published = Some(info.clone());
             self.supervisor.do_send(VmNotify(VmNotice::Updated(info)));
@@ -724,6 +736,48 @@ impl VmActor {
         self.feed(Input::QmpUp { gen, conn }, ctx);
     }
 
+    /// The metrics sample: one QMP round and a few `/proc` reads, off the actor; skipped while
+    /// the last one is still out.
+    fn sample(&mut self, ctx: &mut Context<Self>) {
+        if self.sample_in_flight {
+            return;
+        }
+        self.sample_in_flight = true;
+        let gen = self.res.gen;
+        let migration = self
+            .outgoing
+            .as_ref()
+            .map(|o| crate::metrics::MigrationSample {
+                transferred_bytes: o.last.transferred,
+                remaining_bytes: o.last.remaining,
+                pass: o.last.pass,
+                dirty_pages_rate: o.last.dirty_pages_rate,
+            });
+        let c = sample::SampleCtx {
+            info: self.core.info(),
+            qmp: self.res.qmp.clone().filter(|q| !q.is_closed()),
+            guest_stats: self.node.balloon_stats_interval > 0,
+            vcpus: self
+                .vcpu_threads
+                .as_ref()
+                .filter(|(g, _)| *g == gen)
+                .map(|(_, t)| t.clone()),
+            migration,
+        };
+        ctx.spawn(
+            sample::take(c)
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(move |(s, threads), act, _| {
+                    act.sample_in_flight = false;
+                    if let Some(t) = threads.filter(|t| !t.is_empty()) {
+                        act.vcpu_threads = Some((gen, t));
+                    }
+                    crate::metrics::put_sample(s);
+                }),
+        );
+    }
+
     fn health(&mut self, ctx: &mut Context<Self>) {
         if self.health_in_flight {
             return;
@@ -977,6 +1031,16 @@ impl VmActor {
 
 fn log_job_end(span: &tracing::Span, job: &JobInfo) {
     use crate::api::JobOutcome;
+    let result = match &job.outcome {
+        Some(JobOutcome::Failed(_)) => "failed",
+        Some(JobOutcome::Cancelled { .. }) => "cancelled",
+        _ => "succeeded",
+    };
+    #[allow(clippy::cast_precision_loss)] // milliseconds far below 2^53
+    let seconds = job.ended_at_ms.map_or(0.0, |end| {
+        end.saturating_sub(job.started_at_ms) as f64 / 1000.0
+    });
+    crate::metrics::stats().job_ended(&job.kind.to_string(), result, seconds);
     match &job.outcome {
         Some(JobOutcome::Failed(e)) => {
             warn!(parent: span, job = %job.id, kind = %job.kind, error = %crate::model::text::escape(&e.message), "job failed")
@@ -1014,10 +1078,15 @@ impl Actor for VmActor {
         self.publish();
         self.recover(ctx);
         ctx.run_interval(self.node.health_interval, |act, ctx| act.health(ctx));
+        ctx.run_interval(self.node.metrics_interval, |act, ctx| act.sample(ctx));
         ctx.run_interval(Duration::from_secs(1), |act, _| act.rotate_serial_log());
         ctx.run_interval(Duration::from_millis(500), |act, ctx| {
             act.migration_progress(ctx)
         });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        crate::metrics::forget(self.name.as_str());
     }
 }
 

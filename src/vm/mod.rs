@@ -20,6 +20,7 @@ mod observe;
 mod pin;
 mod recover;
 mod report;
+mod sample;
 mod start;
 mod stop;
 mod undo;

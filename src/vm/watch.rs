@@ -131,7 +131,8 @@ pub(super) async fn health(h: HealthCtx) {
     h.report.input(Input::Health { gen: h.gen, status });
     if ok && h.guest_stats {
         // Statistics the guest has not sent yet have `last-update` 0: nothing to show.
-        if let Ok((total, free, available, at)) = qmp.guest_stats().await {
+        if let Ok(g) = qmp.guest_stats().await {
+            let (total, free, available, at) = (g.total, g.free, g.available, g.last_update);
             if at > 0 && total > 0 {
                 const MIB: u64 = 1 << 20;
                 let balloon_mib = qmp.query_balloon().await.ok().map(|b| b / MIB);

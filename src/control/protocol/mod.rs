@@ -134,6 +134,11 @@ pub fn encode_request(id: u64, req: &ApiRequest) -> Vec<u8> {
     line(&Value::Object(fields))
 }
 
+/// A request's name on the wire (`start`, `info`, ...).
+pub fn request_name(req: &ApiRequest) -> &'static str {
+    requests::to_wire(req).0
+}
+
 /// One compact JSON line.
 fn line(v: &Value) -> Vec<u8> {
     let mut out = serde_json::to_vec(v).expect("JSON values serialize");
