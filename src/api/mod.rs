@@ -157,6 +157,10 @@ pub enum ApiRequest {
     ConsoleInfo {
         name: InstanceName,
     },
+    /// Each VM's newest metrics sample (one instance, or all): what `kvmctl top` shows.
+    Stats {
+        name: Option<InstanceName>,
+    },
     /// The node's memory, CPUs, hypervisor version (Ganeti's `GetNodeInfo`).
     NodeInfo,
     /// The node's checks (Ganeti's `Verify`).
@@ -165,6 +169,31 @@ pub enum ApiRequest {
     NodePowercycle {
         yes: bool,
     },
+}
+
+/// One VM's newest metrics sample, summed over its vCPUs, disks and NICs (`stats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmStats {
+    pub name: String,
+    pub state: String,
+    /// When the sample was taken (ms since the epoch; 0: none yet, only the state).
+    pub sampled_at_ms: u64,
+    /// QEMU's CPU time (user + system), ms.
+    pub cpu_ms: u64,
+    /// The vCPU threads' run time, ms.
+    pub vcpu_ms: u64,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub rss_bytes: u64,
+    pub balloon_bytes: Option<u64>,
+    pub guest_available_bytes: Option<u64>,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+    pub block_read_ops: u64,
+    pub block_write_ops: u64,
+    /// What the guest received and sent on its tap NICs.
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
 }
 
 /// `node-info`.
@@ -534,6 +563,7 @@ pub enum ApiReply {
     ConsoleInfo(ConsoleInfo),
     NodeInfo(Box<NodeInfo>),
     NodeVerified(Vec<NodeFinding>),
+    Stats(Vec<VmStats>),
     /// `node-powercycle`: what it does (without `yes`, what it would do: an error instead).
     Powercycling {
         steps: Vec<String>,

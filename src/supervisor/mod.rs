@@ -13,6 +13,7 @@ mod handle;
 mod jobs;
 mod node;
 mod reply;
+mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -523,6 +524,21 @@ impl Supervisor {
                 let paths = crate::model::layout::RunPaths::new(&self.node.run_dir, &name);
                 let socket = self.node.socket.clone();
                 blocking(move || node::console_info(&name, &paths, &socket))
+            }
+            ApiRequest::Stats { name } => {
+                if let Some(n) = name.as_ref().filter(|n| !self.vms.contains_key(*n)) {
+                    return ready(Err(ApiError::not_found(n)));
+                }
+                let stats = crate::metrics::samples()
+                    .iter()
+                    .filter(|s| name.as_ref().is_none_or(|n| n.as_str() == s.name))
+                    .filter(|s| {
+                        crate::model::name::InstanceName::parse(&s.name)
+                            .is_ok_and(|n| self.vms.contains_key(&n))
+                    })
+                    .map(stats::summary)
+                    .collect();
+                ready(Ok(ApiReply::Stats(stats)))
             }
             ApiRequest::NodeInfo => {
                 let running: Vec<&VmInfo> = self

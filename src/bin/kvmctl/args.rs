@@ -275,6 +275,18 @@ pub enum Cmd {
     /// waits until the guest got there (reached), stopped moving (stalled) or the deadline
     /// (timeout). Exit status 1 unless reached.
     Balloon { name: String, mib: u64 },
+    /// A live table of the VMs: state, CPU %, memory, block and network rates (from kvmd's
+    /// background samples). With --json: one sample of every VM's counters.
+    Top {
+        /// Only this instance.
+        name: Option<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Attach this terminal to an instance's serial console (Ctrl-] detaches; every other key
     /// goes to the guest). Several may watch; one types.
     Console {

@@ -12,6 +12,7 @@ mod args;
 mod console;
 mod migrate;
 mod render;
+mod top;
 mod validate;
 mod wait;
 
@@ -32,9 +33,9 @@ use args::{Args, Cmd};
 use render::{e, json_line, json_pretty};
 
 /// Success.
-const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// kvmd refused the request, or the job failed or was cancelled.
-const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_FAILED: u8 = 1;
 /// A bad command line.
 const EXIT_USAGE: u8 = 2;
 /// kvmd could not be reached or would not serve this client (socket permissions, a refused
@@ -389,6 +390,22 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
         Cmd::MigrateCancel { name: n } => ApiRequest::MigrateCancel {
             name: name("name", n)?,
         },
+        Cmd::Top {
+            name: n,
+            interval,
+            count,
+        } => {
+            let n = n.as_deref().map(|n| name("name", n)).transpose()?;
+            if !ctx.json {
+                return top::run(
+                    &ctx.socket,
+                    n,
+                    std::time::Duration::from_secs(*interval),
+                    *count,
+                );
+            }
+            ApiRequest::Stats { name: n }
+        }
         Cmd::Console {
             name: n,
             read_only,

@@ -414,6 +414,10 @@ pub fn gap_line(from: u64, to: u64) -> String {
 
 pub fn print_reply(r: &ApiReply, socket: &Path) {
     match r {
+        ApiReply::Stats(s) => print!(
+            "{}",
+            crate::top::table(s, &std::collections::HashMap::new())
+        ),
         ApiReply::Pong { version } => println!(
             "kvmd {} answers on {}",
             e(version),

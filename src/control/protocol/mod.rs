@@ -83,6 +83,7 @@ pub const REPLY_KINDS: &[&str] = &[
     "console-info",
     "node-info",
     "node-verified",
+    "stats",
     "powercycling",
 ];
 
@@ -174,6 +175,7 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::Console { .. } => "console",
         ApiReply::ConsoleInfo(_) => "console-info",
         ApiReply::NodeInfo(_) => "node-info",
+        ApiReply::Stats(_) => "stats",
         ApiReply::NodeVerified(_) => "node-verified",
         ApiReply::Powercycling { .. } => "powercycling",
     }
@@ -232,6 +234,9 @@ fn reply_result(r: &ApiReply) -> Value {
             "host": c.host, "port": c.port, "password_file": c.password_file,
         }),
         ApiReply::NodeInfo(n) => json!({"node": values::node_to_json(n)}),
+        ApiReply::Stats(s) => {
+            json!({"stats": s.iter().map(values::stats_to_json).collect::<Vec<_>>()})
+        }
         ApiReply::NodeVerified(v) => json!({"findings": v.iter().map(|f| json!({
             "severity": f.severity, "check": f.check, "detail": f.detail,
         })).collect::<Vec<_>>()}),
@@ -397,6 +402,12 @@ fn decode_result(kind: &str, r: &Value) -> Result<ApiReply, ProtocolError> {
             password_file: o.opt_str("password_file")?.map(String::from),
         }),
         "node-info" => ApiReply::NodeInfo(Box::new(values::node_from_json(o.get("node")?)?)),
+        "stats" => ApiReply::Stats(
+            o.array("stats")?
+                .iter()
+                .map(values::stats_from_json)
+                .collect::<Result<_, _>>()?,
+        ),
         "node-verified" => ApiReply::NodeVerified(
             o.array("findings")?
                 .iter()

@@ -684,6 +684,21 @@ pub static REQUESTS: &[RequestSpec] = &[
         },
     },
     RequestSpec {
+        name: "stats",
+        doc: "Each VM's newest metrics sample (taken every node.metrics_interval_ms in the background: CPU, memory, block and network counters), summed per VM; what kvmctl top shows. Never waits on a VM.",
+        fields: &[field(
+            "name",
+            FieldType::Name,
+            FieldDefault::Absent("all instances"),
+            "The instance.",
+        )],
+        build: |a| {
+            Some(ApiRequest::Stats {
+                name: a.opt_name("name")?,
+            })
+        },
+    },
+    RequestSpec {
         name: "node-info",
         doc: "This node: memory (total, free, used by instances, by the node itself), CPUs and their topology, the accelerator, the QEMU binary and its version, the files a cluster keeps alike on every node.",
         fields: &[],
@@ -1100,6 +1115,12 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
             "console-info"
         }
         ApiRequest::NodeInfo => "node-info",
+        ApiRequest::Stats { name } => {
+            if let Some(n) = name {
+                put("name", json!(n.as_str()));
+            }
+            "stats"
+        }
         ApiRequest::NodeVerify => "node-verify",
         ApiRequest::NodePowercycle { yes } => {
             put("yes", json!(yes));

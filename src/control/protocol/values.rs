@@ -11,7 +11,7 @@ use super::ProtocolError;
 use crate::api::{
     ApiError, DaemonEvent, DiskInfo, ErrorCode, Event, EventKind, Hardware, JobInfo, JobOutcome,
     JobState, JobSummary, MigrationReport, MigrationSummary, NicInfo, NodeInfo, Progress,
-    QemuEvent, StopResult, VmInfo,
+    QemuEvent, StopResult, VmInfo, VmStats,
 };
 use crate::model::exit::{ExitKind, ExitRecord};
 use crate::model::field_error::FieldError;
@@ -597,6 +597,42 @@ pub fn job_from_json(v: &Value) -> Result<JobInfo, ProtocolError> {
         ended_at_ms: o.opt_u64("ended_at_ms")?,
         resumed: o.bool("resumed")?,
         outcome: o.opt("outcome").map(outcome_from_json).transpose()?,
+    })
+}
+
+// ---- stats ----
+
+pub fn stats_to_json(s: &VmStats) -> Value {
+    json!({
+        "name": s.name, "state": s.state, "sampled_at_ms": s.sampled_at_ms,
+        "cpu_ms": s.cpu_ms, "vcpu_ms": s.vcpu_ms, "vcpus": s.vcpus,
+        "memory_bytes": s.memory_bytes, "rss_bytes": s.rss_bytes,
+        "balloon_bytes": s.balloon_bytes, "guest_available_bytes": s.guest_available_bytes,
+        "block_read_bytes": s.block_read_bytes, "block_write_bytes": s.block_write_bytes,
+        "block_read_ops": s.block_read_ops, "block_write_ops": s.block_write_ops,
+        "net_rx_bytes": s.net_rx_bytes, "net_tx_bytes": s.net_tx_bytes,
+    })
+}
+
+pub fn stats_from_json(v: &Value) -> Result<VmStats, ProtocolError> {
+    let o = Obj::of(v, "stats")?;
+    Ok(VmStats {
+        name: o.str("name")?.to_string(),
+        state: o.str("state")?.to_string(),
+        sampled_at_ms: o.u64("sampled_at_ms")?,
+        cpu_ms: o.u64("cpu_ms")?,
+        vcpu_ms: o.u64("vcpu_ms")?,
+        vcpus: o.u32("vcpus")?,
+        memory_bytes: o.u64("memory_bytes")?,
+        rss_bytes: o.u64("rss_bytes")?,
+        balloon_bytes: o.opt_u64("balloon_bytes")?,
+        guest_available_bytes: o.opt_u64("guest_available_bytes")?,
+        block_read_bytes: o.u64("block_read_bytes")?,
+        block_write_bytes: o.u64("block_write_bytes")?,
+        block_read_ops: o.u64("block_read_ops")?,
+        block_write_ops: o.u64("block_write_ops")?,
+        net_rx_bytes: o.u64("net_rx_bytes")?,
+        net_tx_bytes: o.u64("net_tx_bytes")?,
     })
 }
 
