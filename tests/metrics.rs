@@ -159,8 +159,7 @@ fn a_real_prometheus_scrapes_kvmd_and_sees_vcpu_seconds_rise() {
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let last = table
         .lines()
-        .filter(|l| l.starts_with("m "))
-        .next_back()
+        .rfind(|l| l.starts_with("m "))
         .unwrap_or_default()
         .to_string();
     let cpu: f64 = last
