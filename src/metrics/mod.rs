@@ -147,6 +147,11 @@ pub fn forget(name: &str) {
     stats().samples().remove(name);
 }
 
+/// `f` over the samples, under their lock (keep it short).
+pub fn with_samples<R>(f: impl FnOnce(&BTreeMap<String, VmSample>) -> R) -> R {
+    f(&stats().samples())
+}
+
 /// Every VM's newest sample, by name.
 pub fn samples() -> Vec<VmSample> {
     stats().samples().values().cloned().collect()

@@ -191,6 +191,28 @@ fn live(mut info: VmInfo) -> VmInfo {
     info
 }
 
+/// [`live`] for lists: the CPU time as of the VM's last metrics sample (taken off the
+/// supervisor every `metrics_interval_ms`), so listing 100 VMs reads no file; a QEMU not
+/// sampled yet is read once here.
+fn sampled(info: VmInfo, samples: &BTreeMap<String, crate::metrics::VmSample>) -> VmInfo {
+    let cpu = samples
+        .get(info.name.as_str())
+        .filter(|s| s.pid.is_some() && s.pid == info.pid)
+        .and_then(|s| s.cpu_seconds);
+    let Some(cpu) = cpu else {
+        return live(info);
+    };
+    let mut info = info;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    // CPU seconds: small, positive
+    let cpu_ms = (cpu * 1000.0).max(0.0) as u64;
+    info.cpu_time_ms = Some(cpu_ms);
+    if let Some(at) = info.started_at_ms.filter(|_| info.state.has_process()) {
+        info.uptime_s = Some(now_ms().saturating_sub(at) / 1000);
+    }
+    info
+}
+
 /// The instance directories under the run dir (names validated; others ignored).
 fn instances_on_disk(run_dir: &std::path::Path) -> Vec<InstanceName> {
     let Ok(rd) = std::fs::read_dir(run_dir) else {
@@ -318,16 +340,24 @@ impl Supervisor {
             ApiRequest::Ping => ready(Ok(ApiReply::Pong {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })),
-            ApiRequest::List { all } => ready(Ok(ApiReply::List(
-                self.vms
-                    .values()
-                    .filter(|e| all || e.info.state.has_process())
-                    .map(|e| live(e.info.clone()))
-                    .collect(),
-            ))),
-            ApiRequest::Info { name: None } => ready(Ok(ApiReply::Info(
-                self.vms.values().map(|e| live(e.info.clone())).collect(),
-            ))),
+            // Many VMs: their CPU time from the metrics samples, no /proc read here.
+            ApiRequest::List { all } => {
+                ready(Ok(ApiReply::List(crate::metrics::with_samples(|s| {
+                    self.vms
+                        .values()
+                        .filter(|e| all || e.info.state.has_process())
+                        .map(|e| sampled(e.info.clone(), s))
+                        .collect()
+                }))))
+            }
+            ApiRequest::Info { name: None } => {
+                ready(Ok(ApiReply::Info(crate::metrics::with_samples(|s| {
+                    self.vms
+                        .values()
+                        .map(|e| sampled(e.info.clone(), s))
+                        .collect()
+                }))))
+            }
             ApiRequest::Info { name: Some(n) } => ready(match self.vms.get(&n) {
                 Some(e) => Ok(ApiReply::Info(vec![live(e.info.clone())])),
                 None => Err(ApiError::not_found(&n)),

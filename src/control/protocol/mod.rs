@@ -14,6 +14,7 @@
 //! Invariant: domain types are converted here (in [`values`]); none of them derives serde for
 //! the wire's sake. Every reply and stream item round-trips.
 
+mod fast;
 pub mod requests;
 pub mod values;
 
@@ -256,7 +257,11 @@ pub fn reply_value(id: &Value, r: &Result<ApiReply, ApiError>) -> Value {
 
 /// Encode a reply (server side).
 pub fn encode_reply(id: &Value, r: &Result<ApiReply, ApiError>) -> Vec<u8> {
-    line(&reply_value(id, r))
+    match r {
+        Ok(ApiReply::List(v)) => fast::instances_line(id, "list", v),
+        Ok(ApiReply::Info(v)) => fast::instances_line(id, "info", v),
+        _ => line(&reply_value(id, r)),
+    }
 }
 
 /// A stream item as a JSON value.

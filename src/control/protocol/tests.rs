@@ -734,3 +734,23 @@ fn vm_info_carries_its_job_and_the_old_operation_field() {
     assert_eq!(v["job"]["kind"], "stop");
     assert_eq!(v["last_exit"]["kind"], "user-down");
 }
+
+/// VM infos with every optional part, and with none.
+pub(super) fn examples() -> Vec<VmInfo> {
+    let full = vm();
+    let bare = VmInfo {
+        pid: None,
+        cpu_time_ms: None,
+        uptime_s: None,
+        started_at_ms: None,
+        qemu_version: None,
+        job: None,
+        last_exit: None,
+        cpu_mask: None,
+        balloon: None,
+        hardware: None,
+        guest_memory: None,
+        ..vm()
+    };
+    vec![full, bare]
+}

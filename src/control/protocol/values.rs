@@ -252,7 +252,7 @@ pub fn exit_from_json(v: &Value) -> Result<ExitRecord, ProtocolError> {
 
 // ---- VM info ----
 
-fn summary_to_json(j: &JobSummary) -> Value {
+pub(super) fn summary_to_json(j: &JobSummary) -> Value {
     json!({"id": j.id.0, "kind": j.kind.as_str(), "phase": j.phase})
 }
 
