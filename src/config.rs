@@ -654,6 +654,25 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_listener_is_a_port_an_address_or_a_socket_path() {
+        use crate::model::spec::MetricsListen;
+        let c = parse("[node]\nmetrics = \"9477\"\n").unwrap();
+        assert_eq!(
+            c.node.metrics,
+            Some(MetricsListen::Tcp(([127, 0, 0, 1], 9477).into()))
+        );
+        let c = parse("[node]\nmetrics = \"/run/kvmd/m.sock\"\n").unwrap();
+        assert_eq!(
+            c.node.metrics,
+            Some(MetricsListen::Unix("/run/kvmd/m.sock".into()))
+        );
+        assert_eq!(parse("[node]\n").unwrap().node.metrics, None);
+        let errs = errors("[node]\nmetrics = \"localhost:x\"\n");
+        assert_eq!(errs[0].field, "node.metrics");
+        assert!(errs[0].rule.contains("PORT"), "{}", errs[0].rule);
+    }
+
+    #[test]
     fn hotplug_ports_default_to_eight_and_stop_at_one_slots_functions() {
         let c = parse("[node]\n").unwrap();
         assert_eq!(c.node.hotplug_ports, 8);

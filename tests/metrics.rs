@@ -175,3 +175,32 @@ fn a_real_prometheus_scrapes_kvmd_and_sees_vcpu_seconds_rise() {
         "{v}"
     );
 }
+
+#[test]
+fn metrics_on_a_unix_socket_are_served_to_kvmds_group_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("metrics.sock");
+    let d = Daemon::start_with(
+        &format!("metrics = \"{}\"", sock.display()),
+        &instance_toml("u", ""),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "not world-accessible");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(
+        text.contains("kvmd_vm_state{vm=\"u\",state=\"stopped\"} 1"),
+        "{text}"
+    );
+    // Anything but /metrics is not found.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET /other HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.0 404"), "{text}");
+    drop(d);
+}
