@@ -265,6 +265,64 @@ fn parse_node(mut o: Obj<'_>, errs: &mut Vec<FieldError>) -> NodeConfig {
 
 /// One instance; `None` when it has errors. All its errors are listed: an instance with
 /// per-key errors also gets the combination rules checked over its other hvparams.
+/// JSON (a start request's `definition`) as the TOML the config file would hold.
+fn toml_of(v: &serde_json::Value) -> Option<Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Float(n.as_f64()?),
+        },
+        J::String(s) => Value::String(s.clone()),
+        J::Array(a) => Value::Array(a.iter().filter_map(toml_of).collect()),
+        J::Object(o) => Value::Table(
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), toml_of(v)?)))
+                .collect(),
+        ),
+    })
+}
+
+/// An instance defined by the request that starts it, as another engine (Ganeti) sends it:
+/// the keys of an `[instance.NAME]` table (`memory`, `min_memory`, `vcpus`, `uuid`,
+/// `network_port`, `disk`, `nic`, `hvparams`), in JSON. Errors name `definition.KEY`. Such
+/// an instance never autostarts.
+pub fn parse_definition(
+    name: &InstanceName,
+    json: &str,
+    node: &NodeConfig,
+) -> Result<InstanceSpec, Vec<FieldError>> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| vec![FieldError::new("definition", "(not JSON)", e.to_string())])?;
+    let Some(Value::Table(table)) = toml_of(&v) else {
+        return Err(vec![FieldError::new(
+            "definition",
+            crate::model::text::escape_clipped(&v.to_string(), 80),
+            "must be an object with the keys of an [instance.NAME] table",
+        )]);
+    };
+    let mut errs = Vec::new();
+    if matches!(table.get("autostart"), Some(Value::Boolean(true))) {
+        errs.push(FieldError::new(
+            "definition.autostart",
+            "true",
+            "an instance another engine defines never autostarts under kvmd",
+        ));
+    }
+    let spec = parse_instance(
+        name.clone(),
+        Obj::new("definition", &table),
+        node,
+        &mut errs,
+    );
+    match spec {
+        Some(s) if errs.is_empty() => Ok(s),
+        _ => Err(errs),
+    }
+}
+
 fn parse_instance(
     name: InstanceName,
     mut o: Obj<'_>,

@@ -188,7 +188,14 @@ fn bad_requests_still_name_every_field_and_every_reply_names_its_kind() {
     assert_eq!(fields, ["name", "turbo"]);
     assert_eq!(
         v["error"]["fields"][1]["allowed"],
-        json!(["name", "paused", "memory", "wait"])
+        json!([
+            "name",
+            "paused",
+            "memory",
+            "definition",
+            "managed_by",
+            "wait"
+        ])
     );
 
     let v = raw(

@@ -157,6 +157,16 @@ pub enum ApiRequest {
     ConsoleInfo {
         name: InstanceName,
     },
+    /// Start an instance another engine defines (Ganeti): `definition` is the JSON of its
+    /// `[instance.NAME]` keys; the instance is `managed_by` that engine from then on.
+    Create {
+        name: InstanceName,
+        definition: String,
+        managed_by: String,
+        paused: bool,
+        wait: bool,
+        memory: Option<u64>,
+    },
     /// Each VM's newest metrics sample (one instance, or all): what `kvmctl top` shows.
     Stats {
         name: Option<InstanceName>,
@@ -333,6 +343,8 @@ pub struct VmInfo {
     pub hardware: Option<Box<Hardware>>,
     /// The guest's own memory figures, from its balloon driver's statistics.
     pub guest_memory: Option<GuestMemory>,
+    /// The engine that defines this instance per start (`ganeti`), when not the config file.
+    pub managed_by: Option<String>,
 }
 
 /// What the guest says of its memory (its balloon driver's statistics).

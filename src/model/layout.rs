@@ -51,6 +51,11 @@ impl RunPaths {
     pub fn shutdown_marker(&self) -> PathBuf {
         self.dir.join("shutdown")
     }
+    /// Names the engine that owns this instance (`ganeti`) when another engine defines it
+    /// per start; absent for the config file's instances.
+    pub fn managed_by(&self) -> PathBuf {
+        self.dir.join("managed-by")
+    }
     pub fn exit_record(&self) -> PathBuf {
         self.dir.join("exit.json")
     }

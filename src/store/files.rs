@@ -76,7 +76,7 @@ pub fn remove_dir(paths: &RunPaths) -> io::Result<()> {
 }
 
 /// Files that outlive a QEMU: how the last one ended.
-const HISTORY: [&str; 2] = ["exit.json", "shutdown"];
+const HISTORY: [&str; 3] = ["exit.json", "shutdown", "managed-by"];
 /// The job in flight: not the run's to remove (the job clears it when it ends).
 const JOB: &str = "job.json";
 

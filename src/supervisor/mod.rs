@@ -60,6 +60,8 @@ struct CallNow(ApiRequest);
 struct Entry {
     vm: VmHandle,
     info: VmInfo,
+    /// The engine that defines this instance per start (the run dir's `managed-by`).
+    managed_by: Option<String>,
 }
 
 pub struct Supervisor {
@@ -117,6 +119,7 @@ impl Supervisor {
             balloon: None,
             hardware: None,
             guest_memory: None,
+            managed_by: None,
         };
         let vm = crate::vm::spawn(VmSetup {
             name: name.clone(),
@@ -128,11 +131,28 @@ impl Supervisor {
             ids: self.ids.clone(),
             autostart,
         });
+        let managed_by = self
+            .vms
+            .get(&name)
+            .and_then(|e| e.managed_by.clone())
+            .or_else(|| {
+                // A kvmd restart: the marker in the run dir says who owns it.
+                let marker =
+                    crate::model::layout::RunPaths::new(&self.node.run_dir, &name).managed_by();
+                std::fs::read_to_string(marker)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            });
         self.vms.insert(
             name,
             Entry {
                 vm,
-                info: placeholder,
+                info: VmInfo {
+                    managed_by: managed_by.clone(),
+                    ..placeholder
+                },
+                managed_by,
             },
         );
         self.count_recovering();
@@ -253,7 +273,10 @@ impl Handler<VmNotify> for Supervisor {
         match notice {
             VmNotice::Updated(info) => {
                 if let Some(e) = self.vms.get_mut(&info.name) {
-                    e.info = info;
+                    e.info = VmInfo {
+                        managed_by: e.managed_by.clone(),
+                        ..info
+                    };
                 }
             }
             VmNotice::Job(job) => {
@@ -328,9 +351,91 @@ impl Supervisor {
             Err(e) => return ready(Err(e)),
         };
         let name = name.clone();
+        let managed_by = self.vms.get(&name).and_then(|e| e.managed_by.clone());
         Box::pin(async move {
             let answer = vm.ask(ask, wait).await?;
-            reply::reply_of(&name, answer, live)
+            reply::reply_of(&name, answer, |i| VmInfo {
+                managed_by: managed_by.clone(),
+                ..live(i)
+            })
+        })
+    }
+
+    /// `start` with a definition: an instance another engine owns (Ganeti). Refused for a
+    /// name the config file defines; the definition is checked like the config's; the run
+    /// dir's `managed-by` marker is written before the start, so a restarted kvmd knows.
+    fn create(
+        &mut self,
+        name: InstanceName,
+        definition: &str,
+        managed_by: String,
+        start: (bool, Option<u64>, bool),
+        ctx: &mut Context<Self>,
+    ) -> Reply {
+        let (paused, memory, wait) = start;
+        if self.config.instances.contains_key(&name) {
+            return ready(Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("{name} is defined in kvmd's config file; a start with a definition is for instances another engine owns"),
+            )));
+        }
+        let engine_ok = !managed_by.is_empty()
+            && managed_by.len() <= 32
+            && managed_by
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !engine_ok {
+            return ready(Err(ApiError::invalid(vec![
+                crate::model::field_error::FieldError::new(
+                    "managed_by",
+                    crate::model::text::escape_clipped(&managed_by, 40),
+                    "must be 1-32 characters from a-z 0-9 -",
+                ),
+            ])));
+        }
+        let spec = match crate::config::parse_definition(&name, definition, &self.node) {
+            Ok(s) => s,
+            Err(errs) => return ready(Err(ApiError::invalid(errs))),
+        };
+        if !self.vms.contains_key(&name) {
+            self.spawn_vm(name.clone(), false, ctx);
+        }
+        let Some(e) = self.vms.get_mut(&name) else {
+            return ready(Err(ApiError::not_found(&name)));
+        };
+        e.managed_by = Some(managed_by.clone());
+        e.info.managed_by = Some(managed_by.clone());
+        let vm = e.vm.clone();
+        let paths = crate::model::layout::RunPaths::new(&self.node.run_dir, &name);
+        let (store, engine) = (self.store.clone(), managed_by.clone());
+        Box::pin(async move {
+            store
+                .run(move || {
+                    use std::os::unix::fs::DirBuilderExt;
+                    match std::fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                        _ => {}
+                    }
+                    crate::store::files::write_atomic(&paths.managed_by(), engine.as_bytes())
+                })
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!("cannot record who manages {name}: {e}"),
+                    )
+                })?;
+            let ask = VmAsk::StartDefined {
+                spec: Box::new(spec),
+                paused,
+                memory,
+            };
+            let answer = vm.ask(ask, wait).await?;
+            reply::reply_of(&name, answer, |i| VmInfo {
+                managed_by: Some(managed_by.clone()),
+                ..live(i)
+            })
         })
     }
 
@@ -555,6 +660,14 @@ impl Supervisor {
                 let socket = self.node.socket.clone();
                 blocking(move || node::console_info(&name, &paths, &socket))
             }
+            ApiRequest::Create {
+                name,
+                definition,
+                managed_by,
+                paused,
+                wait,
+                memory,
+            } => self.create(name, &definition, managed_by, (paused, memory, wait), ctx),
             ApiRequest::Stats { name } => {
                 if let Some(n) = name.as_ref().filter(|n| !self.vms.contains_key(*n)) {
                     return ready(Err(ApiError::not_found(n)));
@@ -692,7 +805,12 @@ impl Handler<ApplyConfig> for Supervisor {
             }
         }
         for (name, spec) in updates {
-            if let Some(e) = self.vms.get(&name) {
+            if let Some(e) = self.vms.get(&name).filter(|e| {
+                if let Some(engine) = &e.managed_by {
+                    warn!(%name, %engine, "the config file defines an instance another engine manages; kvmd leaves it to that engine");
+                }
+                e.managed_by.is_none()
+            }) {
                 let autostart = spec.as_ref().is_some_and(|s| s.autostart);
                 e.vm.set_spec(spec, autostart);
             }

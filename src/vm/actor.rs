@@ -1099,9 +1099,20 @@ impl Handler<Ask> for VmActor {
         let ticket = self.next_ticket;
         self.waiters.insert(ticket, Waiter { wait, tx });
         let request = match ask {
+            VmAsk::StartDefined {
+                spec,
+                paused,
+                memory,
+            } => Some(Request::Start {
+                paused,
+                memory,
+                check: None,
+                spec: Some(spec),
+            }),
             VmAsk::Start { paused, memory } => Some(Request::Start {
                 paused,
                 memory,
+                spec: None,
                 check: self.syntax_check(),
             }),
             VmAsk::Stop { timeout, force } => Some(Request::Stop { timeout, force }),

@@ -18,6 +18,12 @@ pub enum VmAsk {
         /// Start-up memory in MiB (the balloon's size when the guest boots).
         memory: Option<u64>,
     },
+    /// Start with this definition (an instance another engine owns), not the config's.
+    StartDefined {
+        spec: Box<crate::model::spec::InstanceSpec>,
+        paused: bool,
+        memory: Option<u64>,
+    },
     Stop {
         timeout: Option<Duration>,
         force: bool,

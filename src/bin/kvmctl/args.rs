@@ -148,6 +148,13 @@ pub enum Cmd {
         /// this size (default: as much of memory as the node has available).
         #[arg(long, value_name = "MIB")]
         memory: Option<u64>,
+        /// Start with this definition (a JSON file with the keys of an [instance.NAME] table)
+        /// instead of the config file's: an instance another engine owns.
+        #[arg(long, value_name = "FILE")]
+        definition: Option<PathBuf>,
+        /// With --definition: the engine that owns the instance.
+        #[arg(long, default_value = "external", requires = "definition")]
+        managed_by: String,
         #[command(flatten)]
         wait: WaitFlags,
     },

@@ -263,13 +263,31 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> Result<u8, Failure> {
             name: n,
             paused,
             memory,
+            definition,
+            managed_by,
             wait,
         } => {
-            let req = ApiRequest::Start {
-                name: name("name", n)?,
-                paused: *paused,
-                wait: wait.wait(),
-                memory: *memory,
+            let req = match definition {
+                None => ApiRequest::Start {
+                    name: name("name", n)?,
+                    paused: *paused,
+                    wait: wait.wait(),
+                    memory: *memory,
+                },
+                Some(file) => ApiRequest::Create {
+                    name: name("name", n)?,
+                    definition: std::fs::read_to_string(file).map_err(|e| {
+                        Failure::Usage(ApiError::invalid(vec![FieldError::new(
+                            "definition",
+                            file.display().to_string(),
+                            format!("cannot be read: {e}"),
+                        )]))
+                    })?,
+                    managed_by: managed_by.clone(),
+                    paused: *paused,
+                    wait: wait.wait(),
+                    memory: *memory,
+                },
             };
             return job_command(ctx, &req, wait.wait());
         }

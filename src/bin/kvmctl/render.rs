@@ -139,6 +139,12 @@ pub fn vm_details(v: &VmInfo) {
         );
     }
     println!("  pid:          {}", pid(v.pid));
+    if let Some(m) = &v.managed_by {
+        println!(
+            "  managed by:   {} (started with its definition; kvmd's config does not define it)",
+            e(m)
+        );
+    }
     println!("  memory:       {} MiB", v.memory_mib);
     println!("  vcpus:        {}", v.vcpus);
     if let Some(m) = &v.cpu_mask {

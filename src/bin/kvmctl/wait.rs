@@ -62,6 +62,7 @@ fn with_wait(req: &ApiRequest, wait: bool) -> ApiRequest {
     let mut req = req.clone();
     match &mut req {
         ApiRequest::Start { wait: w, .. }
+        | ApiRequest::Create { wait: w, .. }
         | ApiRequest::Stop { wait: w, .. }
         | ApiRequest::Reboot { wait: w, .. }
         | ApiRequest::Migrate { wait: w, .. }

@@ -85,6 +85,7 @@ struct Vm<'a> {
     balloon: Option<Balloon<'a>>,
     hardware: Option<Hw<'a>>,
     guest_memory: Option<GuestMemory>,
+    managed_by: Option<&'a str>,
 }
 
 fn hw(h: &Hardware) -> Hw<'_> {
@@ -159,6 +160,7 @@ fn vm(i: &VmInfo) -> Vm<'_> {
             available_mib: g.available_mib,
             updated_at_s: g.updated_at_s,
         }),
+        managed_by: i.managed_by.as_deref(),
     }
 }
 

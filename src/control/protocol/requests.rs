@@ -49,6 +49,8 @@ pub enum FieldType {
     JobId,
     /// A string kvmd relays as is (a migration blob).
     Text,
+    /// A JSON object (an instance definition), kept as its JSON text.
+    Object,
 }
 
 impl FieldType {
@@ -60,6 +62,7 @@ impl FieldType {
             FieldType::Seq => "integer (event sequence number)",
             FieldType::JobId => "integer (job id)",
             FieldType::Text => "string",
+            FieldType::Object => "object",
         }
     }
 }
@@ -187,16 +190,40 @@ pub static REQUESTS: &[RequestSpec] = &[
                 FieldDefault::Absent("Ganeti's rule: as much of memory as the node has available (MemAvailable), at least min_memory"),
                 "Start-up memory in MiB, from min_memory to memory: below memory, the balloon is set to it before the guest runs.",
             ),
+            field(
+                "definition",
+                FieldType::Object,
+                FieldDefault::Absent("the config file's definition"),
+                "The whole instance, as another engine (Ganeti) defines it per start: the keys of an [instance.NAME] table (memory, min_memory, vcpus, uuid, network_port, disk, nic, hvparams). The instance is then managed by that engine: never autostarted, never touched by a reload.",
+            ),
+            field(
+                "managed_by",
+                FieldType::Text,
+                FieldDefault::Absent("\"external\" with a definition"),
+                "With a definition: the engine that owns the instance (ganeti).",
+            ),
             WAIT,
         ],
         build: |a| {
             let (name, paused, wait) = (a.name("name"), a.bool("paused"), a.bool("wait"));
-            Some(ApiRequest::Start {
-                name: name?,
-                paused,
-                wait,
-                memory: a.u64("memory"),
-            })
+            let memory = a.u64("memory");
+            let managed_by = a.text("managed_by");
+            match a.text("definition") {
+                Some(definition) => Some(ApiRequest::Create {
+                    name: name?,
+                    definition,
+                    managed_by: managed_by.unwrap_or_else(|| "external".into()),
+                    paused,
+                    wait,
+                    memory,
+                }),
+                None => Some(ApiRequest::Start {
+                    name: name?,
+                    paused,
+                    wait,
+                    memory,
+                }),
+            }
         },
     },
     RequestSpec {
@@ -838,6 +865,7 @@ impl Args {
             }
             (FieldType::JobId, _) => v.as_u64().map(Parsed::U64),
             (FieldType::Text, Value::String(s)) => Some(Parsed::Text(s.clone())),
+            (FieldType::Object, Value::Object(_)) => Some(Parsed::Text(v.to_string())),
             _ => None,
         };
         match parsed {
@@ -854,6 +882,7 @@ impl Args {
                     FieldType::Seq => "must be a non-negative integer".to_string(),
                     FieldType::JobId => "must be a job id (a non-negative integer)".to_string(),
                     FieldType::Text => "must be a string".to_string(),
+                    FieldType::Object => "must be an object".to_string(),
                 };
                 self.bad(f.name, &v, rule);
             }
@@ -941,6 +970,29 @@ pub(super) fn to_wire(req: &ApiRequest) -> (&'static str, Map<String, Value>) {
             } else {
                 "jobs"
             }
+        }
+        ApiRequest::Create {
+            name,
+            definition,
+            managed_by,
+            paused,
+            wait,
+            memory,
+        } => {
+            put("name", json!(name.as_str()));
+            put("paused", json!(paused));
+            if let Some(m) = memory {
+                put("memory", json!(m));
+            }
+            put(
+                "definition",
+                serde_json::from_str(definition).unwrap_or(Value::Null),
+            );
+            put("managed_by", json!(managed_by));
+            if !wait {
+                put("wait", json!(false));
+            }
+            "start"
         }
         ApiRequest::Start {
             name,

@@ -93,6 +93,7 @@ fn vm() -> VmInfo {
             available_mib: 170,
             updated_at_s: 1_795_000_000,
         }),
+        managed_by: Some("ganeti".into()),
     }
 }
 
@@ -207,7 +208,17 @@ fn bad_requests_get_stable_codes_and_name_the_field() {
     );
     let e = err_of(r#"{"request": "start", "name": "a", "pause": true}"#);
     assert_eq!(e.fields[0].field, "pause");
-    assert_eq!(e.fields[0].allowed, ["name", "paused", "memory", "wait"]);
+    assert_eq!(
+        e.fields[0].allowed,
+        [
+            "name",
+            "paused",
+            "memory",
+            "definition",
+            "managed_by",
+            "wait"
+        ]
+    );
     let e = err_of(r#"{"request": "stop", "name": "a", "timeout": -1}"#);
     assert_eq!(e.fields[0].field, "timeout");
     let e = err_of(r#"{"request": "stop"}"#);
@@ -342,6 +353,14 @@ fn every_request_round_trips() {
         ApiRequest::ConsoleInfo { name: n("a") },
         ApiRequest::NodeInfo,
         ApiRequest::Stats { name: None },
+        ApiRequest::Create {
+            name: n("g1"),
+            definition: r#"{"memory":192,"nic":[{"mode":"user"}]}"#.into(),
+            managed_by: "ganeti".into(),
+            paused: true,
+            wait: false,
+            memory: Some(160),
+        },
         ApiRequest::Stats {
             name: Some(n("web1")),
         },

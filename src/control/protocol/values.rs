@@ -283,6 +283,7 @@ pub fn vm_to_json(i: &VmInfo) -> Value {
             "total_mib": g.total_mib, "free_mib": g.free_mib,
             "available_mib": g.available_mib, "updated_at_s": g.updated_at_s,
         })),
+        "managed_by": i.managed_by,
     })
 }
 
@@ -411,6 +412,7 @@ pub fn vm_from_json(v: &Value) -> Result<VmInfo, ProtocolError> {
         job,
         last_exit: o.opt("last_exit").map(exit_from_json).transpose()?,
         cpu_mask: o.opt_str("cpu_mask")?.map(String::from),
+        managed_by: o.opt_str("managed_by")?.map(String::from),
         guest_memory: match o.opt("guest_memory").filter(|v| !v.is_null()) {
             None => None,
             Some(g) => {

@@ -339,19 +339,9 @@ impl Core {
         self.deferred.push_back(Deferred { ticket, request });
     }
 
-    /// Why start-up memory `mib` cannot be had: it must lie in min_memory..=memory.
+    /// Why start-up memory `mib` cannot be had for the config's definition.
     fn bad_startup_memory(&self, mib: u64) -> Option<ApiError> {
-        let spec = self.spec.as_ref()?;
-        (mib < spec.min_memory || mib > spec.memory).then(|| {
-            ApiError::invalid(vec![crate::model::field_error::FieldError::new(
-                "memory",
-                mib.to_string(),
-                format!(
-                    "start-up memory must lie between the instance's min_memory ({}) and memory ({}) MiB",
-                    spec.min_memory, spec.memory
-                ),
-            )])
-        })
+        bad_startup_memory(self.spec.as_ref()?, mib)
     }
 
     fn begin_request(&mut self, ticket: Ticket, request: Request, now: Now, fx: &mut Vec<Effect>) {
@@ -361,6 +351,20 @@ impl Core {
                 paused,
                 check,
                 memory,
+                spec: Some(spec),
+            } => {
+                if let Some(e) = check.or_else(|| memory.and_then(|m| bad_startup_memory(&spec, m)))
+                {
+                    return self.answer(ticket, Err(e), fx);
+                }
+                self.start_memory = memory;
+                self.launch_start(Some(ticket), *spec, paused, None, now, fx);
+            }
+            Request::Start {
+                paused,
+                check,
+                memory,
+                spec: None,
             } => {
                 if let Some(e) = self.startable(check) {
                     return self.answer(ticket, Err(e), fx);
@@ -585,4 +589,18 @@ impl Core {
         }
         check
     }
+}
+
+/// Why start-up memory `mib` cannot be had: it must lie in min_memory..=memory.
+fn bad_startup_memory(spec: &crate::model::spec::InstanceSpec, mib: u64) -> Option<ApiError> {
+    (mib < spec.min_memory || mib > spec.memory).then(|| {
+        ApiError::invalid(vec![crate::model::field_error::FieldError::new(
+            "memory",
+            mib.to_string(),
+            format!(
+                "start-up memory must lie between the instance's min_memory ({}) and memory ({}) MiB",
+                spec.min_memory, spec.memory
+            ),
+        )])
+    })
 }

@@ -268,6 +268,8 @@ impl Core {
             balloon: self.run.as_ref().and_then(|r| r.balloon.clone()),
             hardware: run_info.map(|r| Box::new(with_hotplugged(&r.hardware, &r.hotplugged))),
             guest_memory: self.run.as_ref().and_then(|r| r.guest_memory.clone()),
+            // The supervisor knows (the run dir's `managed-by`).
+            managed_by: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub enum Request {
         check: Option<ApiError>,
         /// Start-up memory (MiB): the balloon's size when the guest boots.
         memory: Option<u64>,
+        /// The definition to start with (an instance another engine owns), not the config's.
+        spec: Option<Box<InstanceSpec>>,
     },
     /// `timeout`: the grace for the guest (default: the node's stop timeout).
     Stop {

@@ -137,6 +137,7 @@ fn start() -> Request {
         paused: false,
         check: None,
         memory: None,
+        spec: None,
     }
 }
 
@@ -729,6 +730,7 @@ fn a_syntax_problem_refuses_the_start_before_any_job() {
         paused: false,
         check: Some(ApiError::new(ErrorCode::InvalidParameter, "bad cpu_mask")),
         memory: None,
+        spec: None,
     });
     assert_eq!(refused(&fx, ticket), ErrorCode::InvalidParameter);
     assert!(t.core.job_id().is_none());
@@ -826,6 +828,7 @@ fn start_up_memory_outside_min_memory_to_memory_is_refused_naming_the_field() {
         paused: false,
         check: None,
         memory: Some(64),
+        spec: None,
     });
     assert_eq!(refused(&fx, ticket), ErrorCode::InvalidParameter);
     assert!(t.core.job_id().is_none());
@@ -833,6 +836,7 @@ fn start_up_memory_outside_min_memory_to_memory_is_refused_naming_the_field() {
         paused: false,
         check: None,
         memory: Some(160),
+        spec: None,
     });
     let asked = fx.iter().find_map(|e| match e {
         Effect::Spawn(Task::Start { memory, .. }) => Some(*memory),
