@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(qemu-system-x86 qemu-block-extra busybox-static cpio kmod lz4 xz-utils iproute2 openssh-client openssh-server ca-certificates curl gcc libc6-dev prometheus)
+pkgs=(qemu-system-x86 qemu-block-extra busybox-static cpio kmod lz4 xz-utils iproute2 openssh-client openssh-server ca-certificates curl gcc libc6-dev prometheus ganeti)
 missing=()
 for p in "${pkgs[@]}"; do
 	[[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) == installed ]] || missing+=("$p")
