@@ -61,11 +61,12 @@ class KvmdError(errors.HypervisorError):
     self.code = code
 
 
-def Call(request, timeout=SHORT_TIMEOUT, **fields):
+def Call(request, deadline=SHORT_TIMEOUT, **fields):
   """One request to kvmd; its result (a dict), or KvmdError."""
   msg = dict(fields)
   msg["request"] = request
   msg["id"] = 1
+  timeout = deadline
   deadline = time.monotonic() + timeout
   sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
   try:
@@ -178,7 +179,7 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
     if vm is not None and vm["state"] in ("user-down", "crashed", "stopped"):
       # The last run's exit record goes, as Ganeti's CleanupInstance would.
       Call("cleanup", name=instance.name)
-    Call("start", timeout=JOB_TIMEOUT, name=instance.name,
+    Call("start", deadline=JOB_TIMEOUT, name=instance.name,
          definition=Definition(instance, block_devices),
          managed_by=MANAGED_BY, paused=bool(startup_paused))
 
@@ -189,11 +190,16 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
     if timeout:
       fields["timeout"] = int(timeout)
     try:
-      Call("stop", timeout=JOB_TIMEOUT, **fields)
+      Call("stop", deadline=JOB_TIMEOUT, **fields)
     except KvmdError as err:
       # Ganeti stops again and again until the instance is gone: gone is done.
       if err.code not in ("not_found",):
         raise
+    # A user shutdown stays visible (SHUTDOWN) until it is stopped: as Ganeti's own code
+    # clears its shutdown marker, clear kvmd's record, so Ganeti sees it gone.
+    vm = _Info(name)
+    if vm is not None and vm["state"] == "user-down":
+      Call("cleanup", name=name)
     return True
 
   def CleanupInstance(self, instance_name):
@@ -204,7 +210,7 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
         raise
 
   def RebootInstance(self, instance):
-    Call("reboot", timeout=JOB_TIMEOUT, name=instance.name)
+    Call("reboot", deadline=JOB_TIMEOUT, name=instance.name)
 
   def ListInstances(self, hvparams=None):
     vms = Call("list")["instances"]
@@ -234,7 +240,7 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
       instance, primary_node, node_group, hvparams, beparams)
 
   def BalloonInstanceMemory(self, instance, mem):
-    Call("balloon", timeout=JOB_TIMEOUT, name=instance.name, mib=int(mem))
+    Call("balloon", deadline=JOB_TIMEOUT, name=instance.name, mib=int(mem))
 
   def GetNodeInfo(self, hvparams=None):
     node = Call("node-info")["node"]
@@ -285,17 +291,25 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
         if nic.get("id") and nic["mac"] == device.mac:
           return nic["id"]
     else:
+      # A plugged disk by its path (the link Ganeti made for it) when Ganeti knows it;
+      # with one plugged disk, that one.
       wanted = getattr(device, "dev_path", None) or ""
-      for disk in hw.get("disks", []):
-        if disk.get("id") and (not wanted or disk["path"] == wanted):
+      plugged = [d for d in hw.get("disks", []) if d.get("id")]
+      for disk in plugged:
+        if disk["path"] == wanted or os.path.realpath(disk["path"]) == \
+            os.path.realpath(wanted or "/nonexistent"):
           return disk["id"]
+      if len(plugged) == 1:
+        return plugged[0]["id"]
     raise errors.HotplugError("kvmd has no plugged %s for this device" %
                               dev_type)
 
   def HotAddDevice(self, instance, dev_type, device, extra, seq):
     if dev_type == constants.HOTPLUG_TARGET_DISK:
-      Call("hotplug-add", timeout=JOB_TIMEOUT, name=instance.name, kind="disk",
-           path=extra, format="raw",
+      # extra is (the disk's link, its drive URI), as Ganeti's backend assembled it.
+      link = extra[0] if isinstance(extra, (list, tuple)) else extra
+      Call("hotplug-add", deadline=JOB_TIMEOUT, name=instance.name, kind="disk",
+           path=link, format="raw",
            readonly=device.mode == constants.DISK_RDONLY)
     else:
       params = device.nicparams or {}
@@ -303,17 +317,17 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
                 "mode": params.get(constants.NIC_MODE, constants.NIC_MODE_BRIDGED)}
       if params.get(constants.NIC_LINK):
         fields["link"] = params[constants.NIC_LINK]
-      Call("hotplug-add", timeout=JOB_TIMEOUT, name=instance.name, kind="nic",
+      Call("hotplug-add", deadline=JOB_TIMEOUT, name=instance.name, kind="nic",
            **fields)
 
   def HotDelDevice(self, instance, dev_type, device, _, seq):
-    Call("hotplug-del", timeout=JOB_TIMEOUT, name=instance.name,
+    Call("hotplug-del", deadline=JOB_TIMEOUT, name=instance.name,
          device=self._PluggedId(instance, dev_type, device))
 
   def HotModDevice(self, instance, dev_type, device, _, seq):
     params = device.nicparams or {}
     link_up = params.get("link_state", "up") != "down"
-    Call("hotplug-mod", timeout=JOB_TIMEOUT, name=instance.name,
+    Call("hotplug-mod", deadline=JOB_TIMEOUT, name=instance.name,
          device=self._PluggedId(instance, dev_type, device),
          link="up" if link_up else "down")
 
@@ -324,7 +338,7 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
 
   def AcceptInstance(self, instance, info, target):
     port = instance.hvparams[constants.HV_MIGRATION_PORT]
-    Call("accept", timeout=JOB_TIMEOUT, name=instance.name, info=info,
+    Call("accept", deadline=JOB_TIMEOUT, name=instance.name, info=info,
          listen="%s:%d" % (target, port))
 
   def MigrateInstance(self, cluster_name, instance, target, live_migration):
@@ -345,9 +359,9 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
     return result
 
   def FinalizeMigrationSource(self, instance, success, live):
-    Call("finalize-src", timeout=JOB_TIMEOUT, name=instance.name,
+    Call("finalize-src", deadline=JOB_TIMEOUT, name=instance.name,
          success=bool(success))
 
   def FinalizeMigrationDst(self, instance, info, success):
-    Call("finalize-dst", timeout=JOB_TIMEOUT, name=instance.name,
+    Call("finalize-dst", deadline=JOB_TIMEOUT, name=instance.name,
          success=bool(success))
