@@ -50,3 +50,36 @@ fn ganetis_objects_drive_kvmd_through_the_hypervisor_module() {
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("FAIL"), "{said}");
 }
+
+#[test]
+fn ganetis_migration_steps_move_a_vm_between_two_kvmds() {
+    let h = TwoHosts::new("gm");
+    let src = Daemon::start_in(&h.a, "", "");
+    let dst = Daemon::start_in(&h.b, "", "");
+    std::fs::create_dir_all("/run/ganeti").unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0755 tmpfs /run/ganeti && exec /usr/bin/python3 \"$0\" \"$@\"")
+        .arg(format!(
+            "{root}/integrations/ganeti/test_hv_kvmd_migrate.py"
+        ))
+        .arg(guest_dir())
+        .arg(src.socket())
+        .arg(dst.socket())
+        .arg(&h.b_ip)
+        .env(
+            "PYTHONPATH",
+            format!("/usr/share/ganeti/3.0:{root}/integrations/ganeti"),
+        )
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{said}");
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("FAIL"), "{said}");
+}

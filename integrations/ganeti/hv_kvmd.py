@@ -349,10 +349,13 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
   def GetMigrationStatus(self, instance):
     m = Call("migration-status", name=instance.name)["migration"]
     status = m["status"]
-    if status in ("recovering", "settling", "none"):
-      status = constants.HV_MIGRATION_ACTIVE
-    elif status == "unknown":
+    if status == "unknown":
       status = constants.HV_MIGRATION_FAILED
+    elif status not in (constants.HV_MIGRATION_COMPLETED, constants.HV_MIGRATION_FAILED,
+                        constants.HV_MIGRATION_CANCELLED, "postcopy-active"):
+      # setup, pre-switchover, device, kvmd's recovering/settling: still under way,
+      # which Ganeti's poll loop knows as "active".
+      status = constants.HV_MIGRATION_ACTIVE
     result = objects.MigrationStatus(status=status)
     result.transferred_ram = m.get("transferred", 0)
     result.total_ram = m.get("total", 0)

@@ -36,6 +36,9 @@ pub struct MigrationBlob {
     pub qemu_version: (u32, u32, u32),
     /// The migration capabilities the source will turn on (the target must know them).
     pub capabilities: Vec<String>,
+    /// The engine that owns the instance on the source (`ganeti`): the target records it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
 
 /// The `-device` drivers of an argv, in order.
@@ -67,6 +70,7 @@ impl MigrationBlob {
             devices: devices_of(&command.argv),
             qemu_version,
             capabilities,
+            managed_by: None,
         }
     }
 
@@ -204,6 +208,7 @@ mod tests {
             devices: vec!["virtio-balloon-pci".into(), "virtio-net-pci".into()],
             qemu_version: (7, 2, 22),
             capabilities: vec!["events".into(), "return-path".into()],
+            managed_by: None,
         }
     }
 

@@ -65,7 +65,11 @@ pub fn migration_info(paths: &RunPaths) -> Result<ApiReply, ApiError> {
         slots: rt.slots,
         machine: rt.machine,
     };
-    let blob = MigrationBlob::new(rt.spec, rt.hvparams, &command, version, caps);
+    let mut blob = MigrationBlob::new(rt.spec, rt.hvparams, &command, version, caps);
+    blob.managed_by = std::fs::read_to_string(paths.managed_by())
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
     Ok(ApiReply::MigrationInfo {
         info: blob.encode(),
     })
@@ -187,6 +191,8 @@ pub struct Accepted {
     pub capabilities: Vec<String>,
     /// The source's spare pcie-root-ports (q35): the target creates as many.
     pub hotplug_ports: u8,
+    /// The engine that owns the instance, as the source says.
+    pub managed_by: Option<String>,
 }
 
 /// Target: the preflight, then what `accept` starts for instance `name`.
@@ -210,6 +216,7 @@ pub fn accept_plan(
         machine: target.machine,
         capabilities: blob.capabilities,
         hotplug_ports: blob.slots.hotplug_ports,
+        managed_by: blob.managed_by.clone(),
     })
 }
 

@@ -52,6 +52,11 @@ struct ApplyConfig(Config);
 #[rtype(result = "VmHandle")]
 struct EnsureVm(InstanceName);
 
+/// Record that another engine owns an instance (its run dir's `managed-by` marker).
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+struct Managed(InstanceName, String);
+
 /// Like `Call`, but answered from the current table even while VMs are recovering.
 #[derive(Message)]
 #[rtype(result = "Result<ApiReply, ApiError>")]
@@ -409,23 +414,7 @@ impl Supervisor {
         let paths = crate::model::layout::RunPaths::new(&self.node.run_dir, &name);
         let (store, engine) = (self.store.clone(), managed_by.clone());
         Box::pin(async move {
-            store
-                .run(move || {
-                    use std::os::unix::fs::DirBuilderExt;
-                    match std::fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
-                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-                        _ => {}
-                    }
-                    crate::store::files::write_atomic(&paths.managed_by(), engine.as_bytes())
-                })
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-                .map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::Internal,
-                        format!("cannot record who manages {name}: {e}"),
-                    )
-                })?;
+            record_managed(&store, paths, engine).await?;
             let ask = VmAsk::StartDefined {
                 spec: Box::new(spec),
                 paused,
@@ -570,6 +559,11 @@ impl Supervisor {
                         .send(EnsureVm(name.clone()))
                         .await
                         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                    if let Some(engine) = accepted.managed_by.clone() {
+                        me.send(Managed(name.clone(), engine))
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+                    }
                     let ask = VmAsk::Accept {
                         spec: Box::new(accepted.spec),
                         incoming: crate::vm::core::IncomingPlan {
@@ -762,6 +756,46 @@ impl Handler<EnsureVm> for Supervisor {
         }
         MessageResult(self.vms[&name].vm.clone())
     }
+}
+
+impl Handler<Managed> for Supervisor {
+    type Result = ResponseFuture<Result<(), ApiError>>;
+
+    fn handle(&mut self, Managed(name, engine): Managed, _: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.vms.get_mut(&name) {
+            e.managed_by = Some(engine.clone());
+            e.info.managed_by = Some(engine.clone());
+        }
+        let paths = crate::model::layout::RunPaths::new(&self.node.run_dir, &name);
+        let store = self.store.clone();
+        Box::pin(async move { record_managed(&store, paths, engine).await })
+    }
+}
+
+/// Write the run dir's `managed-by` marker (the directory made 0700 if missing).
+async fn record_managed(
+    store: &Store,
+    paths: crate::model::layout::RunPaths,
+    engine: String,
+) -> Result<(), ApiError> {
+    let name = paths.dir.display().to_string();
+    store
+        .run(move || {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            crate::store::files::write_atomic(&paths.managed_by(), engine.as_bytes())
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot record who manages {name}: {e}"),
+            )
+        })
 }
 
 impl Handler<ApplyConfig> for Supervisor {
