@@ -176,8 +176,9 @@ class KvmdHypervisor(hv_kvm.KVMHypervisor):
         _HvInfo(vm)[4] == hv_base.HvInstanceState.RUNNING:
       raise errors.HypervisorError("Failed to start instance %s: already running"
                                    % instance.name)
-    if vm is not None and vm["state"] in ("user-down", "crashed", "stopped"):
-      # The last run's exit record goes, as Ganeti's CleanupInstance would.
+    if vm is not None and vm["state"] in ("user-down", "crashed", "stopped", "moved"):
+      # The last run's exit record goes, as Ganeti's CleanupInstance would; "moved": this
+      # node migrated the VM away earlier (a failover brings it back here).
       Call("cleanup", name=instance.name)
     Call("start", deadline=JOB_TIMEOUT, name=instance.name,
          definition=Definition(instance, block_devices),
