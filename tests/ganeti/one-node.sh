@@ -291,6 +291,9 @@ EOF
   PATH=$(dirname "$KVMCTL_BIN"):$PATH
   export PATH
 
+  # Ganeti daemons that ran before this test (a host whose package install started them)
+  # are not ours: the leak check leaves them out.
+  local pre_ganeti; pre_ganeti=" $(ps -eo pid=,comm= | awk '$2 ~ /^ganeti-/ {print $1}' | tr '\n' ' ') "
   : > "$NODE/timings.txt"
   local t0; t0=$(now)
   set +e
@@ -310,7 +313,7 @@ EOF
   # needs a moment to reap everything, hence the retry loop)
   local left i
   for i in $(seq 1 20); do
-    left=$( (ps -eo pid=,comm= | grep -E ' ganeti-'
+    left=$( (ps -eo pid=,comm= | awk -v pre="$pre_ganeti" '$2 ~ /^ganeti-/ && index(pre, " "$1" ") == 0'
              ps -eo pid=,args= | grep -F -- "--config $NODE/kvmd.toml" | grep -v grep
              ps -eo pid=,args= | grep -E '^ *[0-9]+ [^ ]*(qemu-system|kvm) .*-name inst1\.example\.test') || true)
     [ -z "$left" ] && break

@@ -351,6 +351,9 @@ EOF
   done
   PATH=$(dirname "$KVMCTL_BIN"):$PATH; export PATH
   export LAB REPO KVMD_BIN KVMCTL_BIN
+  # Ganeti daemons that ran before this test (a host whose package install started them)
+  # are not ours: the leak check leaves them out.
+  local pre_ganeti; pre_ganeti=" $(ps -eo pid=,comm= | awk '$2 ~ /^ganeti-/ {print $1}' | tr '\n' ' ') "
   local had_root_ssh=0; [ -e /root/.ssh ] && had_root_ssh=1
   local t0 rc; t0=$(now)
   set +e
@@ -364,7 +367,7 @@ EOF
   # leak check on the host
   local left i
   for i in $(seq 1 20); do
-    left=$( (ps -eo pid=,comm= | grep -E ' ganeti-' ; ps -eo pid=,args= | grep -E "kvmd --config $LAB|sshd -E $LAB|qemu-system.*$INST" | grep -v grep) || true)
+    left=$( (ps -eo pid=,comm= | awk -v pre="$pre_ganeti" '$2 ~ /^ganeti-/ && index(pre, " "$1" ") == 0' ; ps -eo pid=,args= | grep -E "kvmd --config $LAB|sshd -E $LAB|qemu-system.*$INST" | grep -v grep) || true)
     [ -z "$left" ] && break; sleep 0.5
   done
   [ -z "$left" ] && echo "no processes left" || { echo "LEFTOVER processes: $left"; rc=1; }
